@@ -1,0 +1,142 @@
+"""Face detection (MTCNN, batched, on downscaled copies) and crop cutting from the full-resolution image."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face, in full-resolution pixel coordinates."""
+
+    box: Box  # x1, y1, x2, y2
+    detection_probability: float
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    max_side: int = 960  # detect on a copy whose long side is at most this
+    min_face_size: int = 20  # in pixels of the downscaled copy
+    min_probability: float = 0.90
+    max_faces: int = 20  # per image; the most confident are kept
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    batch_size: int = 16  # images per MTCNN call within one size bucket
+
+
+def downscale(pixels: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """A copy whose long side is at most max_side, and the factor that maps its coordinates back."""
+    height, width = pixels.shape[:2]
+    long_side = max(height, width)
+    if long_side <= max_side:
+        return pixels, 1.0
+    scale = max_side / long_side
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(small), long_side / max_side
+
+
+class FaceDetector:
+    """facenet-pytorch MTCNN over a batch of images. Images of the same downscaled size share a call."""
+
+    def __init__(self, config: DetectorConfig = DetectorConfig(), device: str | torch.device = "cpu") -> None:
+        from facenet_pytorch import MTCNN  # heavy import kept off module import
+
+        self.config = config
+        self.device = torch.device(device)
+        self._mtcnn = MTCNN(
+            keep_all=True,
+            select_largest=False,
+            post_process=False,
+            min_face_size=config.min_face_size,
+            thresholds=list(config.thresholds),
+            device=self.device,
+        )
+
+    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """Every face in every image, most confident first, boxes in full-resolution coordinates."""
+        results: list[list[Face]] = [[] for _ in images]
+        buckets: dict[tuple[int, int], list[tuple[int, np.ndarray, float]]] = defaultdict(list)
+        for index, pixels in enumerate(images):
+            small, factor = downscale(pixels, self.config.max_side)
+            buckets[small.shape[:2]].append((index, small, factor))
+        step = max(1, self.config.batch_size)
+        for members in buckets.values():
+            for start in range(0, len(members), step):
+                chunk = members[start : start + step]
+                self._detect_chunk(chunk, images, results)
+        return results
+
+    def _detect_chunk(
+        self,
+        chunk: list[tuple[int, np.ndarray, float]],
+        images: list[np.ndarray],
+        results: list[list[Face]],
+    ) -> None:
+        smalls = [small for _, small, _ in chunk]
+        if min(min(s.shape[:2]) for s in smalls) < 12:
+            return  # below MTCNN's smallest window: no face can be found
+        with torch.inference_mode():
+            batch = np.stack(smalls) if len(smalls) > 1 else smalls[0]
+            boxes, probs = self._mtcnn.detect(batch)
+        if len(smalls) == 1:
+            boxes, probs = [boxes], [probs]
+        for (index, _, factor), image_boxes, image_probs in zip(chunk, boxes, probs, strict=True):
+            results[index] = self._faces(image_boxes, image_probs, factor, images[index].shape)
+
+    def _faces(self, boxes: np.ndarray | None, probs, factor: float, shape: tuple[int, ...]) -> list[Face]:
+        if boxes is None:
+            return []
+        height, width = shape[:2]
+        faces = []
+        for box, prob in zip(boxes, probs, strict=True):
+            if prob is None or float(prob) < self.config.min_probability:
+                continue
+            x1, y1, x2, y2 = (float(v) * factor for v in box)
+            x1, y1 = max(0.0, x1), max(0.0, y1)
+            x2, y2 = min(float(width), x2), min(float(height), y2)
+            if x2 - x1 < 2 or y2 - y1 < 2:
+                continue
+            faces.append(Face(box=(x1, y1, x2, y2), detection_probability=float(prob)))
+        faces.sort(key=lambda f: -f.detection_probability)
+        return faces[: self.config.max_faces]
+
+
+def crop_face(pixels: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:
+    """Cut a square crop around a face box from the full-resolution image and resize it to size x size.
+
+    `margin` is added on each side as a fraction of the box's longer side (negative tightens). Parts of the
+    square that fall outside the image are filled by edge replication, so a face at the border keeps its
+    scale instead of being stretched.
+    """
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1.0 + 2.0 * margin)
+    side = max(side, 2.0)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    right, bottom = left + int(round(side)), top + int(round(side))
+    height, width = pixels.shape[:2]
+    pad_l, pad_t = max(0, -left), max(0, -top)
+    pad_r, pad_b = max(0, right - width), max(0, bottom - height)
+    region = pixels[max(0, top) : min(height, bottom), max(0, left) : min(width, right)]
+    if pad_l or pad_t or pad_r or pad_b:
+        region = np.pad(region, ((pad_t, pad_b), (pad_l, pad_r), (0, 0)), mode="edge")
+    return resize_square(region, size)
+
+
+def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB crop to size x size (area-averaging when shrinking, bicubic when enlarging)."""
+    if pixels.shape[0] == size and pixels.shape[1] == size:
+        return np.ascontiguousarray(pixels)
+    shrinking = pixels.shape[0] > size
+    method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+    return np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize((size, size), method))

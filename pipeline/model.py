@@ -1,0 +1,245 @@
+"""The classifier: network registry, loading (safetensors + metadata, sha256 checked), preprocessing, forward.
+
+`crops_to_tensor` is THE preprocessing: training and serving both call it, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import ModelLoadError
+from pipeline.faces import resize_square
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+METADATA_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    version: str
+    architecture: str = "inception_resnet_v1"
+    input_size: int = 224
+    crop_margin: float = 0.0  # added per side to the MTCNN box, as a fraction of its long side
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    temperature: float = 1.0
+    threshold_fake: float = 0.9  # calibrated P(fake) at or above: verdict `fake`
+    threshold_real: float = 0.5  # calibrated P(fake) at or below: verdict `real`; between: `uncertain`
+    gradcam_layer: str = "backbone.block8"
+    sha256: str = ""  # of the weights file
+    placeholder: bool = False
+    training_data: str = ""
+    terms: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = {k: v for k, v in data.items() if k not in known}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        meta = cls(**values)
+        return replace(meta, extra={**meta.extra, **unknown}) if unknown else meta
+
+
+class DeepfakeNet(nn.Module):
+    """InceptionResnetV1 with one logit (P(fake)) and an optional auxiliary manipulation-mask head.
+
+    The mask head reads the 896-channel map after `repeat_2` and is used only in training.
+    """
+
+    def __init__(self, mask_head: bool = False, dropout: float = 0.2) -> None:
+        super().__init__()
+        from facenet_pytorch import InceptionResnetV1
+
+        self.backbone = InceptionResnetV1(classify=True, num_classes=1, dropout_prob=dropout)
+        self.mask_head = nn.Conv2d(896, 1, kernel_size=1) if mask_head else None
+
+    def forward_with_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b = self.backbone
+        x = b.conv2d_1a(x)
+        x = b.conv2d_2a(x)
+        x = b.conv2d_2b(x)
+        x = b.maxpool_3a(x)
+        x = b.conv2d_3b(x)
+        x = b.conv2d_4a(x)
+        x = b.conv2d_4b(x)
+        x = b.repeat_1(x)
+        x = b.mixed_6a(x)
+        x = b.repeat_2(x)
+        mask = self.mask_head(x) if self.mask_head is not None else None
+        x = b.mixed_7a(x)
+        x = b.repeat_3(x)
+        x = b.block8(x)
+        x = b.avgpool_1a(x)
+        x = b.dropout(x)
+        x = b.last_linear(x.flatten(1))
+        x = b.last_bn(x)
+        return b.logits(x), mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (N, 1)."""
+        return self.forward_with_mask(x)[0]
+
+
+ARCHITECTURES: dict[str, Callable[..., DeepfakeNet]] = {
+    "inception_resnet_v1": DeepfakeNet,
+}
+
+
+def build_network(architecture: str, **kwargs: Any) -> DeepfakeNet:
+    try:
+        return ARCHITECTURES[architecture](**kwargs)
+    except KeyError:
+        raise ModelLoadError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}") from None
+
+
+def crops_to_tensor(crops: Sequence[np.ndarray], meta: ModelMetadata, size: int | None = None) -> torch.Tensor:
+    """uint8 RGB crops -> normalised float tensor (N, 3, S, S), channels_last. Shared by training and serving.
+
+    `size` defaults to the model's input size; training passes its window size explicitly.
+    """
+    size = size or meta.input_size
+    batch = np.stack([resize_square(c, size) for c in crops]).astype(np.float32)
+    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).div_(255.0)
+    mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return tensor.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Classifier:
+    """A loaded network plus its metadata, ready for batched inference on one device."""
+
+    net: DeepfakeNet
+    meta: ModelMetadata
+    device: torch.device
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self.autocast():
+            out = self.net(batch.to(self.device, non_blocking=True))
+        return out.float().squeeze(1).cpu()
+
+    def fake_probability(self, crops: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Calibrated P(fake) for each crop, in one forward pass per `batch_size` crops."""
+        if not crops:
+            return np.zeros(0, dtype=np.float64)
+        outs = [
+            self.logits(crops_to_tensor(crops[i : i + batch_size], self.meta))
+            for i in range(0, len(crops), batch_size)
+        ]
+        logits = torch.cat(outs).double()
+        return torch.sigmoid(logits / self.meta.temperature).numpy()
+
+    def layer(self, dotted: str) -> nn.Module:
+        module: nn.Module = self.net
+        for part in dotted.split("."):
+            module = getattr(module, part)
+        return module
+
+
+def save_model(net: nn.Module, meta: ModelMetadata, folder: Path, half: bool = False) -> ModelMetadata:
+    """Write model.safetensors (without training-only heads) and model.json with its sha256."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous()
+        for k, v in net.state_dict().items()
+        if not k.startswith("mask_head.")
+    }
+    weights = folder / WEIGHTS_FILE
+    save_file(state, str(weights), metadata={"version": meta.version})
+    meta = replace(meta, sha256=file_sha256(weights))
+    (folder / METADATA_FILE).write_text(meta.to_json() + "\n")
+    return meta
+
+
+def read_metadata(folder: Path) -> ModelMetadata:
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"no model metadata at {path}")
+    try:
+        return ModelMetadata.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ModelLoadError(f"model metadata {path} is invalid: {exc}") from None
+
+
+def load_classifier(
+    folder: Path | str, device: str | torch.device = "cpu", precision: str = "fp32"
+) -> Classifier:
+    """Load a model folder; refuse weights whose sha256 differs from the metadata's."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = read_metadata(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"no weights at {weights}")
+    actual = file_sha256(weights)
+    if not meta.sha256 or actual != meta.sha256:
+        raise ModelLoadError(
+            f"sha256 mismatch for {weights}: metadata says {meta.sha256 or '(none)'}, file is {actual}"
+        )
+    net = build_network(meta.architecture)
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(f"weights do not fit {meta.architecture}: missing={missing[:5]} unexpected={unexpected[:5]}")
+    device = torch.device(device)
+    net = net.to(device).eval().to(memory_format=torch.channels_last)
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ModelLoadError(f"unknown precision {precision!r}")
+    log.info("model loaded version=%s sha256=%s device=%s precision=%s", meta.version, actual[:12], device, precision)
+    return Classifier(net=net, meta=meta, device=device, precision=precision)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (None leaves it)."""
+    if not count:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,106 @@
+"""The labelled face-crop dataset: manifest, real/fake pairs and pair-aware batches."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.decode import decode_image
+from pipeline.faces import resize_square
+from pipeline.training.augment import AugmentConfig, apply_params, difference_mask, draw_params
+from pipeline.training.sbi import self_blend
+
+SOURCE_SIDE = 224  # the dataset's crops are 224 x 224; serving cuts MTCNN boxes to the same side
+
+
+@dataclass(frozen=True)
+class Sample:
+    file: str  # relative to the dataset root
+    label: int  # 1 = fake
+    group: str
+    split: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    real: Sample
+    fake: Sample | None  # None: the fake is made on the fly (self-blend)
+
+
+def read_manifest(root: Path) -> list[Sample]:
+    """manifest.csv: file,label,group,split (dataset is optional)."""
+    path = root / "manifest.csv"
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    samples = []
+    for row in rows:
+        label = row["label"].strip().lower()
+        if label not in ("real", "fake"):
+            raise ValueError(f"{path}: label must be real or fake, got {label!r}")
+        samples.append(Sample(row["file"], int(label == "fake"), row.get("group", ""), row.get("split", "train")))
+    return samples
+
+
+def read_pairs(root: Path, samples: list[Sample]) -> list[Pair]:
+    """Pair each fake with the real it was made from (source_videos.csv), within one split.
+
+    Without provenance, fakes and reals of the same group are zipped: the pair-aware batch still holds
+    one of each class, but the difference mask is not meaningful then.
+    """
+    by_file = {s.file: s for s in samples}
+    provenance = root / "source_videos.csv"
+    pairs: list[Pair] = []
+    if provenance.is_file():
+        with provenance.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                original = (row.get("dfdc_original_video") or "").strip()
+                fake = by_file.get(row["file"])
+                if not original or fake is None or fake.label != 1:
+                    continue
+                real = by_file.get(f"real/{Path(original).stem}.jpg")
+                if real is not None and real.split == fake.split:
+                    pairs.append(Pair(real, fake))
+        if pairs:
+            return pairs
+    reals = [s for s in samples if s.label == 0]
+    fakes = [s for s in samples if s.label == 1]
+    return [Pair(r, f) for r, f in zip(reals, fakes, strict=False)]
+
+
+def load_crop(root: Path, sample: Sample, side: int = SOURCE_SIDE) -> np.ndarray:
+    """The crop as serving sees it: decoded by the pipeline's decoder and resized to side x side."""
+    return resize_square(decode_image((root / sample.file).read_bytes()).pixels, side)
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    images: list[np.ndarray]  # real_0, fake_0, real_1, fake_1, ...
+    labels: np.ndarray  # float32
+    masks: np.ndarray  # float32 (N, grid, grid): manipulation mask targets (zeros for reals)
+    params: list[object]  # the AugmentParams of each image, for tests
+
+
+def make_pair_batch(
+    root: Path,
+    pairs: list[Pair],
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    mask_grid: int,
+    sbi_fraction: float = 0.0,
+) -> PairBatch:
+    images, labels, masks, params = [], [], [], []
+    for pair in pairs:
+        real = load_crop(root, pair.real)
+        use_sbi = pair.fake is None or rng.random() < sbi_fraction
+        fake = self_blend(real, rng) if use_sbi else load_crop(root, pair.fake)  # type: ignore[arg-type]
+        p = draw_params(rng, SOURCE_SIDE, cfg)
+        real_aug = apply_params(real, p, cfg.window)
+        fake_aug = apply_params(fake, p, cfg.window)
+        images += [real_aug, fake_aug]
+        labels += [0.0, 1.0]
+        masks += [np.zeros((mask_grid, mask_grid), np.float32), difference_mask(real_aug, fake_aug, mask_grid)]
+        params += [p, p]
+    return PairBatch(images, np.asarray(labels, np.float32), np.stack(masks), params)

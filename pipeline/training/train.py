@@ -1,0 +1,305 @@
+"""The training loop: pair-aware batches, auxiliary mask head, checkpoints every N steps, exact resume.
+
+One run = one config file. The run folder holds config.json, metrics.jsonl (one line per epoch),
+checkpoint.pt (the latest state), best/ (model.safetensors + model.json) and curves.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline.model import DeepfakeNet, ModelMetadata, crops_to_tensor, save_model
+from pipeline.training.augment import AugmentConfig
+from pipeline.training.data import Pair, Sample, load_crop, make_pair_batch, read_manifest, read_pairs
+from pipeline.training.metrics import auc, choose_thresholds, ece, fit_temperature
+
+log = logging.getLogger(__name__)
+
+DATA_TERMS = (
+    "DFDC (Deepfake Detection Challenge) face crops: research-only, non-commercial. "
+    "Dolhansky et al., arXiv:2006.07397. Review the licence before any commercial use."
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    out: str = "runs/default"
+    seed: int = 1
+    epochs: int = 6
+    pairs_per_batch: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    dropout: float = 0.2
+    precision: str = "bf16"  # autocast dtype on CPU/CUDA: bf16 | fp16 | fp32
+    threads: int = 2
+    device: str = "auto"
+    mask_weight: float = 0.5  # 0 trains without the auxiliary mask head
+    sbi_fraction: float = 0.0  # share of pairs whose fake is a self-blend of the real
+    input_size: int = 224  # serving (and validation) input: the whole crop at native scale
+    crop_margin: float = 0.0
+    max_train_pairs: int = 0  # 0 = all (a smaller number is for smoke runs)
+    max_val: int = 0
+    checkpoint_every: int = 100  # steps
+    max_fpr: float = 0.01  # fake threshold: at most this share of val reals auto-flagged
+    max_miss: float = 0.05  # real threshold: at most this share of val fakes cleared
+    version: str = ""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        values = dict(data)
+        if isinstance(values.get("augment"), dict):
+            aug = {k: tuple(v) if isinstance(v, list) else v for k, v in values["augment"].items()}
+            values["augment"] = AugmentConfig(**aug)
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides: Any) -> TrainConfig:
+        data = json.loads(Path(path).read_text())
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _metadata(cfg: TrainConfig, version: str, **kw: Any) -> ModelMetadata:
+    return ModelMetadata(
+        version=version,
+        input_size=cfg.input_size,
+        crop_margin=cfg.crop_margin,
+        training_data=f"{cfg.data} (manifest.csv train split; validation split for selection and calibration)",
+        terms=DATA_TERMS,
+        **kw,
+    )
+
+
+def _lr(cfg: TrainConfig, step: int, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def predict_logits(
+    net: DeepfakeNet, crops: list[np.ndarray], meta: ModelMetadata, device: torch.device, precision: str, batch: int = 64
+) -> np.ndarray:
+    net.eval()
+    outs = []
+    with torch.inference_mode(), _autocast(device, precision):
+        for start in range(0, len(crops), batch):
+            x = crops_to_tensor(crops[start : start + batch], meta).to(device)
+            outs.append(net(x).float().squeeze(1).cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros(0)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.root = Path(cfg.data)
+        self.run = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
+        if cfg.threads and self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads)
+        samples = read_manifest(self.root)
+        pairs = [p for p in read_pairs(self.root, samples) if p.real.split == "train"]
+        if cfg.max_train_pairs:
+            pairs = pairs[: cfg.max_train_pairs]
+        if not pairs:
+            raise ValueError(f"no train pairs in {self.root}/manifest.csv")
+        self.pairs: list[Pair] = pairs
+        self.val: list[Sample] = [s for s in samples if s.split == "val"][: cfg.max_val or None]
+        self.version = cfg.version or f"irv1-{Path(cfg.out).name}"
+        self.meta = _metadata(cfg, self.version)
+        torch.manual_seed(cfg.seed)
+        self.net = DeepfakeNet(mask_head=cfg.mask_weight > 0, dropout=cfg.dropout).to(self.device)
+        self.net = self.net.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = max(1, len(pairs) // cfg.pairs_per_batch)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.state: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "best_auc": -1.0, "history": []}
+        self._val_crops: list[np.ndarray] | None = None
+
+    # -- persistence ---------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save({"model": self.net.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
+                    "config": _config_dict(self.cfg)}, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def try_resume(self) -> bool:
+        if not self.checkpoint_path.is_file():
+            return False
+        ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if _comparable(ckpt["config"]) != _comparable(_config_dict(self.cfg)):
+            raise ValueError(f"{self.checkpoint_path} was written by a different config; use a new --out")
+        self.net.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["opt"])
+        self.state = ckpt["state"]
+        log.info("resumed epoch=%s step=%s", self.state["epoch"], self.state["step"])
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        self.run.mkdir(parents=True, exist_ok=True)
+        (self.run / "config.json").write_text(json.dumps(_config_dict(self.cfg), indent=2) + "\n")
+        self.try_resume()
+        cfg = self.cfg
+        grid = _mask_grid(self.net, cfg.augment.window, self.device)
+        while self.state["epoch"] < cfg.epochs:
+            epoch = self.state["epoch"]
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.pairs))
+            bar = tqdm(range(self.state["step"], self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not self.progress, initial=self.state["step"], total=self.steps_per_epoch)
+            running = None
+            started = time.time()
+            for step in bar:
+                chosen = [self.pairs[i] for i in order[step * cfg.pairs_per_batch : (step + 1) * cfg.pairs_per_batch]]
+                loss = self._train_step(chosen, np.random.default_rng([cfg.seed, epoch, step]), grid)
+                running = loss if running is None else 0.98 * running + 0.02 * loss
+                self.state["step"] = step + 1
+                self.state["global_step"] += 1
+                bar.set_postfix(loss=f"{running:.4f}", val_auc=f"{self.state['best_auc']:.3f}")
+                if (step + 1) % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+            val_auc = self._end_epoch(epoch, running, time.time() - started)
+            bar.set_postfix(loss=f"{running or 0:.4f}", val_auc=f"{val_auc:.3f}")
+            bar.close()
+        return self.finish()
+
+    def _train_step(self, chosen: list[Pair], rng: np.random.Generator, grid: int) -> float:
+        cfg = self.cfg
+        batch = make_pair_batch(self.root, chosen, rng, cfg.augment, grid, cfg.sbi_fraction)
+        x = crops_to_tensor(batch.images, self.meta, size=cfg.augment.window).to(self.device)
+        y = torch.from_numpy(batch.labels).to(self.device)
+        for group in self.opt.param_groups:
+            group["lr"] = _lr(cfg, self.state["global_step"], self.total_steps)
+        self.net.train()
+        with _autocast(self.device, cfg.precision):
+            logits, mask = self.net.forward_with_mask(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float().squeeze(1), y)
+        if mask is not None and cfg.mask_weight > 0:
+            target = torch.from_numpy(batch.masks).to(self.device).unsqueeze(1)
+            loss = loss + cfg.mask_weight * F.binary_cross_entropy_with_logits(mask.float(), target)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+        self.opt.step()
+        return float(loss.detach())
+
+    def val_crops(self) -> list[np.ndarray]:
+        if self._val_crops is None:
+            self._val_crops = [load_crop(self.root, s, self.cfg.input_size) for s in self.val]
+        return self._val_crops
+
+    def _end_epoch(self, epoch: int, loss: float | None, seconds: float) -> float:
+        labels = np.array([s.label for s in self.val])
+        logits = predict_logits(self.net, self.val_crops(), self.meta, self.device, self.cfg.precision)
+        val_auc = auc(labels, logits)
+        row = {"epoch": epoch + 1, "train_loss": loss, "val_auc": val_auc, "seconds": round(seconds, 1),
+               "images_per_s": round(2 * self.steps_per_epoch * self.cfg.pairs_per_batch / max(seconds, 1e-9), 2)}
+        self.state["history"].append(row)
+        with (self.run / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        log.info("epoch=%s val_auc=%.4f loss=%s", epoch + 1, val_auc, loss)
+        if val_auc > self.state["best_auc"]:
+            self.state["best_auc"] = val_auc
+            save_model(self.net, self.meta, self.run / "best")
+        self.state["epoch"] = epoch + 1
+        self.state["step"] = 0
+        self.save_checkpoint()
+        plot_curves(self.state["history"], self.run / "curves.png")
+        return val_auc
+
+    def finish(self) -> dict[str, Any]:
+        """Calibrate the best weights on validation and write the final metadata beside them."""
+        return calibrate_folder(self.run / "best", self.root, self.val, self.cfg, self.device)
+
+
+def calibrate_folder(folder: Path, root: Path, val: list[Sample], cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    from pipeline.model import load_classifier
+
+    classifier = load_classifier(folder, device=device, precision=cfg.precision)
+    crops = [load_crop(root, s, cfg.input_size) for s in val]
+    labels = np.array([s.label for s in val])
+    logits = predict_logits(classifier.net, crops, classifier.meta, device, cfg.precision)
+    temperature = fit_temperature(labels, logits)
+    probs = 1.0 / (1.0 + np.exp(-logits / temperature))
+    fake_t, real_t = choose_thresholds(labels, probs, cfg.max_fpr, cfg.max_miss)
+    summary = {"val_auc": auc(labels, probs), "val_ece_raw": ece(labels, 1 / (1 + np.exp(-logits))),
+               "val_ece": ece(labels, probs), "temperature": temperature,
+               "threshold_fake": fake_t, "threshold_real": real_t, "max_fpr": cfg.max_fpr, "max_miss": cfg.max_miss}
+    meta = replace(classifier.meta, temperature=temperature, threshold_fake=fake_t, threshold_real=real_t,
+                   extra={**classifier.meta.extra, "validation": summary})
+    save_model(classifier.net, meta, folder)
+    (folder.parent / "calibration.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax[0].set_title("train loss (EMA)")
+    ax[1].plot(epochs, [h["val_auc"] for h in history], marker="o", color="C1")
+    ax[1].set_title("validation AUC")
+    for a in ax:
+        a.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _mask_grid(net: DeepfakeNet, window: int, device: torch.device) -> int:
+    if net.mask_head is None:
+        return 1
+    with torch.inference_mode():
+        _, mask = net.eval().forward_with_mask(torch.zeros(1, 3, window, window, device=device))
+    return int(mask.shape[-1])
+
+
+def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    # Settings that do not change the result may differ between a run and its resume.
+    return {k: v for k, v in config.items() if k not in ("threads", "device", "checkpoint_every", "out")}
