@@ -111,6 +111,13 @@ class FaceDetector:
         return faces[: self.config.max_faces]
 
 
+def square_region(box: Box, margin: float) -> tuple[float, float, float]:
+    """(left, top, side) of the square a face crop is cut from: the box's long side plus `margin` per side."""
+    x1, y1, x2, y2 = box
+    side = max(max(x2 - x1, y2 - y1) * (1.0 + 2.0 * margin), 2.0)
+    return (x1 + x2) / 2.0 - side / 2.0, (y1 + y2) / 2.0 - side / 2.0, side
+
+
 def crop_face(pixels: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:
     """Cut a square crop around a face box from the full-resolution image and resize it to size x size.
 
@@ -118,12 +125,9 @@ def crop_face(pixels: np.ndarray, box: Box, margin: float, size: int) -> np.ndar
     square that fall outside the image are filled by edge replication, so a face at the border keeps its
     scale instead of being stretched.
     """
-    x1, y1, x2, y2 = box
-    side = max(x2 - x1, y2 - y1) * (1.0 + 2.0 * margin)
-    side = max(side, 2.0)
-    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-    right, bottom = left + int(round(side)), top + int(round(side))
+    fleft, ftop, fside = square_region(box, margin)
+    left, top = int(round(fleft)), int(round(ftop))
+    right, bottom = left + int(round(fside)), top + int(round(fside))
     height, width = pixels.shape[:2]
     pad_l, pad_t = max(0, -left), max(0, -top)
     pad_r, pad_b = max(0, right - width), max(0, bottom - height)

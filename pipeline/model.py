@@ -243,3 +243,18 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def make_placeholder(folder: Path, seed: int = 20261123) -> ModelMetadata:
+    """A randomly initialised network from a fixed seed. NOT A DETECTOR: it exists so the pipeline runs
+    before a trained model is installed, and its metadata says so."""
+    torch.manual_seed(seed)
+    net = build_network("inception_resnet_v1").eval()
+    meta = ModelMetadata(
+        version=f"placeholder-seed{seed}",
+        placeholder=True,
+        threshold_fake=0.9,
+        threshold_real=0.5,
+        training_data="none: random weights from a fixed seed (placeholder, not a detector)",
+    )
+    return save_model(net, meta, Path(folder))

@@ -1,0 +1,140 @@
+"""The relational schema: events, images, verdicts, faces, review items. SQLAlchemy 2 typed ORM.
+
+Idempotency lives in unique keys: one event row per producer event_id, one image row per sha256, one
+verdict per (image, model version), one face row per (verdict, index), one review item per verdict.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; Postgres gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class Event(Base):
+    """One upload event as the producer sent it, and where it ended."""
+
+    __tablename__ = "events"
+
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    image_uri: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(200), index=True)
+    priority: Mapped[str] = mapped_column(String(16), default="upload")
+    expected_sha256: Mapped[str | None] = mapped_column(String(64))
+    uploaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # queued -> scored | no_face | invalid_input | failed
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    reason: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+    verdict_id: Mapped[int | None] = mapped_column(ForeignKey("verdicts.id", ondelete="SET NULL"))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Image(Base):
+    """Image content, identified by its sha256."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    uri: Mapped[str] = mapped_column(Text)  # where it was first seen
+    source: Mapped[str] = mapped_column(String(200), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    uploaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    verdicts: Mapped[list[Verdict]] = relationship(back_populates="image")
+
+
+class Verdict(Base):
+    """One screening of one image by one model version. History is never overwritten."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (UniqueConstraint("image_id", "model_version", name="uq_verdict_image_model"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model_version: Mapped[str] = mapped_column(String(120), index=True)
+    status: Mapped[str] = mapped_column(String(20))  # scored | no_face | invalid_input
+    verdict: Mapped[str | None] = mapped_column(String(12), index=True)  # fake | real | uncertain
+    fake_probability: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(String(200))
+    heatmap_key: Mapped[str | None] = mapped_column(Text)
+    face_count: Mapped[int] = mapped_column(Integer, default=0)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+    image: Mapped[Image] = relationship(back_populates="verdicts")
+    faces: Mapped[list[FaceRow]] = relationship(back_populates="verdict_row", order_by="FaceRow.face_index")
+
+
+class FaceRow(Base):
+    __tablename__ = "faces"
+    __table_args__ = (UniqueConstraint("verdict_id", "face_index", name="uq_face_verdict_index"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"), index=True)
+    face_index: Mapped[int] = mapped_column(Integer)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float] = mapped_column(Float)
+    y2: Mapped[float] = mapped_column(Float)
+    detection_probability: Mapped[float | None] = mapped_column(Float)
+    fake_probability: Mapped[float] = mapped_column(Float)
+    verdict: Mapped[str] = mapped_column(String(12))
+    heatmap_key: Mapped[str | None] = mapped_column(Text)
+    crop_key: Mapped[str | None] = mapped_column(Text)
+
+    verdict_row: Mapped[Verdict] = relationship(back_populates="faces")
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (self.x1, self.y1, self.x2, self.y2)
+
+
+class ReviewItem(Base):
+    """A verdict that needs a human: fake or uncertain."""
+
+    __tablename__ = "review_items"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"), unique=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    reason: Mapped[str] = mapped_column(String(40))  # the verdict that opened it: fake | uncertain
+    fake_probability: Mapped[float | None] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(200), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+Index("ix_review_items_state_created", ReviewItem.state, ReviewItem.created_at)

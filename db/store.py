@@ -1,0 +1,269 @@
+"""Idempotent persistence of screening results: one transaction per verdict, upserts on unique keys.
+
+The same code runs on Postgres (distributed) and SQLite (embedded `deepscreen scan`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from db.schema import Event, FaceRow, Image, ReviewItem, Verdict
+from pipeline.decide import needs_review
+from pipeline.events import UploadEvent
+from pipeline.screen import Verdict as ScreenVerdict
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("scored", "no_face", "invalid_input", "failed")
+
+
+@dataclass(frozen=True)
+class BlobKeys:
+    """Where a verdict's derivatives were stored: the annotated image and, per face, (heatmap, crop)."""
+
+    heatmap: str | None = None
+    faces: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SavedResult:
+    event_id: str
+    status: str
+    verdict_id: int | None
+    verdict: str | None
+    review_item_id: int | None
+    reused: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ExistingVerdict:
+    verdict_id: int
+    image_id: int
+    status: str
+    verdict: str | None
+
+
+def connect(url: str, **engine_kwargs: Any) -> Engine:
+    """An engine with the settings each dialect needs (SQLite: WAL, foreign keys, busy timeout)."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **engine_kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+        return engine
+    engine_kwargs.setdefault("pool_pre_ping", True)
+    engine_kwargs.setdefault("pool_size", 5)
+    return create_engine(url, **engine_kwargs)
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(connect(url))
+
+    # -- events ----------------------------------------------------------------------------------------
+    def record_events(self, events: Iterable[UploadEvent]) -> list[str]:
+        """Insert events that are new; return the ids that were new (a resubmission inserts nothing)."""
+        rows = [_event_row(e) for e in events]
+        if not rows:
+            return []
+        with self.sessions.begin() as session:
+            stmt = self._insert(Event).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
+            result = session.execute(stmt.returning(Event.event_id))
+            return [r[0] for r in result]
+
+    def event_status(self, event_id: str) -> str | None:
+        with self.sessions() as session:
+            return session.scalar(select(Event.status).where(Event.event_id == event_id))
+
+    def finished_events(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """Terminal status of those events that already have one (a redelivered message is skipped)."""
+        if not event_ids:
+            return {}
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Event.event_id, Event.status).where(Event.event_id.in_(list(event_ids)), Event.status.in_(TERMINAL))
+            )
+            return {event_id: status for event_id, status in rows}
+
+    # -- verdicts --------------------------------------------------------------------------------------
+    def find_verdict(self, sha256: str, model_version: str) -> ExistingVerdict | None:
+        with self.sessions() as session:
+            row = session.execute(
+                select(Verdict.id, Verdict.image_id, Verdict.status, Verdict.verdict)
+                .join(Image, Image.id == Verdict.image_id)
+                .where(Image.sha256 == sha256, Verdict.model_version == model_version)
+            ).first()
+            return ExistingVerdict(*row) if row else None
+
+    def save(self, event: UploadEvent, result: ScreenVerdict, keys: BlobKeys, attempts: int = 1) -> SavedResult:
+        """Write one verdict with its faces, review item and event status in one transaction, idempotently."""
+        with self.sessions.begin() as session:
+            if result.sha256 is None:
+                self._finish_event(session, event, result.status, result.reason, attempts, None, None)
+                return SavedResult(event.event_id, result.status, None, None, None, False, result.reason)
+            image_id = self._upsert_image(session, event, result)
+            verdict_id = session.scalar(
+                self._insert(Verdict)
+                .values(_verdict_row(image_id, result, keys, attempts))
+                .on_conflict_do_nothing(index_elements=["image_id", "model_version"])
+                .returning(Verdict.id)
+            )
+            reused = verdict_id is None
+            if reused:
+                existing = session.execute(
+                    select(Verdict.id, Verdict.status, Verdict.verdict).where(
+                        Verdict.image_id == image_id, Verdict.model_version == result.model_version
+                    )
+                ).one()
+                verdict_id, status, label = existing
+            else:
+                status, label = result.status, result.verdict
+                if result.faces:
+                    session.execute(self._insert(FaceRow).values(_face_rows(verdict_id, result, keys)))
+            review_id = self._open_review(session, verdict_id, image_id, label, result, event.source)
+            self._finish_event(session, event, status, result.reason, attempts, image_id, verdict_id)
+        return SavedResult(event.event_id, status, verdict_id, label, review_id, reused, result.reason)
+
+    def link_existing(self, event: UploadEvent, existing: ExistingVerdict, attempts: int = 1) -> SavedResult:
+        """An event whose image already has a verdict from this model: point the event at it."""
+        with self.sessions.begin() as session:
+            self._finish_event(session, event, existing.status, None, attempts, existing.image_id, existing.verdict_id)
+            review_id = session.scalar(select(ReviewItem.id).where(ReviewItem.verdict_id == existing.verdict_id))
+        return SavedResult(event.event_id, existing.status, existing.verdict_id, existing.verdict, review_id, True)
+
+    def mark_failed(self, event: UploadEvent, status: str, reason: str, attempts: int) -> None:
+        """A terminal status without a verdict: unreadable object, retries exhausted."""
+        with self.sessions.begin() as session:
+            self._finish_event(session, event, status, reason, attempts, None, None)
+
+    def record_attempt(self, event_id: str, reason: str) -> None:
+        with self.sessions.begin() as session:
+            session.execute(
+                update(Event)
+                .where(Event.event_id == event_id, Event.status.not_in(TERMINAL))
+                .values(attempts=Event.attempts + 1, reason=reason[:200])
+            )
+
+    # -- reads -----------------------------------------------------------------------------------------
+    def verdict_document(self, verdict_id: int) -> dict[str, Any]:
+        """The verdict as the JSON the CLI and the API print (`deepscreen scan --json` field names)."""
+        with self.sessions() as session:
+            row = session.scalars(
+                select(Verdict).options(selectinload(Verdict.faces), selectinload(Verdict.image)).where(Verdict.id == verdict_id)
+            ).one()
+            return {
+                "verdict_id": row.id,
+                "sha256": row.image.sha256,
+                "status": row.status,
+                "verdict": row.verdict,
+                "fake_probability": row.fake_probability,
+                "faces": [
+                    {"box": [f.x1, f.y1, f.x2, f.y2], "detection_probability": f.detection_probability,
+                     "fake_probability": f.fake_probability, "verdict": f.verdict, "heatmap": f.heatmap_key}
+                    for f in row.faces
+                ],
+                "heatmap": row.heatmap_key,
+                "reason": row.reason,
+                "model_version": row.model_version,
+            }
+
+    def counts(self) -> dict[str, int]:
+        with self.sessions() as session:
+            return {
+                "events": session.scalar(select(func.count()).select_from(Event)) or 0,
+                "images": session.scalar(select(func.count()).select_from(Image)) or 0,
+                "verdicts": session.scalar(select(func.count()).select_from(Verdict)) or 0,
+                "faces": session.scalar(select(func.count()).select_from(FaceRow)) or 0,
+                "review_items": session.scalar(select(func.count()).select_from(ReviewItem)) or 0,
+            }
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _upsert_image(self, session: Session, event: UploadEvent, result: ScreenVerdict) -> int:
+        values = {
+            "sha256": result.sha256, "uri": event.image_uri, "source": event.source,
+            "size_bytes": result.size_bytes, "width": result.width, "height": result.height,
+            "uploaded_at": event.uploaded_at, "first_seen_at": datetime.now(UTC),
+        }
+        image_id = session.scalar(
+            self._insert(Image).values(values).on_conflict_do_nothing(index_elements=["sha256"]).returning(Image.id)
+        )
+        if image_id is None:
+            image_id = session.scalar(select(Image.id).where(Image.sha256 == result.sha256))
+        return int(image_id)
+
+    def _open_review(
+        self, session: Session, verdict_id: int, image_id: int, label: str | None, result: ScreenVerdict, source: str
+    ) -> int | None:
+        if not needs_review(label):
+            return None
+        review_id = session.scalar(
+            self._insert(ReviewItem)
+            .values(verdict_id=verdict_id, image_id=image_id, state="pending", reason=label,
+                    fake_probability=result.fake_probability, source=source,
+                    created_at=datetime.now(UTC), updated_at=datetime.now(UTC))
+            .on_conflict_do_nothing(index_elements=["verdict_id"])
+            .returning(ReviewItem.id)
+        )
+        if review_id is None:
+            review_id = session.scalar(select(ReviewItem.id).where(ReviewItem.verdict_id == verdict_id))
+        return review_id
+
+    def _finish_event(
+        self, session: Session, event: UploadEvent, status: str, reason: str | None, attempts: int,
+        image_id: int | None, verdict_id: int | None,
+    ) -> None:
+        row = _event_row(event)
+        done = {"status": status, "reason": reason, "attempts": attempts, "image_id": image_id,
+                "verdict_id": verdict_id, "finished_at": datetime.now(UTC)}
+        stmt = self._insert(Event).values({**row, **done})
+        session.execute(stmt.on_conflict_do_update(index_elements=["event_id"], set_=done))
+
+
+def _event_row(event: UploadEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id, "image_uri": event.image_uri, "source": event.source,
+        "priority": event.priority, "expected_sha256": event.sha256, "uploaded_at": event.uploaded_at,
+        "received_at": datetime.now(UTC), "status": "queued", "attempts": 0,
+    }
+
+
+def _verdict_row(image_id: int, result: ScreenVerdict, keys: BlobKeys, attempts: int) -> dict[str, Any]:
+    return {
+        "image_id": image_id, "model_version": result.model_version, "status": result.status,
+        "verdict": result.verdict, "fake_probability": result.fake_probability, "reason": result.reason,
+        "heatmap_key": keys.heatmap, "face_count": len(result.faces), "timings": dict(result.timings),
+        "attempts": attempts, "created_at": datetime.now(UTC),
+    }
+
+
+def _face_rows(verdict_id: int, result: ScreenVerdict, keys: BlobKeys) -> list[dict[str, Any]]:
+    rows = []
+    for face in result.faces:
+        heatmap_key, crop_key = keys.faces.get(face.index, (None, None))
+        x1, y1, x2, y2 = face.box
+        rows.append({
+            "verdict_id": verdict_id, "face_index": face.index, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+            "detection_probability": face.detection_probability, "fake_probability": face.fake_probability,
+            "verdict": face.verdict, "heatmap_key": heatmap_key, "crop_key": crop_key,
+        })
+    return rows

@@ -1,0 +1,245 @@
+"""screen_batch(items) -> verdicts: the one orchestration that `deepscreen scan`, the Celery task,
+`deepscreen evaluate` and the benchmark all call.
+
+decode (threads) -> detect (MTCNN, batched) -> crop (full resolution) -> classify (one forward for all
+crops) -> decide -> Grad-CAM (one backward for the chosen faces) -> overlays. Every item gets exactly one
+terminal status: scored, no_face or invalid_input. Nothing in here raises for a bad input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from pipeline.decide import Thresholds, decide, image_score
+from pipeline.decode import DecodedImage, DecodeLimits, decode_image
+from pipeline.errors import InvalidInput
+from pipeline.explain import annotate, gradcam, overlay, png_bytes
+from pipeline.faces import Box, DetectorConfig, Face, FaceDetector, crop_face, resize_square
+from pipeline.model import Classifier
+
+log = logging.getLogger(__name__)
+
+HeatmapMode = Literal["flagged", "all", "none"]
+Status = Literal["scored", "no_face", "invalid_input"]
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
+    heatmaps: HeatmapMode = "flagged"
+    crops: bool = False  # each input is already a face crop: detection is skipped
+    decode_threads: int = 2
+    classify_batch: int = 64
+    annotate_max_side: int = 1280
+
+
+@dataclass(frozen=True)
+class ScreenItem:
+    """One input: its bytes, or the typed reason they could not be had."""
+
+    key: str
+    data: bytes | None
+    error: InvalidInput | None = None
+    expected_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class FaceVerdict:
+    index: int
+    box: Box
+    detection_probability: float | None  # None in crops mode
+    fake_probability: float
+    verdict: str
+    heatmap_png: bytes | None = None  # the Grad-CAM overlay on the crop
+    crop_jpeg: bytes | None = None  # the crop the classifier saw (kept with explained faces)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    key: str
+    status: Status
+    model_version: str
+    sha256: str | None = None
+    size_bytes: int = 0
+    width: int | None = None
+    height: int | None = None
+    verdict: str | None = None
+    fake_probability: float | None = None
+    faces: tuple[FaceVerdict, ...] = ()
+    heatmap_png: bytes | None = None  # the image with boxes and heat painted in place
+    reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Work:
+    item: ScreenItem
+    sha256: str | None = None
+    image: DecodedImage | None = None
+    error: InvalidInput | None = None
+    faces: list[Face] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+
+
+class Screener:
+    """Holds the loaded models and screens batches. Build one per process; it is not thread-safe."""
+
+    def __init__(self, classifier: Classifier, config: ScreenConfig, detector: FaceDetector | None = None) -> None:
+        if not config.crops and detector is None:
+            detector = FaceDetector(config.detector, device=classifier.device)
+        self.classifier = classifier
+        self.detector = detector
+        self.config = config
+        self.thresholds = Thresholds(fake=classifier.meta.threshold_fake, real=classifier.meta.threshold_real)
+
+    @property
+    def model_version(self) -> str:
+        """The version verdicts are keyed by: the model, plus `+crops` when detection is skipped, since the
+        same bytes screened as a face crop and as a full image are two different screenings."""
+        return self.classifier.version + ("+crops" if self.config.crops else "")
+
+    def screen_batch(self, items: Sequence[ScreenItem]) -> list[Verdict]:
+        clock: dict[str, float] = {}
+        works = [_Work(item) for item in items]
+        with _timed(clock, "decode"):
+            self._decode(works)
+        live = [w for w in works if w.image is not None]
+        with _timed(clock, "detect"):
+            self._detect(live)
+        with _timed(clock, "classify"):
+            self._classify(live)
+        with _timed(clock, "explain"):
+            cams = self._explain(live)
+        per_image = {stage: round(seconds / max(1, len(items)), 5) for stage, seconds in clock.items()}
+        per_image["batch_size"] = float(len(items))
+        return [self._verdict(w, cams, per_image) for w in works]
+
+    # -- stages ----------------------------------------------------------------------------------------
+    def _decode(self, works: list[_Work]) -> None:
+        def one(work: _Work) -> None:
+            item = work.item
+            if item.data is None:
+                work.error = item.error or InvalidInput("not_found", "no bytes")
+                return
+            work.sha256 = hashlib.sha256(item.data).hexdigest()
+            if item.expected_sha256 and item.expected_sha256 != work.sha256:
+                work.error = InvalidInput("sha256_mismatch", f"event says {item.expected_sha256[:12]}")
+                return
+            try:
+                work.image = decode_image(item.data, self.config.decode)
+            except InvalidInput as exc:
+                work.error = exc
+
+        threads = max(1, self.config.decode_threads)
+        if threads == 1 or len(works) == 1:
+            for work in works:
+                one(work)
+        else:
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+                list(pool.map(one, works))
+
+    def _detect(self, live: list[_Work]) -> None:
+        size = self.classifier.meta.input_size
+        if self.config.crops:
+            for work in live:
+                pixels = work.image.pixels  # type: ignore[union-attr]
+                height, width = pixels.shape[:2]
+                work.faces = [Face(box=(0.0, 0.0, float(width), float(height)), detection_probability=1.0)]
+                work.crops = [resize_square(pixels, size)]
+            return
+        assert self.detector is not None
+        found = self.detector.detect([w.image.pixels for w in live])  # type: ignore[union-attr]
+        margin = self.classifier.meta.crop_margin
+        for work, faces in zip(live, found, strict=True):
+            work.faces = faces
+            work.crops = [crop_face(work.image.pixels, f.box, margin, size) for f in faces]  # type: ignore[union-attr]
+
+    def _classify(self, live: list[_Work]) -> None:
+        crops = [crop for w in live for crop in w.crops]
+        probs = self.classifier.fake_probability(crops, batch_size=max(len(crops), 1, self.config.classify_batch))
+        cursor = 0
+        for work in live:
+            work.probabilities = [float(p) for p in probs[cursor : cursor + len(work.crops)]]
+            cursor += len(work.crops)
+
+    def _explain(self, live: list[_Work]) -> dict[tuple[int, int], np.ndarray]:
+        mode = self.config.heatmaps
+        if mode == "none":
+            return {}
+        chosen: list[tuple[int, int]] = []
+        for w_index, work in enumerate(live):
+            for f_index, prob in enumerate(work.probabilities):
+                if mode == "all" or decide(prob, self.thresholds) != "real":
+                    chosen.append((w_index, f_index))
+        cams: dict[tuple[int, int], np.ndarray] = {}
+        step = max(1, self.config.classify_batch)
+        for start in range(0, len(chosen), step):
+            part = chosen[start : start + step]
+            maps = gradcam(self.classifier, [live[w].crops[f] for w, f in part])
+            for (w, f), cam in zip(part, maps, strict=True):
+                cams[(id(live[w]), f)] = cam
+        return cams
+
+    # -- results ---------------------------------------------------------------------------------------
+    def _verdict(self, work: _Work, cams: dict[tuple[int, int], np.ndarray], timings: dict[str, float]) -> Verdict:
+        base = {"key": work.item.key, "model_version": self.model_version, "sha256": work.sha256,
+                "size_bytes": len(work.item.data or b""), "timings": timings}
+        if work.image is None:
+            error = work.error or InvalidInput("corrupt")
+            return Verdict(status="invalid_input", reason=error.reason, **base)
+        base.update(width=work.image.width, height=work.image.height)
+        if not work.faces:
+            return Verdict(status="no_face", reason="no_face", **base)
+        faces = []
+        face_cams: list[np.ndarray | None] = []
+        for index, (face, crop, prob) in enumerate(zip(work.faces, work.crops, work.probabilities, strict=True)):
+            cam = cams.get((id(work), index))
+            face_cams.append(cam)
+            faces.append(FaceVerdict(
+                index=index, box=face.box,
+                detection_probability=None if self.config.crops else face.detection_probability,
+                fake_probability=prob, verdict=decide(prob, self.thresholds),
+                heatmap_png=png_bytes(overlay(crop, cam)) if cam is not None else None,
+                crop_jpeg=_jpeg(crop) if cam is not None else None,
+            ))
+        score = image_score([f.fake_probability for f in faces])
+        assert score is not None
+        heatmap = None
+        if any(c is not None for c in face_cams):
+            drawn = annotate(work.image.pixels, [(f.box, f.verdict, f.fake_probability) for f in faces],
+                             face_cams, self.classifier.meta.crop_margin, self.config.annotate_max_side)
+            heatmap = png_bytes(drawn)
+        return Verdict(status="scored", verdict=decide(score, self.thresholds), fake_probability=score,
+                       faces=tuple(faces), heatmap_png=heatmap, **base)
+
+
+def _jpeg(pixels: np.ndarray, quality: int = 92) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+class _timed:
+    def __init__(self, clock: dict[str, float], name: str) -> None:
+        self.clock, self.name = clock, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.clock[self.name] = self.clock.get(self.name, 0.0) + time.perf_counter() - self.start
+
+
+ScreenFn = Callable[[Sequence[ScreenItem]], list[Verdict]]

@@ -1,0 +1,53 @@
+"""The Celery app and its settings, configured the way Celery's docs prescribe for long ML tasks.
+
+- acks_late + task_reject_on_worker_lost: a message is acknowledged only after its verdict is committed;
+  a worker killed mid-batch leaves it unacknowledged and Redis redelivers it after `visibility_timeout`.
+- Micro-batches need the messages reserved: the prefetch is twice the batch size per process (not 1),
+  because a worker can only batch what it holds, and the next batch fills while one runs. With acks_late, reserved-but-unprocessed messages are redelivered
+  if the worker dies, so the larger prefetch costs nothing in safety (tests/test_distributed.py).
+- Queues: `upload` is always polled before `rescan` (kombu's priority queue order), so a re-scan backlog
+  never delays fresh uploads.
+- Pool: `solo` by default (one process, the model loaded once at process start, torch's own threads do
+  the parallel work); `prefork` is available, with one model per child loaded in worker_process_init.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from workers.settings import Settings, get_settings
+
+UPLOAD_QUEUE = "upload"
+RESCAN_QUEUE = "rescan"
+SCREEN_TASK = "deepscreen.screen"
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("deepscreen", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=max(1, settings.batch_size // settings.concurrency) * 2,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "queue_order_strategy": "priority",
+        },
+        broker_connection_retry_on_startup=True,
+        task_queues=[Queue(UPLOAD_QUEUE), Queue(RESCAN_QUEUE)],
+        task_default_queue=UPLOAD_QUEUE,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_pool=settings.pool,
+        worker_concurrency=settings.concurrency,
+        worker_send_task_events=False,
+        task_track_started=False,
+    )
+    app.conf.deepscreen_settings = settings
+    return app
+
+
+app = create_app(get_settings())

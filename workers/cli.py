@@ -1,0 +1,281 @@
+"""The `deepscreen` command: one entry point, subcommands, --help on each.
+
+Exit codes: 0 done; 1 failed (see the message); 2 bad usage or input (argparse, malformed events);
+3 a service or the model could not be reached or loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+log = logging.getLogger("deepscreen")
+
+
+def _settings(args: argparse.Namespace):  # noqa: ANN202
+    from workers.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    for name in ("model_dir", "precision", "torch_threads", "batch_size", "heatmaps", "detect_max_side", "device"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+def _add_compute_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", dest="model_dir", type=Path, help="model folder (model.safetensors + model.json)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision of the classifier")
+    p.add_argument("--threads", dest="torch_threads", type=int, help="torch intra-op threads")
+    p.add_argument("--batch-size", type=int, help="images per micro-batch")
+    p.add_argument("--heatmaps", choices=["flagged", "all", "none"], help="which faces get a Grad-CAM heatmap")
+    p.add_argument("--detect-max-side", type=int, help="long side of the copy MTCNN runs on")
+    p.add_argument("--device", help="cpu or cuda[:N]")
+
+
+# -- scan ------------------------------------------------------------------------------------------------
+def cmd_scan(args: argparse.Namespace) -> int:
+    from pipeline.errors import ModelLoadError
+    from workers.embedded import expand_paths, scan
+    from workers.runtime import embedded_runtime
+
+    settings = _settings(args)
+    home = Path(args.home or os.environ.get("DEEPSCREEN_HOME") or ".deepscreen")
+    paths = expand_paths(args.paths)
+    if not paths:
+        print("deepscreen scan: no files found under the given paths", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        runtime = embedded_runtime(settings, home, crops=args.crops)
+    except ModelLoadError as exc:
+        print(f"deepscreen scan: cannot load the model: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if runtime.screener.classifier.meta.placeholder:
+        print("warning: the model is a PLACEHOLDER with random weights; its verdicts mean nothing "
+              "(see README, 'Model')", file=sys.stderr)
+
+    def emit(row: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(row), flush=True)
+
+    report = scan(runtime, paths, settings.batch_size, progress=not args.no_progress, on_result=emit)
+    if not args.json or args.summary:
+        _print_summary(report, home, file=sys.stderr if args.json else sys.stdout)
+    return EXIT_OK
+
+
+def _print_summary(report, home: Path, file) -> None:  # noqa: ANN001
+    rows = report.results
+    width = min(60, max([len(_short(r["source"])) for r in rows] + [6]))
+    print(f"\n{'input':<{width}}  {'status':<22} {'verdict':<9} {'P(fake)':>7} {'faces':>5}", file=file)
+    for r in rows:
+        prob = f"{r['fake_probability']:.3f}" if r["fake_probability"] is not None else "-"
+        status = r["status"] if r["status"] != "invalid_input" else f"invalid:{r['reason']}"
+        print(f"{_short(r['source']):<{width}}  {status[:22]:<22} {r['verdict'] or '-':<9} {prob:>7} "
+              f"{len(r['faces']):>5}", file=file)
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(report.counts().items()))
+    print(f"\n{len(rows)} inputs in {report.seconds:.1f}s ({report.images_per_second:.2f} images/s): {counts}", file=file)
+    print(f"results and heatmaps: {home}", file=file)
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= 60 else "..." + path[-57:]
+
+
+# -- submit ----------------------------------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipeline.errors import InvalidEvent
+    from workers.embedded import expand_paths
+    from workers.storage import s3_client
+    from workers.submit import local_events, s3_prefix_events, submit
+
+    settings = _settings(args)
+    client = s3_client(settings.s3_endpoint_url, settings.s3_region)
+    events = []
+    try:
+        if args.events:
+            events.extend(_read_event_file(args.events))
+        local = [p for p in args.targets if not p.startswith("s3://")]
+        for target in args.targets:
+            if target.startswith("s3://"):
+                events.extend(s3_prefix_events(client, target, args.source, args.priority))
+        if local:
+            if not args.upload:
+                print("deepscreen submit: local files need --upload (workers read only from S3 buckets)",
+                      file=sys.stderr)
+                return EXIT_USAGE
+            bucket = args.bucket or settings.upload_bucket
+            events.extend(local_events(client, bucket, expand_paths(local), args.source, args.priority))
+        ids = submit(events)
+    except InvalidEvent as exc:
+        print(f"deepscreen submit: invalid event: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - a CLI reports service trouble as an exit code
+        print(f"deepscreen submit: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if args.json:
+        for event_id in ids:
+            print(json.dumps({"event_id": event_id}))
+    else:
+        print(f"submitted {len(ids)} events")
+    return EXIT_OK
+
+
+def _read_event_file(path: str) -> list[Any]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    stripped = text.strip()
+    if stripped.startswith("[") or stripped.startswith("{") and "\n{" not in stripped:
+        return [stripped]
+    return [line for line in stripped.splitlines() if line.strip()]
+
+
+# -- worker, migrate, model --------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.app import app
+
+    argv = ["worker", f"--queues={args.queues}", f"--loglevel={args.loglevel}", "--without-gossip",
+            "--without-mingle"]
+    settings = app.conf.deepscreen_settings
+    argv += [f"--pool={args.pool or settings.pool}", f"--concurrency={args.concurrency or settings.concurrency}"]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from db.migrate import current, upgrade
+    from workers.settings import Settings
+
+    url = args.database_url or Settings().database_url
+    try:
+        upgrade(url)
+    except Exception as exc:  # noqa: BLE001
+        print(f"deepscreen migrate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(f"database at revision {current(url)}")
+    return EXIT_OK
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from pipeline.errors import ModelLoadError
+    from pipeline.model import load_classifier, make_placeholder
+    from workers.settings import Settings
+
+    if args.model_command == "placeholder":
+        meta = make_placeholder(Path(args.out))
+        print(f"placeholder model (NOT a detector) written to {args.out}: version={meta.version}")
+        return EXIT_OK
+    folder = Path(args.model_dir or Settings().model_dir)
+    try:
+        classifier = load_classifier(folder)
+    except ModelLoadError as exc:
+        print(f"deepscreen model info: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    meta = classifier.meta
+    print(json.dumps({"folder": str(folder), "version": meta.version, "placeholder": meta.placeholder,
+                      "sha256": meta.sha256, "input_size": meta.input_size, "crop_margin": meta.crop_margin,
+                      "temperature": meta.temperature, "threshold_fake": meta.threshold_fake,
+                      "threshold_real": meta.threshold_real}, indent=2))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.training.train import TrainConfig, Trainer
+
+    overrides = {"data": args.data, "out": args.out, "epochs": args.epochs, "seed": args.seed,
+                 "threads": args.threads, "device": args.device}
+    if args.config:
+        cfg = TrainConfig.from_file(Path(args.config), **overrides)
+    elif args.data:
+        cfg = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    else:
+        print("deepscreen train: give --config FILE or --data DIR", file=sys.stderr)
+        return EXIT_USAGE
+    summary = Trainer(cfg, progress=not args.no_progress).fit()
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepscreen", description="Deepfake-image screening: scan files "
+                                     "locally, or run the distributed pipeline (submit, worker, migrate).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("scan", help="screen files or folders in-process (SQLite + local folder; no services)",
+                       description="Screen image files (folders are searched recursively). Prints a summary "
+                       "table, or one JSON object per input with --json.")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--home", help="folder for the SQLite database and heatmaps (default $DEEPSCREEN_HOME or ./.deepscreen)")
+    p.add_argument("--crops", action="store_true", help="inputs are face crops: skip detection")
+    p.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
+    p.add_argument("--summary", action="store_true", help="print the summary table (on stderr with --json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_compute_flags(p)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("submit", help="enqueue upload events for the workers",
+                       description="Enqueue events: local files (uploaded to the upload bucket with --upload), "
+                       "every object under s3://bucket/prefix, or JSON events from a file (--events).")
+    p.add_argument("targets", nargs="*", help="local files/folders or s3://bucket/prefix")
+    p.add_argument("--events", help="a file of JSON events (one per line, a JSON list, or an S3 notification); - for stdin")
+    p.add_argument("--upload", action="store_true", help="upload local files to the upload bucket first")
+    p.add_argument("--bucket", help="upload bucket (default $DEEPSCREEN_UPLOAD_BUCKET)")
+    p.add_argument("--source", default="cli", help="tenant or platform name recorded with each event")
+    p.add_argument("--priority", choices=["upload", "rescan"], default="upload", help="which queue")
+    p.add_argument("--json", action="store_true", help="print the event ids as JSON lines")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("worker", help="run a Celery worker that screens queued events in micro-batches")
+    p.add_argument("--queues", default="upload,rescan", help="queues in priority order (default upload,rescan)")
+    p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default $DEEPSCREEN_POOL or solo)")
+    p.add_argument("--concurrency", type=int, help="pool processes (default $DEEPSCREEN_CONCURRENCY or 1)")
+    p.add_argument("--hostname", help="Celery node name")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("migrate", help="apply database migrations (Alembic) up to the latest")
+    p.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("model", help="model tools: info, placeholder")
+    msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    m = msub.add_parser("info", help="load the model (sha256 checked) and print its metadata")
+    m.add_argument("--model", dest="model_dir", help="model folder (default $DEEPSCREEN_MODEL_DIR)")
+    m = msub.add_parser("placeholder", help="write the seeded random PLACEHOLDER model (not a detector)")
+    m.add_argument("--out", default="models/placeholder")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("train", help="train the real/fake classifier (resumes an interrupted run)",
+                       description="Train from a config file (see configs/) or flags. Re-running the same "
+                       "command resumes from the run folder's checkpoint.")
+    p.add_argument("--config", help="JSON run config")
+    p.add_argument("--data", help="dataset folder with manifest.csv")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The adapter glue around screen_batch: fetch -> reuse check -> screen -> store blobs -> save verdicts.
+
+The Celery task and the embedded `deepscreen scan` both call `process_events`; they differ only in the
+adapters in the Runtime (Postgres or SQLite; S3 or a local folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from db.store import BlobKeys, SavedResult, Store
+from pipeline.errors import InvalidInput
+from pipeline.events import UploadEvent
+from pipeline.screen import Screener, ScreenItem, Verdict
+from workers.storage import BlobStore, InputReader, TransientError
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_DB = (OperationalError, DBAPIError)
+
+
+@dataclass
+class Runtime:
+    """Everything one worker process needs, built once at process start."""
+
+    screener: Screener
+    store: Store
+    blobs: BlobStore
+    reader: InputReader
+    fetch_threads: int = 8
+
+
+@dataclass(frozen=True)
+class Job:
+    event: UploadEvent
+    attempt: int = 1  # 1 for the first delivery
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: Job
+    saved: SavedResult | None = None  # None: a transient failure, the job must be retried
+    retry_reason: str | None = None
+    skipped: bool = False  # the event already had a terminal status (a redelivery)
+
+
+def heatmap_keys(model_version: str, sha256: str) -> tuple[str, str]:
+    """Content-addressed prefix: the same image under the same model always lands on the same keys."""
+    base = f"heatmaps/{model_version}/{sha256[:2]}/{sha256}"
+    return base, f"{base}/image.png"
+
+
+def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
+    started = time.perf_counter()
+    outcomes: dict[int, Outcome] = {}
+    try:
+        finished = runtime.store.finished_events([j.event.event_id for j in jobs])
+    except TRANSIENT_DB as exc:
+        return [Outcome(j, retry_reason=f"database: {type(exc).__name__}") for j in jobs]
+    pending = []
+    for index, job in enumerate(jobs):
+        status = finished.get(job.event.event_id)
+        if status is not None:
+            outcomes[index] = Outcome(job, SavedResult(job.event.event_id, status, None, None, None, True), skipped=True)
+        else:
+            pending.append(index)
+    fetched = _fetch(runtime, [jobs[i] for i in pending])
+    to_screen: dict[str, list[int]] = {}  # sha256 (or a unique key for failures) -> job indexes
+    items: dict[str, ScreenItem] = {}
+    for index, result in zip(pending, fetched, strict=True):
+        job = jobs[index]
+        if isinstance(result, TransientError):
+            outcomes[index] = Outcome(job, retry_reason=str(result)[:200])
+            continue
+        if isinstance(result, InvalidInput):
+            key = f"error:{index}"
+            items[key] = ScreenItem(key=key, data=None, error=result)
+        else:
+            key = hashlib.sha256(result).hexdigest()
+            if job.event.sha256 and job.event.sha256 != key:
+                key = f"mismatch:{index}"  # screened alone: it will get invalid_input sha256_mismatch
+            elif key not in items:
+                existing = _existing(runtime, key)
+                if existing is not None:
+                    outcomes[index] = _link(runtime, job, existing)
+                    continue
+            items.setdefault(key, ScreenItem(key=key, data=result, expected_sha256=job.event.sha256))
+        to_screen.setdefault(key, []).append(index)
+    if items:
+        verdicts = runtime.screener.screen_batch(list(items.values()))
+        for verdict in verdicts:
+            keys = None
+            for index in to_screen[verdict.key]:
+                job = jobs[index]
+                keys, outcome = _persist(runtime, job, verdict, keys)
+                outcomes[index] = outcome
+    elapsed = time.perf_counter() - started
+    log.info("batch done size=%d screened=%d seconds=%.3f", len(jobs), len(items), elapsed)
+    return [outcomes[i] for i in range(len(jobs))]
+
+
+def _fetch(runtime: Runtime, jobs: list[Job]) -> list[bytes | InvalidInput | TransientError]:
+    def one(job: Job) -> bytes | InvalidInput | TransientError:
+        try:
+            return runtime.reader.read(job.event.image_uri)
+        except (InvalidInput, TransientError) as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - an unknown fetch failure is retried, then dead-lettered
+            return TransientError(f"{type(exc).__name__}: {exc}")
+
+    if len(jobs) <= 1:
+        return [one(j) for j in jobs]
+    with ThreadPoolExecutor(max_workers=min(runtime.fetch_threads, len(jobs)), thread_name_prefix="fetch") as pool:
+        return list(pool.map(one, jobs))
+
+
+def _existing(runtime: Runtime, sha256: str):  # noqa: ANN202
+    try:
+        return runtime.store.find_verdict(sha256, runtime.screener.model_version)
+    except TRANSIENT_DB:
+        return None  # screen it; the save will hit the same outage and retry
+
+
+def _link(runtime: Runtime, job: Job, existing) -> Outcome:  # noqa: ANN001
+    try:
+        return Outcome(job, runtime.store.link_existing(job.event, existing, job.attempt))
+    except TRANSIENT_DB as exc:
+        return Outcome(job, retry_reason=f"database: {type(exc).__name__}")
+
+
+def store_blobs(blobs: BlobStore, verdict: Verdict) -> BlobKeys:
+    """Write the heatmaps before the verdict row, so no committed verdict points at a missing object."""
+    if verdict.sha256 is None or verdict.status != "scored":
+        return BlobKeys()
+    base, image_key = heatmap_keys(verdict.model_version, verdict.sha256)
+    heatmap = blobs.put(image_key, verdict.heatmap_png, "image/png") if verdict.heatmap_png else None
+    faces: dict[int, tuple[str | None, str | None]] = {}
+    for face in verdict.faces:
+        heat = blobs.put(f"{base}/face-{face.index}.png", face.heatmap_png, "image/png") if face.heatmap_png else None
+        crop = blobs.put(f"{base}/crop-{face.index}.jpg", face.crop_jpeg, "image/jpeg") if face.crop_jpeg else None
+        faces[face.index] = (heat, crop)
+    return BlobKeys(heatmap=heatmap, faces=faces)
+
+
+def _persist(runtime: Runtime, job: Job, verdict: Verdict, keys: BlobKeys | None) -> tuple[BlobKeys | None, Outcome]:
+    try:
+        if keys is None:
+            keys = store_blobs(runtime.blobs, verdict)
+        saved = runtime.store.save(job.event, verdict, keys, attempts=job.attempt)
+        return keys, Outcome(job, saved)
+    except TransientError as exc:
+        return None, Outcome(job, retry_reason=str(exc)[:200])
+    except TRANSIENT_DB as exc:
+        return keys, Outcome(job, retry_reason=f"database: {type(exc).__name__}")

@@ -1,0 +1,97 @@
+"""The one Settings object. Every variable is DEEPSCREEN_<NAME>; the README has the table."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from pipeline.decode import DecodeLimits
+from pipeline.faces import DetectorConfig
+from pipeline.screen import ScreenConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MODEL = REPO_ROOT / "models" / "deepscreen-irv1"
+PLACEHOLDER_MODEL = REPO_ROOT / "models" / "placeholder"
+
+
+def default_model_dir() -> Path:
+    """The shipped trained model when present, else the install-time placeholder (not a detector)."""
+    return SHIPPED_MODEL if (SHIPPED_MODEL / "model.json").is_file() else PLACEHOLDER_MODEL
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEEPSCREEN_", extra="ignore")
+
+    # services
+    database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/deepscreen"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint_url: str | None = None  # MinIO / moto; None = AWS
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "deepscreen"  # where heatmaps and crops are written
+    input_buckets: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["uploads"])
+    upload_bucket: str = "uploads"  # where `deepscreen submit --upload` puts local files
+    # model and compute
+    model_dir: Path = Field(default_factory=default_model_dir)
+    device: str = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    torch_threads: int = 2
+    # batching and stages
+    batch_size: int = 32
+    batch_wait_ms: int = 250
+    fetch_threads: int = 8
+    decode_threads: int = 2
+    heatmaps: Literal["flagged", "all", "none"] = "flagged"
+    detect_max_side: int = 960
+    min_face_size: int = 20
+    face_min_probability: float = 0.90
+    max_faces: int = 20
+    max_image_bytes: int = 40 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    # reliability
+    visibility_timeout: int = 3600  # seconds a reserved, unacknowledged message waits before redelivery
+    max_attempts: int = 5
+    retry_backoff_s: float = 2.0
+    retry_backoff_max_s: float = 60.0
+    pool: Literal["solo", "prefork", "threads"] = "solo"
+    concurrency: int = 1
+    # embedded mode
+    home: Path = Path(".deepscreen")
+
+    @field_validator("input_buckets", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("batch_size", "torch_threads", "decode_threads", "fetch_threads", "max_attempts", "concurrency")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    def screen_config(self, crops: bool = False) -> ScreenConfig:
+        return ScreenConfig(
+            detector=DetectorConfig(
+                max_side=self.detect_max_side,
+                min_face_size=self.min_face_size,
+                min_probability=self.face_min_probability,
+                max_faces=self.max_faces,
+            ),
+            decode=DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels),
+            heatmaps=self.heatmaps,
+            crops=crops,
+            decode_threads=self.decode_threads,
+            classify_batch=max(64, self.batch_size),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,172 @@
+"""Blob stores (S3 via boto3, or a local folder) behind one small interface, and the input reader.
+
+Only configured buckets are read: an event cannot make a worker fetch an arbitrary URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+
+class TransientError(RuntimeError):
+    """Infrastructure trouble (S3 or the database unreachable): retry later, never a verdict."""
+
+
+class BlobStore(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> str: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def locate(self, key: str) -> str: ...
+
+
+def _safe_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"unsafe blob key {key!r}")
+    return key
+
+
+class LocalBlobStore:
+    """A folder on disk (embedded mode). Writes are atomic: a reader never sees half a file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _safe_key(key)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return key
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def locate(self, key: str) -> str:
+        return str(self._path(key))
+
+
+def s3_client(endpoint_url: str | None, region: str):  # noqa: ANN201 - boto3 client type is dynamic
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def _is_missing(exc: Exception) -> bool:
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    return code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
+
+
+def _is_denied(exc: Exception) -> bool:
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    return code in ("AccessDenied", "403", "Forbidden")
+
+
+class S3BlobStore:
+    def __init__(self, client, bucket: str) -> None:  # noqa: ANN001
+        self.client = client
+        self.bucket = bucket
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=_safe_key(key), Body=data, ContentType=content_type)
+        except (BotoCoreError, ClientError) as exc:
+            raise TransientError(f"s3 put {self.bucket}/{key} failed: {exc}") from exc
+        return key
+
+    def get(self, key: str) -> bytes:
+        response = self.client.get_object(Bucket=self.bucket, Key=_safe_key(key))
+        return response["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=_safe_key(key))
+            return True
+        except ClientError as exc:
+            if _is_missing(exc):
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=_safe_key(key))
+
+    def locate(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+class InputReader:
+    """Reads the image an event points at: s3://bucket/key from allowed buckets, or (embedded) a local path."""
+
+    def __init__(self, client=None, allowed_buckets: tuple[str, ...] = (), allow_local: bool = False,  # noqa: ANN001
+                 max_bytes: int = 40 * 1024 * 1024) -> None:
+        self.client = client
+        self.allowed_buckets = tuple(allowed_buckets)
+        self.allow_local = allow_local
+        self.max_bytes = max_bytes
+
+    def read(self, uri: str) -> bytes:
+        if uri.startswith("s3://"):
+            bucket, _, key = uri[5:].partition("/")
+            if bucket not in self.allowed_buckets or self.client is None:
+                raise InvalidInput("forbidden_bucket", bucket)
+            return self._read_s3(bucket, key)
+        if "://" in uri or not self.allow_local:
+            raise InvalidInput("unsupported_uri", uri.split("://")[0] if "://" in uri else "local path")
+        return self._read_local(Path(uri))
+
+    def _read_local(self, path: Path) -> bytes:
+        try:
+            size = path.stat().st_size
+            if size > self.max_bytes:
+                raise InvalidInput("too_many_bytes", f"{size} > {self.max_bytes}")
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidInput("not_found", str(path)) from None
+        except (IsADirectoryError, PermissionError) as exc:
+            raise InvalidInput("unreadable", type(exc).__name__) from None
+
+    def _read_s3(self, bucket: str, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            length = int(response.get("ContentLength") or 0)
+            if length > self.max_bytes:
+                response["Body"].close()
+                raise InvalidInput("too_many_bytes", f"{length} > {self.max_bytes}")
+            data = response["Body"].read(self.max_bytes + 1)
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise InvalidInput("not_found", f"s3://{bucket}/{key}") from None
+            if _is_denied(exc):
+                raise InvalidInput("forbidden", f"s3://{bucket}/{key}") from None
+            raise TransientError(f"s3 get s3://{bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"s3 get s3://{bucket}/{key}: {exc}") from exc
+        if len(data) > self.max_bytes:
+            raise InvalidInput("too_many_bytes", f"> {self.max_bytes}")
+        return data

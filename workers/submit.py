@@ -1,0 +1,62 @@
+"""Producers: put upload events on the Redis queues (the small Python function and `deepscreen submit`)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.events import Priority, UploadEvent, parse_payload
+
+log = logging.getLogger(__name__)
+
+
+def submit(events: Iterable[UploadEvent | dict[str, Any] | str]) -> list[str]:
+    """Validate and enqueue events (uploads and re-scans on their own queues). Returns the event ids.
+
+    Raises InvalidEvent before anything is enqueued if any event is malformed.
+    """
+    from workers.tasks import enqueue
+
+    parsed: list[UploadEvent] = []
+    for item in events:
+        parsed.extend([item] if isinstance(item, UploadEvent) else parse_payload(item))
+    for event in parsed:
+        enqueue(event.model_dump(mode="json"), event.priority)
+    log.info("submitted count=%d", len(parsed))
+    return [e.event_id for e in parsed]
+
+
+def local_events(client, bucket: str, paths: Iterable[Path], source: str, priority: Priority,  # noqa: ANN001
+                 prefix: str = "incoming") -> Iterator[UploadEvent]:
+    """Upload local files to the upload bucket under content-addressed keys, yielding their events."""
+    for path in paths:
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        key = f"{prefix}/{digest[:2]}/{digest}{path.suffix.lower()}"
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        yield UploadEvent(event_id=f"file-{digest[:40]}", image_uri=f"s3://{bucket}/{key}", sha256=digest,
+                          source=source, priority=priority)
+
+
+def s3_prefix_events(client, uri: str, source: str, priority: Priority) -> Iterator[UploadEvent]:  # noqa: ANN001
+    """Every object under s3://bucket/prefix, as events keyed by bucket, key and ETag."""
+    bucket, _, prefix = uri[5:].partition("/")
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith("/"):
+                continue
+            etag = str(obj.get("ETag", "")).strip('"')
+            digest = hashlib.sha256(f"{bucket}\x00{obj['Key']}\x00{etag}".encode()).hexdigest()[:32]
+            yield UploadEvent(event_id=f"s3-{digest}", image_uri=f"s3://{bucket}/{obj['Key']}", source=source,
+                              priority=priority)
+
+
+def new_event_id() -> str:
+    return f"evt-{uuid.uuid4().hex}"

@@ -1,0 +1,99 @@
+"""Celery tasks. `deepscreen.screen` takes one event per call; celery-batches hands them to us as lists,
+flushed every `batch_size` messages or every `batch_wait_ms`, whichever comes first."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import signals
+from celery_batches import Batches
+
+from pipeline.errors import InvalidEvent
+from pipeline.events import parse_event
+from workers.app import RESCAN_QUEUE, SCREEN_TASK, UPLOAD_QUEUE, app
+from workers.processing import Job, Outcome, Runtime, process_events
+
+log = logging.getLogger(__name__)
+
+_runtime: Runtime | None = None
+_runtime_pid: int | None = None
+
+
+def runtime() -> Runtime:
+    """This process's runtime, built once (the worker builds it at process start, not at import)."""
+    global _runtime, _runtime_pid
+    if _runtime is None or _runtime_pid != os.getpid():
+        from workers.runtime import distributed_runtime
+
+        _runtime = distributed_runtime(app.conf.deepscreen_settings)
+        _runtime_pid = os.getpid()
+    return _runtime
+
+
+@signals.worker_process_init.connect
+def _load_models(**_: object) -> None:
+    runtime()
+
+
+settings = app.conf.deepscreen_settings
+
+
+@app.task(
+    base=Batches,
+    name=SCREEN_TASK,
+    flush_every=settings.batch_size,
+    flush_interval=settings.batch_wait_ms / 1000.0,
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
+def screen(requests) -> None:  # noqa: ANN001 - celery-batches SimpleRequest list
+    jobs: list[Job] = []
+    for request in requests:
+        try:
+            event = parse_event(request.args[0] if request.args else request.kwargs.get("event"))
+        except InvalidEvent as exc:
+            log.error("dropping malformed event task_id=%s error=%s", request.id, exc)
+            continue
+        jobs.append(Job(event, int(request.kwargs.get("attempt", 1))))
+    if not jobs:
+        return
+    try:
+        outcomes = process_events(runtime(), jobs)
+    except Exception as exc:  # noqa: BLE001 - a bug must not lose the batch: every job goes back on the queue
+        log.exception("batch failed size=%d; requeueing every event", len(jobs))
+        outcomes = [Outcome(job, retry_reason=f"batch_error: {type(exc).__name__}: {exc}"[:200]) for job in jobs]
+    for outcome in outcomes:
+        if outcome.saved is None:
+            _retry_or_dead_letter(outcome)
+        elif not outcome.skipped:
+            log.info("verdict event_id=%s status=%s verdict=%s reused=%s", outcome.job.event.event_id,
+                     outcome.saved.status, outcome.saved.verdict, outcome.saved.reused)
+
+
+def _retry_or_dead_letter(outcome: Outcome) -> None:
+    settings = app.conf.deepscreen_settings
+    job = outcome.job
+    reason = outcome.retry_reason or "unknown"
+    if job.attempt >= settings.max_attempts:
+        log.error("dead-letter event_id=%s attempts=%d reason=%s", job.event.event_id, job.attempt, reason)
+        try:
+            runtime().store.mark_failed(job.event, "failed", f"retries_exhausted: {reason}"[:200], job.attempt)
+            return
+        except Exception:  # noqa: BLE001 - database still down: keep the event alive on the queue
+            log.exception("could not record dead-letter event_id=%s; requeueing", job.event.event_id)
+    delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (job.attempt - 1))
+    log.warning("retry event_id=%s attempt=%d in=%.1fs reason=%s", job.event.event_id, job.attempt + 1, delay, reason)
+    try:
+        enqueue(job.event.model_dump(mode="json"), job.event.priority, attempt=job.attempt + 1, countdown=delay)
+    except Exception:  # noqa: BLE001
+        # celery-batches acknowledges the whole batch when this task returns, even after an exception. If the
+        # retry cannot be queued, the only way not to lose the event is to die before that acknowledgement:
+        # the unacknowledged messages come back after the visibility timeout.
+        log.critical("cannot requeue event_id=%s; exiting so the broker redelivers the batch", job.event.event_id)
+        os._exit(75)
+
+
+def enqueue(event: dict, priority: str, attempt: int = 1, countdown: float | None = None) -> None:
+    queue = RESCAN_QUEUE if priority == "rescan" else UPLOAD_QUEUE
+    screen.apply_async(args=[event], kwargs={"attempt": attempt}, queue=queue, countdown=countdown)
