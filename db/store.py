@@ -66,7 +66,8 @@ def connect(url: str, **engine_kwargs: Any) -> Engine:
 
         return engine
     engine_kwargs.setdefault("pool_pre_ping", True)
-    engine_kwargs.setdefault("pool_size", 5)
+    if "poolclass" not in engine_kwargs:
+        engine_kwargs.setdefault("pool_size", 5)
     return create_engine(url, **engine_kwargs)
 
 

@@ -50,4 +50,10 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
+def enqueue(celery_app: Celery, event: dict, priority: str, attempt: int = 1, countdown: float | None = None) -> None:
+    """Put one event on its queue by task name (producers need not import the worker's task module)."""
+    queue = RESCAN_QUEUE if priority == "rescan" else UPLOAD_QUEUE
+    celery_app.send_task(SCREEN_TASK, args=[event], kwargs={"attempt": attempt}, queue=queue, countdown=countdown)
+
+
 app = create_app(get_settings())

@@ -10,23 +10,28 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from celery import Celery
+
 from pipeline.events import Priority, UploadEvent, parse_payload
+from workers.app import enqueue
 
 log = logging.getLogger(__name__)
 
 
-def submit(events: Iterable[UploadEvent | dict[str, Any] | str]) -> list[str]:
+def submit(events: Iterable[UploadEvent | dict[str, Any] | str], celery_app: Celery | None = None) -> list[str]:
     """Validate and enqueue events (uploads and re-scans on their own queues). Returns the event ids.
 
-    Raises InvalidEvent before anything is enqueued if any event is malformed.
+    Raises InvalidEvent before anything is enqueued if any event is malformed. `celery_app` defaults to the
+    app configured from DEEPSCREEN_ settings.
     """
-    from workers.tasks import enqueue
+    if celery_app is None:
+        from workers.app import app as celery_app
 
     parsed: list[UploadEvent] = []
     for item in events:
         parsed.extend([item] if isinstance(item, UploadEvent) else parse_payload(item))
     for event in parsed:
-        enqueue(event.model_dump(mode="json"), event.priority)
+        enqueue(celery_app, event.model_dump(mode="json"), event.priority)
     log.info("submitted count=%d", len(parsed))
     return [e.event_id for e in parsed]
 

@@ -11,7 +11,7 @@ from celery_batches import Batches
 
 from pipeline.errors import InvalidEvent
 from pipeline.events import parse_event
-from workers.app import RESCAN_QUEUE, SCREEN_TASK, UPLOAD_QUEUE, app
+from workers.app import SCREEN_TASK, app, enqueue
 from workers.processing import Job, Outcome, Runtime, process_events
 
 log = logging.getLogger(__name__)
@@ -85,15 +85,10 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
     delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (job.attempt - 1))
     log.warning("retry event_id=%s attempt=%d in=%.1fs reason=%s", job.event.event_id, job.attempt + 1, delay, reason)
     try:
-        enqueue(job.event.model_dump(mode="json"), job.event.priority, attempt=job.attempt + 1, countdown=delay)
+        enqueue(app, job.event.model_dump(mode="json"), job.event.priority, attempt=job.attempt + 1, countdown=delay)
     except Exception:  # noqa: BLE001
         # celery-batches acknowledges the whole batch when this task returns, even after an exception. If the
         # retry cannot be queued, the only way not to lose the event is to die before that acknowledgement:
         # the unacknowledged messages come back after the visibility timeout.
         log.critical("cannot requeue event_id=%s; exiting so the broker redelivers the batch", job.event.event_id)
         os._exit(75)
-
-
-def enqueue(event: dict, priority: str, attempt: int = 1, countdown: float | None = None) -> None:
-    queue = RESCAN_QUEUE if priority == "rescan" else UPLOAD_QUEUE
-    screen.apply_async(args=[event], kwargs={"attempt": attempt}, queue=queue, countdown=countdown)

@@ -1,0 +1,191 @@
+"""Pytest plugin: the real services integration tests run on (loaded with `-p tests.services`).
+
+- Postgres: the machine's server on 127.0.0.1:5432, started if down; each session gets its own database,
+  migrated with Alembic, dropped at the end.
+- Redis: the machine's server on 127.0.0.1:6379, started if down; the session uses its own db index and
+  flushes it at start and end.
+- S3: a moto server process on a free loopback port, spoken to over real HTTP by boto3.
+- A Celery worker: `deepscreen worker` as a subprocess, pointed at all three.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PG_ADMIN_URL = os.environ.get("DEEPSCREEN_TEST_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_TEST_DB = int(os.environ.get("DEEPSCREEN_TEST_REDIS_DB", "11"))
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    with closing(socket.socket()) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition") -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def ensure_postgres() -> None:
+    if port_open("127.0.0.1", 5432):
+        return
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    if not versions or not shutil.which("pg_ctlcluster"):
+        pytest.skip("PostgreSQL is not running and cannot be started here")
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"], check=False)
+    wait_for(lambda: port_open("127.0.0.1", 5432), 30, what="postgres")
+
+
+def ensure_redis() -> None:
+    if port_open(REDIS_HOST, REDIS_PORT):
+        return
+    if not shutil.which("redis-server"):
+        pytest.skip("Redis is not running and cannot be started here")
+    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(REDIS_PORT),
+                    "--save", "", "--appendonly", "no"], check=False)
+    wait_for(lambda: port_open(REDIS_HOST, REDIS_PORT), 15, what="redis")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+
+    from db.migrate import upgrade
+
+    ensure_postgres()
+    name = f"deepscreen_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    import redis
+
+    ensure_redis()
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB)
+    client.flushdb()
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}"
+    client.flushdb()
+    client.close()
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    process: subprocess.Popen
+
+    def client(self):  # noqa: ANN201
+        from workers.storage import s3_client
+
+        return s3_client(self.endpoint, "us-east-1")
+
+
+def start_moto(port: int | None = None) -> S3Server:
+    port = port or free_port()
+    exe = BIN / "moto_server"
+    process = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: port_open("127.0.0.1", port), 30, what="moto server")
+    return S3Server(f"http://127.0.0.1:{port}", process)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    server = start_moto()
+    client = server.client()
+    for bucket in ("deepscreen", "uploads"):
+        client.create_bucket(Bucket=bucket)
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
+
+
+def service_env(postgres_url: str, redis_url: str, s3: S3Server, model_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DEEPSCREEN_DATABASE_URL": postgres_url,
+        "DEEPSCREEN_BROKER_URL": redis_url,
+        "DEEPSCREEN_S3_ENDPOINT_URL": s3.endpoint,
+        "DEEPSCREEN_S3_BUCKET": "deepscreen",
+        "DEEPSCREEN_INPUT_BUCKETS": "uploads",
+        "DEEPSCREEN_MODEL_DIR": str(model_dir),
+        "DEEPSCREEN_TORCH_THREADS": "1",
+        "DEEPSCREEN_BATCH_SIZE": "8",
+        "DEEPSCREEN_BATCH_WAIT_MS": "200",
+        "DEEPSCREEN_DETECT_MAX_SIDE": "640",
+        "DEEPSCREEN_RETRY_BACKOFF_S": "0.5",
+        "DEEPSCREEN_VISIBILITY_TIMEOUT": "60",
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """`deepscreen worker` in a subprocess; its log goes to a file the test can read."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "upload,rescan") -> None:
+        self.log_path = log_path
+        self.log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(BIN / "deepscreen"), "worker", f"--queues={queues}", f"--hostname=test-{uuid.uuid4().hex[:6]}@%h"],
+            env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def ready(self) -> bool:
+        return "ready." in self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self.log.close()
+
+    def kill9(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.log.close()
