@@ -40,9 +40,10 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	@# facenet-pytorch pins torch<2.3; its real runtime needs are in pyproject's dependencies.
+	@# facenet-pytorch pins torch<2.3; its real runtime needs are in pyproject's dependencies. The resolver
+	@# still fails on real conflicts; --no-warn-conflicts only hides the stale pins of this --no-deps package.
 	$(BIN)/pip install --quiet --no-deps facenet-pytorch==2.6.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --no-warn-conflicts -c constraints.txt -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -1,0 +1,125 @@
+"""`deepscreen scan`: the embedded mode, run as the real command (SQLite + local folder, no services)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO.parent / "shared" / "data" / "examples"
+FIELDS = {"source", "sha256", "status", "verdict", "fake_probability", "faces", "heatmap", "reason", "model_version"}
+
+
+def _run(args: list[str], model_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "DEEPSCREEN_MODEL_DIR": str(model_dir), "DEEPSCREEN_TORCH_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipeline.model import make_placeholder
+
+    folder = tmp_path_factory.mktemp("model")
+    make_placeholder(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "nested" / "deeper").mkdir(parents=True)
+    Image.fromarray(data.astronaut()).save(root / "astronaut.jpg", quality=92)
+    Image.fromarray(np.full((200, 300, 3), 90, np.uint8)).save(root / "nested" / "wall.png")
+    (root / "nested" / "deeper" / "page.jpg").write_text("<html><body>hello</body></html>")
+    (root / "nested" / "zero.jpg").write_bytes(b"")
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, format="JPEG")
+    (root / "cut.jpg").write_bytes(buffer.getvalue()[:4000])
+    return root
+
+
+def _rows(stdout: str) -> dict[str, dict]:
+    rows = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    return {Path(r["source"]).name: r for r in rows}
+
+
+def test_scan_json_gives_one_stable_row_per_input(inputs: Path, model_dir: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    done = _run(["scan", str(inputs), "--json", "--home", str(home), "--heatmaps", "all"], model_dir)
+    assert done.returncode == 0, done.stderr
+    rows = _rows(done.stdout)
+    assert set(rows) == {"astronaut.jpg", "wall.png", "page.jpg", "zero.jpg", "cut.jpg"}
+    for row in rows.values():
+        assert set(row) == FIELDS
+    face = rows["astronaut.jpg"]
+    assert face["status"] == "scored" and face["verdict"] in ("fake", "real", "uncertain")
+    assert len(face["faces"]) >= 1
+    assert set(face["faces"][0]) == {"box", "detection_probability", "fake_probability"}
+    assert face["fake_probability"] == max(f["fake_probability"] for f in face["faces"])
+    assert Path(face["heatmap"]).is_file() and Path(face["heatmap"]).read_bytes()[:4] == b"\x89PNG"
+    assert rows["wall.png"]["status"] == "no_face" and rows["wall.png"]["verdict"] is None
+    assert (rows["page.jpg"]["status"], rows["page.jpg"]["reason"]) == ("invalid_input", "not_an_image")
+    assert (rows["zero.jpg"]["status"], rows["zero.jpg"]["reason"]) == ("invalid_input", "empty")
+    assert rows["cut.jpg"]["status"] == "invalid_input"
+    assert "screening" in done.stderr  # the progress bar goes to stderr, never into the JSON
+    assert (home / "deepscreen.sqlite3").is_file()
+
+
+def test_rescan_reuses_verdicts_by_sha256(inputs: Path, model_dir: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = _rows(_run(["scan", str(inputs), "--json", "--home", str(home)], model_dir).stdout)
+    second = _rows(_run(["scan", str(inputs), "--json", "--home", str(home)], model_dir).stdout)
+    assert first == second
+    with sqlite3.connect(home / "deepscreen.sqlite3") as conn:
+        verdicts = conn.execute("select count(*) from verdicts").fetchone()[0]
+        events = conn.execute("select count(*) from events").fetchone()[0]
+    assert verdicts == 5  # every input has bytes, so each gets one verdict row -- one, not two
+    assert events == 10  # every input of both runs is recorded
+
+
+def test_crops_mode_skips_detection(inputs: Path, model_dir: Path, tmp_path: Path) -> None:
+    done = _run(["scan", str(inputs / "astronaut.jpg"), str(inputs / "nested" / "wall.png"), "--crops", "--json",
+                 "--home", str(tmp_path / "h")], model_dir)
+    rows = _rows(done.stdout)
+    for name in ("astronaut.jpg", "wall.png"):
+        assert rows[name]["status"] == "scored"
+        assert len(rows[name]["faces"]) == 1 and rows[name]["faces"][0]["detection_probability"] is None
+        assert rows[name]["model_version"].endswith("+crops")
+
+
+def test_summary_table_and_help(inputs: Path, model_dir: Path, tmp_path: Path) -> None:
+    done = _run(["scan", str(inputs / "astronaut.jpg"), "--home", str(tmp_path / "h"), "--no-progress"], model_dir)
+    assert done.returncode == 0
+    assert "astronaut.jpg" in done.stdout and "images/s" in done.stdout
+    for command in ([], ["scan"], ["submit"], ["worker"], ["migrate"], ["train"], ["model"]):
+        help_out = _run([*command, "--help"], model_dir)
+        assert help_out.returncode == 0 and "usage: deepscreen" in help_out.stdout
+
+
+def test_missing_model_is_a_clear_error(inputs: Path, tmp_path: Path) -> None:
+    done = _run(["scan", str(inputs / "astronaut.jpg"), "--home", str(tmp_path / "h")], tmp_path / "nope")
+    assert done.returncode == 3
+    assert "cannot load the model" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/data/examples is not present")
+def test_example_frames_yield_faces(model_dir: Path, tmp_path: Path) -> None:
+    done = _run(["scan", str(EXAMPLES), "--json", "--home", str(tmp_path / "h"), "--heatmaps", "none"], model_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [r for r in _rows(done.stdout).values() if r["source"].endswith(".jpg")]
+    assert len(rows) == 40
+    with_face = sum(1 for r in rows if r["status"] == "scored")
+    assert with_face >= 38, f"only {with_face} of 40 example frames yielded a face"
