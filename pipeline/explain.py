@@ -46,8 +46,9 @@ def gradcam(classifier: Classifier, crops: Sequence[np.ndarray]) -> list[np.ndar
 
 def heat_colours(cam: np.ndarray) -> np.ndarray:
     """A [0, 1] map -> RGB uint8 jet colours (OpenCV returns BGR; convert, or red and blue swap)."""
-    bgr = cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255), cv2.COLORMAP_JET)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    grey = (np.clip(cam, 0, 1) * 255).astype(np.uint8)
+    bgr = cv2.applyColorMap(grey, cv2.COLORMAP_JET)
+    return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
 def overlay(crop: np.ndarray, cam: np.ndarray, strength: float = 0.6) -> np.ndarray:

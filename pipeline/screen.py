@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -194,7 +194,7 @@ class Screener:
 
     # -- results ---------------------------------------------------------------------------------------
     def _verdict(self, work: _Work, cams: dict[tuple[int, int], np.ndarray], timings: dict[str, float]) -> Verdict:
-        base = {"key": work.item.key, "model_version": self.model_version, "sha256": work.sha256,
+        base: dict[str, Any] = {"key": work.item.key, "model_version": self.model_version, "sha256": work.sha256,
                 "size_bytes": len(work.item.data or b""), "timings": timings}
         if work.image is None:
             error = work.error or InvalidInput("corrupt")

@@ -45,8 +45,8 @@ def test_importing_the_whole_pipeline_loads_no_adapter_module() -> None:
     code = (
         "import sys, pkgutil, importlib, pipeline, pipeline.training\n"
         "for m in pkgutil.walk_packages(pipeline.__path__, 'pipeline.'): importlib.import_module(m.name)\n"
-        "bad = sorted(n for n in sys.modules if n.split('.')[0] in %r)\n"
-        "print(','.join(bad))\n" % sorted(FORBIDDEN_IN_PIPELINE - {"db", "workers", "review"})
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in {!r})\n"
+        "print(','.join(bad))\n".format(sorted(FORBIDDEN_IN_PIPELINE - {"db", "workers", "review"}))
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

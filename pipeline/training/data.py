@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.decode import decode_image
 from pipeline.faces import resize_square
-from pipeline.training.augment import AugmentConfig, apply_params, difference_mask, draw_params
+from pipeline.training.augment import AugmentConfig, AugmentParams, apply_params, difference_mask, draw_params
 from pipeline.training.sbi import self_blend
 
 SOURCE_SIDE = 224  # the dataset's crops are 224 x 224; serving cuts MTCNN boxes to the same side
@@ -80,7 +80,7 @@ class PairBatch:
     images: list[np.ndarray]  # real_0, fake_0, real_1, fake_1, ...
     labels: np.ndarray  # float32
     masks: np.ndarray  # float32 (N, grid, grid): manipulation mask targets (zeros for reals)
-    params: list[object]  # the AugmentParams of each image, for tests
+    params: list[AugmentParams]  # of each image; both members of a pair share one
 
 
 def make_pair_batch(
@@ -91,7 +91,10 @@ def make_pair_batch(
     mask_grid: int,
     sbi_fraction: float = 0.0,
 ) -> PairBatch:
-    images, labels, masks, params = [], [], [], []
+    images: list[np.ndarray] = []
+    labels: list[float] = []
+    masks: list[np.ndarray] = []
+    params: list[AugmentParams] = []
     for pair in pairs:
         real = load_crop(root, pair.real)
         use_sbi = pair.fake is None or rng.random() < sbi_fraction

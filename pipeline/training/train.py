@@ -67,7 +67,7 @@ class TrainConfig:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         values = dict(data)
         if isinstance(values.get("augment"), dict):
-            aug = {k: tuple(v) if isinstance(v, list) else v for k, v in values["augment"].items()}
+            aug: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values["augment"].items()}
             values["augment"] = AugmentConfig(**aug)
         return cls(**values)
 
@@ -293,6 +293,7 @@ def _mask_grid(net: DeepfakeNet, window: int, device: torch.device) -> int:
         return 1
     with torch.inference_mode():
         _, mask = net.eval().forward_with_mask(torch.zeros(1, 3, window, window, device=device))
+    assert mask is not None
     return int(mask.shape[-1])
 
 
