@@ -68,7 +68,7 @@ def test_redis_keeps_an_append_only_file(services: dict[str, dict[str, Any]]) ->
     assert services["redis"].get("volumes"), "an append-only file without a volume is lost with the container"
 
 
-@pytest.mark.parametrize("name", ["migrate", "worker", "beat", "api"])
+@pytest.mark.parametrize("name", ["migrate", "worker", "beat"])
 def test_roles_run_our_image(services: dict[str, dict[str, Any]], name: str) -> None:
     assert is_ours(services[name])
     assert command_words(services[name])[0] == "deepscreen"
@@ -122,3 +122,13 @@ def test_env_example_lists_every_variable_the_compose_files_use() -> None:
     }
     assert used, "the compose files set no DEEPSCREEN_ variables"
     assert used <= listed, f"missing from deploy/env.example: {sorted(used - listed)}"
+
+
+def test_every_deepscreen_command_in_compose_exists(services: dict[str, dict[str, Any]]) -> None:
+    from workers.cli import build_parser
+
+    parser = build_parser()
+    for name, service in services.items():
+        words = command_words(service)
+        if words and words[0] == "deepscreen":
+            parser.parse_args(words[1:])  # argparse exits (SystemExit) on an unknown subcommand or flag

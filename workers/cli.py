@@ -150,6 +150,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_beat(args: argparse.Namespace) -> int:
+    from workers.app import app
+
+    app.start(["beat", f"--loglevel={args.loglevel}", f"--schedule={args.schedule_file}"])
+    return EXIT_OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from db.migrate import current, upgrade
     from workers.settings import Settings
@@ -241,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostname", help="Celery node name")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("beat", help="run the Celery beat scheduler (periodic jobs such as nightly re-scans)")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--schedule-file", default="/tmp/deepscreen-beat-schedule", help="beat's state file")
+    p.set_defaults(func=cmd_beat)
 
     p = sub.add_parser("migrate", help="apply database migrations (Alembic) up to the latest")
     p.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")

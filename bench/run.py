@@ -1,0 +1,172 @@
+"""The benchmark harness (`make bench`): every figure measured in one run, on the same machine and images,
+printed as a table with ratios and written to bench/results/<timestamp>.json.
+
+Rows:
+  forward     bare batched classifier forward on pre-cut, pre-decoded crops: the compute ceiling
+  scan-crops  `deepscreen scan --crops` path (process_events + SQLite + local blobs) on crop files
+  scan        `deepscreen scan` on full frames, heatmaps for flagged faces (the default)
+  scan-all    the same with a heatmap for every face
+Times cover the screening loop only (model load excluded, reported separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+
+
+def crop_files(limit: int) -> list[Path]:
+    """Face crops: the DFDC test split when present, else generated crops of a real face."""
+    root = SHARED / "dfdc-faces"
+    if (root / "manifest.csv").is_file():
+        with (root / "manifest.csv").open() as handle:
+            rows = [r for r in csv.DictReader(handle) if r["split"] == "test"]
+        return [root / r["file"] for r in rows[:limit]]
+    return generated_crops(limit)
+
+
+def generated_crops(limit: int) -> list[Path]:
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-crops-"))
+    face = np.asarray(Image.fromarray(data.astronaut()).crop((150, 20, 330, 200)).resize((224, 224)))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(limit):
+        noisy = np.clip(face.astype(np.int16) + rng.integers(-6, 7, face.shape), 0, 255).astype(np.uint8)
+        path = folder / f"crop-{i:05d}.jpg"
+        Image.fromarray(noisy).save(path, quality=80)
+        paths.append(path)
+    return paths
+
+
+def frame_files() -> list[Path]:
+    folder = SHARED / "examples"
+    if folder.is_dir():
+        return sorted(folder.glob("*.jpg"))
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    out = Path(tempfile.mkdtemp(prefix="bench-frames-"))
+    face = Image.fromarray(data.astronaut())
+    paths = []
+    for i in range(40):
+        canvas = Image.fromarray(np.full((1080, 1920, 3), 60 + i, np.uint8))
+        canvas.paste(face.resize((300 + 5 * i, 300 + 5 * i)), (200 + 20 * i, 150))
+        path = out / f"frame-{i:02d}.jpg"
+        canvas.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def bench_forward(settings, crops: list[Path], batch: int) -> dict[str, Any]:  # noqa: ANN001
+    from pipeline.decode import decode_image
+    from pipeline.faces import resize_square
+    from pipeline.model import crops_to_tensor, load_classifier
+    from workers.runtime import configure_torch
+
+    configure_torch(settings)
+    classifier = load_classifier(settings.model_dir, device=settings.device, precision=settings.precision)
+    size = classifier.meta.input_size
+    pixels = [resize_square(decode_image(p.read_bytes()).pixels, size) for p in crops]
+    tensors = [crops_to_tensor(pixels[i : i + batch], classifier.meta) for i in range(0, len(pixels), batch)]
+    classifier.logits(tensors[0])  # warm-up
+    started = time.perf_counter()
+    for tensor in tensors:
+        classifier.logits(tensor)
+    seconds = time.perf_counter() - started
+    return {"images": len(pixels), "seconds": seconds, "images_per_s": len(pixels) / seconds}
+
+
+def bench_scan(settings, files: list[Path], crops: bool) -> dict[str, Any]:  # noqa: ANN001
+    from pipeline.screen import ScreenItem
+    from workers.embedded import scan
+    from workers.runtime import embedded_runtime
+
+    home = Path(tempfile.mkdtemp(prefix="bench-home-"))
+    try:
+        loaded = time.perf_counter()
+        runtime = embedded_runtime(settings, home, crops=crops)
+        load_seconds = time.perf_counter() - loaded
+        warm = [ScreenItem(f"warm-{i}", p.read_bytes()) for i, p in enumerate(files[: settings.batch_size])]
+        runtime.screener.screen_batch(warm)  # warm-up outside the store, so nothing is reused later
+        report = scan(runtime, files, settings.batch_size, progress=False)
+        runtime.store.engine.dispose()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return {"images": len(files), "seconds": report.seconds, "images_per_s": report.images_per_second,
+            "model_load_s": load_seconds, "counts": report.counts()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from workers.settings import Settings
+
+    parser = argparse.ArgumentParser(prog="bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--crops", type=int, default=1000, help="number of face crops (default 1000)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: settings)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None)
+    parser.add_argument("--only", default="forward,scan-crops,scan,scan-all", help="comma-separated rows to run")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+
+    overrides: dict[str, Any] = {}
+    if args.threads:
+        overrides["torch_threads"] = args.threads
+    if args.precision:
+        overrides["precision"] = args.precision
+    settings = Settings(**overrides)
+    rows = set(args.only.split(","))
+    crops = crop_files(args.crops)
+    frames = frame_files()
+    results: dict[str, Any] = {}
+    if "forward" in rows:
+        results["forward"] = bench_forward(settings, crops, settings.batch_size)
+    if "scan-crops" in rows:
+        results["scan-crops"] = bench_scan(settings, crops, crops=True)
+    if "scan" in rows:
+        results["scan"] = bench_scan(settings, frames, crops=False)
+    if "scan-all" in rows:
+        results["scan-all"] = bench_scan(settings.model_copy(update={"heatmaps": "all"}), frames, crops=False)
+    meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "model_dir": str(settings.model_dir),
+            "torch_threads": settings.torch_threads, "precision": settings.precision,
+            "batch_size": settings.batch_size, "detect_max_side": settings.detect_max_side,
+            "python": sys.version.split()[0]}
+    print_table(results, meta)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    print(f"\nwritten to {path}")
+    return 0
+
+
+def print_table(results: dict[str, Any], meta: dict[str, Any]) -> None:
+    print(f"\n{meta['date']}  threads={meta['torch_threads']} precision={meta['precision']} "
+          f"batch={meta['batch_size']} detect_max_side={meta['detect_max_side']}")
+    print(f"{'row':<12} {'images':>7} {'seconds':>8} {'images/s':>9}  ratio")
+    forward = results.get("forward", {}).get("images_per_s")
+    scan = results.get("scan", {}).get("images_per_s")
+    for name, row in results.items():
+        ratio = ""
+        if name == "scan-crops" and forward:
+            ratio = f"{row['images_per_s'] / forward:.2f} x forward"
+        if name == "scan-all" and scan:
+            ratio = f"{row['images_per_s'] / scan:.2f} x scan"
+        print(f"{name:<12} {row['images']:>7} {row['seconds']:>8.1f} {row['images_per_s']:>9.2f}  {ratio}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
