@@ -189,3 +189,46 @@ class WorkerProcess:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
         self.log.close()
+
+
+@pytest.fixture(scope="session")
+def flagging_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The placeholder network with thresholds that flag every face as fake (plumbing test only)."""
+    import dataclasses
+
+    from pipeline.model import METADATA_FILE, make_placeholder
+
+    folder = tmp_path_factory.mktemp("flagging-model")
+    meta = dataclasses.replace(make_placeholder(folder), version="test-flag-all", threshold_fake=0.0, threshold_real=0.0)
+    (folder / METADATA_FILE).write_text(meta.to_json() + "\n")  # the sha256 covers the weights, not this file
+    return folder
+
+
+@pytest.fixture(scope="session")
+def celery_app(redis_url):  # noqa: ANN001, ANN201
+    from workers.app import create_app
+    from workers.settings import Settings
+
+    return create_app(Settings(broker_url=redis_url))
+
+
+def statuses_of(engine, ids: list[str]) -> dict[str, str]:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from db.schema import Event
+
+    with engine.connect() as conn:
+        rows = conn.execute(select(Event.event_id, Event.status).where(Event.event_id.in_(ids)))
+        return dict(rows.all())
+
+
+def wait_terminal(engine, ids: list[str], worker, timeout: float = 240) -> dict[str, str]:  # noqa: ANN001
+    def done() -> bool:
+        statuses = statuses_of(engine, ids)
+        return len(statuses) == len(ids) and all(s != "queued" for s in statuses.values())
+
+    try:
+        wait_for(done, timeout, interval=0.5, what="terminal statuses")
+    except TimeoutError:
+        pytest.fail(f"not all events finished: {statuses_of(engine, ids)}\n{worker.log_path.read_text()[-4000:]}")
+    return statuses_of(engine, ids)

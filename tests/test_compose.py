@@ -128,7 +128,7 @@ def test_every_deepscreen_command_in_compose_exists(services: dict[str, dict[str
     from workers.cli import build_parser
 
     parser = build_parser()
-    for name, service in services.items():
+    for service in services.values():
         words = command_words(service)
         if words and words[0] == "deepscreen":
             parser.parse_args(words[1:])  # argparse exits (SystemExit) on an unknown subcommand or flag

@@ -6,10 +6,8 @@ about the plumbing (rows, objects, review items, idempotency), not about detecti
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +16,7 @@ from sqlalchemy import create_engine, func, select
 
 from db.schema import Event, FaceRow, ReviewItem, Verdict
 from pipeline.events import UploadEvent
-from pipeline.model import make_placeholder, read_metadata, save_model
-from tests.services import WorkerProcess, service_env, wait_for
+from tests.services import WorkerProcess, service_env, wait_for, wait_terminal
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -28,21 +25,6 @@ def _jpeg(pixels: np.ndarray, quality: int = 92) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def flagging_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The placeholder network with thresholds that flag every face as fake (plumbing test only)."""
-    import torch
-
-    from pipeline.model import build_network
-
-    folder = tmp_path_factory.mktemp("flagging-model")
-    make_placeholder(folder)
-    meta = dataclasses.replace(read_metadata(folder), version="test-flag-all", threshold_fake=0.0, threshold_real=0.0)
-    torch.manual_seed(20261123)
-    save_model(build_network("inception_resnet_v1").eval(), meta, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -84,32 +66,6 @@ def worker(postgres_url, redis_url, s3_server, flagging_model, tmp_path_factory)
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def celery_app(redis_url):  # noqa: ANN001, ANN201
-    from workers.app import create_app
-    from workers.settings import Settings
-
-    return create_app(Settings(broker_url=redis_url))
-
-
-def _statuses(engine, ids: list[str]) -> dict[str, str]:  # noqa: ANN001
-    with engine.connect() as conn:
-        rows = conn.execute(select(Event.event_id, Event.status).where(Event.event_id.in_(ids)))
-        return dict(rows.all())
-
-
-def _wait_terminal(engine, ids: list[str], worker, timeout: float = 240) -> dict[str, str]:  # noqa: ANN001
-    def done() -> bool:
-        statuses = _statuses(engine, ids)
-        return len(statuses) == len(ids) and all(s != "queued" for s in statuses.values())
-
-    try:
-        wait_for(done, timeout, interval=0.5, what="terminal statuses")
-    except TimeoutError:
-        pytest.fail(f"not all events finished: {_statuses(engine, ids)}\n{worker.log_path.read_text()[-4000:]}")
-    return _statuses(engine, ids)
-
-
 def test_events_become_verdicts_heatmaps_and_review_items(postgres_url, s3_server, uploads, worker, celery_app):  # noqa: ANN001
     from workers.submit import submit
 
@@ -119,7 +75,7 @@ def test_events_become_verdicts_heatmaps_and_review_items(postgres_url, s3_serve
     events.append(UploadEvent(event_id="e2e-foreign", image_uri="s3://someone-elses-bucket/x.jpg", source="tenant-a"))
     ids = submit(events, celery_app=celery_app)
     engine = create_engine(postgres_url)
-    statuses = _wait_terminal(engine, ids, worker)
+    statuses = wait_terminal(engine, ids, worker)
 
     assert statuses["e2e-face.jpg"] == "scored"
     assert statuses["e2e-face-small.jpg"] == "scored"
@@ -175,7 +131,7 @@ def test_redelivered_and_resubmitted_events_make_no_second_verdict(postgres_url,
     engine = create_engine(postgres_url)
     event = {"event_id": "dup-1", "image_uri": "s3://uploads/t/face-small.jpg", "source": "tenant-b"}
     submit([json.dumps(event)], celery_app=celery_app)
-    _wait_terminal(engine, ["dup-1"], worker)
+    wait_terminal(engine, ["dup-1"], worker)
 
     def counts() -> tuple[int, int, int]:
         with engine.connect() as conn:
@@ -187,7 +143,7 @@ def test_redelivered_and_resubmitted_events_make_no_second_verdict(postgres_url,
     # the same event twice more (a redelivery and a producer retry), and a new event for the same bytes
     submit([json.dumps(event), json.dumps(event)], celery_app=celery_app)
     submit([{**event, "event_id": "dup-2"}], celery_app=celery_app)
-    _wait_terminal(engine, ["dup-2"], worker)
+    wait_terminal(engine, ["dup-2"], worker)
     _wait_queue_drained(redis_url)
     assert counts() == before
     with engine.connect() as conn:
@@ -211,5 +167,6 @@ def test_s3_notification_payload_is_accepted(postgres_url, uploads, worker, cele
     ids = submit([notification], celery_app=celery_app)
     assert ids == [events[0].event_id]
     engine = create_engine(postgres_url)
-    assert _wait_terminal(engine, ids, worker)[ids[0]] == "no_face"
+    assert wait_terminal(engine, ids, worker)[ids[0]] == "no_face"
     engine.dispose()
+

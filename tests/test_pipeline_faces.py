@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.faces import DetectorConfig, Face, FaceDetector, crop_face, downscale, resize_square, square_region
+from pipeline.faces import (
+    DetectorConfig,
+    Face,
+    FaceDetector,
+    crop_face,
+    downscale,
+    resize_square,
+    square_region,
+)
 
 
 def _gradient(height: int, width: int) -> np.ndarray:

@@ -1,0 +1,164 @@
+"""pipeline.explain: batched Grad-CAM without leaked hooks, the RGB heat overlay, and box drawing."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.explain import VERDICT_COLOURS, annotate, gradcam, heat_colours, overlay, png_bytes
+from pipeline.model import Classifier
+
+
+@pytest.fixture(scope="module")
+def inverted(classifier: Classifier) -> Classifier:
+    """The placeholder with its logit negated. The placeholder's own maps are all zero (its evidence for
+    'fake' is negative everywhere and Grad-CAM keeps the positive part); negating gives non-trivial maps."""
+    net = copy.deepcopy(classifier.net)
+    with torch.no_grad():
+        net.backbone.logits.weight.neg_()
+    return Classifier(net=net, meta=classifier.meta, device=classifier.device)
+
+
+def _crops(astronaut: np.ndarray) -> list[np.ndarray]:
+    rng = np.random.default_rng(5)
+    face = np.ascontiguousarray(astronaut[40:200, 140:300])
+    return [face, rng.integers(0, 256, (100, 100, 3), dtype=np.uint8), np.full((224, 224, 3), 128, np.uint8)]
+
+
+def _hooks(module: torch.nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) + len(m._backward_pre_hooks)
+        for m in module.modules()
+    )
+
+
+def test_gradcam_one_map_per_crop(inverted: Classifier, astronaut: np.ndarray) -> None:
+    crops = _crops(astronaut)
+    maps = gradcam(inverted, crops)
+    size = inverted.meta.input_size
+    assert len(maps) == len(crops)
+    for cam in maps:
+        assert cam.shape == (size, size)
+        assert cam.dtype == np.float32
+        assert np.isfinite(cam).all()
+        assert cam.min() >= 0.0 and cam.max() <= 1.0 + 1e-6
+    assert maps[0].max() == pytest.approx(1.0, abs=1e-3)  # each map is scaled to its own maximum
+    assert maps[0].std() > 0.01
+
+
+def test_gradcam_batch_matches_single(inverted: Classifier, astronaut: np.ndarray) -> None:
+    crops = _crops(astronaut)
+    batch = gradcam(inverted, crops[:2])
+    alone = gradcam(inverted, crops[1:2])
+    np.testing.assert_allclose(batch[1], alone[0], atol=1e-3)
+
+
+def test_gradcam_releases_hooks_and_grads(classifier: Classifier, inverted: Classifier) -> None:
+    layer = classifier.layer(classifier.meta.gradcam_layer)
+    assert _hooks(classifier.net) == 0
+    crops = [np.full((224, 224, 3), 90, np.uint8)]
+    for _ in range(2):
+        maps = gradcam(classifier, crops)
+        assert len(maps) == 1 and maps[0].shape == (224, 224)
+        assert not layer._forward_hooks and not layer._backward_hooks
+        assert not layer._forward_pre_hooks and not layer._backward_pre_hooks
+        assert _hooks(classifier.net) == 0
+    assert all(p.grad is None for p in classifier.net.parameters())
+    assert not classifier.net.training
+    gradcam(inverted, crops)
+    assert _hooks(inverted.net) == 0
+
+
+def test_gradcam_leaves_inference_unchanged(classifier: Classifier) -> None:
+    crops = [np.random.default_rng(9).integers(0, 256, (224, 224, 3), dtype=np.uint8)]
+    before = classifier.fake_probability(crops)
+    gradcam(classifier, crops)
+    np.testing.assert_allclose(classifier.fake_probability(crops), before, atol=1e-6)
+
+
+def test_gradcam_of_nothing(classifier: Classifier) -> None:
+    assert gradcam(classifier, []) == []
+
+
+# -- colours and overlay ------------------------------------------------------------------------------
+
+
+def test_heat_colours_are_rgb() -> None:
+    hot = heat_colours(np.ones((2, 2), np.float32))[0, 0].astype(int)
+    cold = heat_colours(np.zeros((2, 2), np.float32))[0, 0].astype(int)
+    assert hot[0] > 100 and hot[2] < 30  # JET's top is dark red: red high, blue low
+    assert cold[2] > 100 and cold[0] < 30  # and its bottom is dark blue
+    assert heat_colours(np.full((3, 5), 0.5, np.float32)).shape == (3, 5, 3)
+
+
+def test_overlay_keeps_shape_and_dtype() -> None:
+    crop = np.random.default_rng(1).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    out = overlay(crop, np.random.default_rng(2).random((224, 224)).astype(np.float32))
+    assert out.shape == crop.shape and out.dtype == np.uint8
+
+
+def test_zero_cam_leaves_the_crop_unchanged() -> None:
+    crop = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(overlay(crop, np.zeros((32, 32), np.float32)), crop)
+
+
+def test_hot_area_turns_red_cold_area_untouched() -> None:
+    crop = np.full((40, 40, 3), 100, np.uint8)
+    cam = np.zeros((40, 40), np.float32)
+    cam[:, :20] = 1.0
+    out = overlay(crop, cam).astype(int)
+    hot, cold = out[20, 5], out[20, 35]
+    assert hot[0] > 100 and hot[2] < 100 and hot[0] > hot[2] + 40  # red rises, blue falls: RGB, not BGR
+    assert cold.tolist() == [100, 100, 100]
+
+
+# -- annotate -----------------------------------------------------------------------------------------
+
+
+def test_annotate_draws_boxes_in_verdict_colours() -> None:
+    pixels = np.full((200, 300, 3), 128, np.uint8)
+    faces = [((50.0, 60.0, 150.0, 160.0), "fake", 0.97), ((200.0, 100.0, 260.0, 180.0), "real", 0.1)]
+    out = annotate(pixels, faces, [None, None], margin=0.0)
+    assert out.shape == pixels.shape and out.dtype == np.uint8
+    assert tuple(out[110, 50]) == VERDICT_COLOURS["fake"]  # left edge
+    assert tuple(out[160, 100]) == VERDICT_COLOURS["fake"]  # bottom edge
+    assert tuple(out[140, 200]) == VERDICT_COLOURS["real"]
+    assert tuple(out[110, 100]) == (128, 128, 128)  # inside: untouched without a map
+    assert tuple(out[5, 5]) == (128, 128, 128)
+    assert (pixels == 128).all()  # the input is not drawn on
+
+
+def test_annotate_paints_heat_inside_the_box() -> None:
+    pixels = np.full((200, 300, 3), 100, np.uint8)
+    box = (50.0, 60.0, 150.0, 160.0)
+    out = annotate(pixels, [(box, "uncertain", 0.7)], [np.ones((224, 224), np.float32)], margin=0.0)
+    inside = out[110, 100].astype(int)
+    assert inside[0] > 110 and inside[2] < 60
+    assert tuple(out[110, 250]) == (100, 100, 100)
+
+
+def test_annotate_downscales() -> None:
+    pixels = np.full((400, 600, 3), 128, np.uint8)
+    out = annotate(pixels, [((100.0, 100.0, 300.0, 300.0), "real", 0.2)], [None], margin=0.0, max_side=150)
+    assert out.shape == (100, 150, 3)
+    assert tuple(out[50, 25]) == VERDICT_COLOURS["real"]  # the box is scaled with the image
+
+
+def test_annotate_box_at_the_border() -> None:
+    pixels = np.full((100, 100, 3), 128, np.uint8)
+    out = annotate(pixels, [((0.0, 0.0, 40.0, 40.0), "fake", 0.99)], [np.ones((224, 224), np.float32)],
+                   margin=0.5)
+    assert out.shape == pixels.shape
+    assert tuple(out[20, 0]) == VERDICT_COLOURS["fake"]
+
+
+def test_png_bytes_decode() -> None:
+    pixels = np.random.default_rng(4).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    data = png_bytes(pixels)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)

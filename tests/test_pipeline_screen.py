@@ -1,0 +1,209 @@
+"""pipeline.screen: one terminal verdict per item, in order, with the placeholder model."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.decide import decide
+from pipeline.errors import InvalidInput
+from pipeline.faces import FaceDetector, crop_face, resize_square
+from pipeline.model import Classifier
+from pipeline.screen import ScreenConfig, Screener, ScreenItem, Verdict
+
+from .conftest import ImageFactory
+
+
+def _with_thresholds(classifier: Classifier, fake: float, real: float) -> Classifier:
+    meta = replace(classifier.meta, threshold_fake=fake, threshold_real=real)
+    return Classifier(net=classifier.net, meta=meta, device=classifier.device)
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image.size
+
+
+@pytest.fixture(scope="module")
+def corpus(astronaut: np.ndarray, image_factory: ImageFactory) -> dict[str, bytes]:
+    face = image_factory(astronaut, "JPEG", quality=92)
+    two = np.ascontiguousarray(np.concatenate([astronaut, astronaut[:, ::-1]], axis=1))
+    return {
+        "face": face,
+        "two": image_factory(two, "JPEG", quality=92),
+        "blank": image_factory(np.full((240, 320, 3), 200, np.uint8), "PNG"),
+        "html": b"<!doctype html><html><body>not an image</body></html>",
+        "cut": face[: len(face) // 2],
+        "crop": image_factory(np.ascontiguousarray(astronaut[40:264, 112:336]), "JPEG", quality=95),
+        "odd": image_factory(np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8), "PNG"),
+    }
+
+
+def _mixed(corpus: dict[str, bytes]) -> list[ScreenItem]:
+    return [
+        ScreenItem("face.jpg", corpus["face"]),
+        ScreenItem("blank.png", corpus["blank"]),
+        ScreenItem("page.html", corpus["html"]),
+        ScreenItem("cut.jpg", corpus["cut"]),
+        ScreenItem("gone.jpg", None, InvalidInput("not_found", "no such key")),
+        ScreenItem("two.jpg", corpus["two"]),
+    ]
+
+
+@pytest.fixture(scope="module")
+def mixed(classifier: Classifier, detector: FaceDetector, corpus: dict[str, bytes]) -> list[Verdict]:
+    screener = Screener(classifier, ScreenConfig(heatmaps="all"), detector=detector)
+    return screener.screen_batch(_mixed(corpus))
+
+
+def test_one_verdict_per_item_in_order(mixed: list[Verdict], classifier: Classifier) -> None:
+    assert [v.key for v in mixed] == ["face.jpg", "blank.png", "page.html", "cut.jpg", "gone.jpg", "two.jpg"]
+    assert [v.status for v in mixed] == ["scored", "no_face", "invalid_input", "invalid_input", "invalid_input",
+                                         "scored"]
+    assert mixed[2].reason == "not_an_image"
+    assert mixed[3].reason in {"truncated", "corrupt"}
+    assert mixed[4].reason == "not_found"
+    assert all(v.model_version == classifier.version for v in mixed)
+
+
+def test_scored_verdict(mixed: list[Verdict], corpus: dict[str, bytes], classifier: Classifier,
+                        astronaut: np.ndarray) -> None:
+    verdict = mixed[0]
+    assert verdict.sha256 == hashlib.sha256(corpus["face"]).hexdigest()
+    assert verdict.size_bytes == len(corpus["face"])
+    assert (verdict.width, verdict.height) == (512, 512)
+    assert len(verdict.faces) >= 1
+    for index, face in enumerate(verdict.faces):
+        assert face.index == index
+        x1, y1, x2, y2 = face.box
+        assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 512
+        assert face.detection_probability is not None and face.detection_probability >= 0.9
+        assert 0.0 <= face.fake_probability <= 1.0
+        assert face.verdict == decide(face.fake_probability, _thresholds(classifier))
+    assert verdict.fake_probability == max(f.fake_probability for f in verdict.faces)
+    assert verdict.verdict == decide(verdict.fake_probability, _thresholds(classifier))
+    assert verdict.reason is None
+    assert {"decode", "detect", "classify", "explain", "batch_size"} <= set(verdict.timings)
+    assert verdict.timings["batch_size"] == 6.0
+
+
+def _thresholds(classifier: Classifier):  # noqa: ANN202
+    from pipeline.decide import Thresholds
+
+    return Thresholds(fake=classifier.meta.threshold_fake, real=classifier.meta.threshold_real)
+
+
+def test_face_score_is_the_classifier_on_the_full_res_crop(mixed: list[Verdict], classifier: Classifier,
+                                                           corpus: dict[str, bytes]) -> None:
+    from pipeline.decode import decode_image
+
+    pixels = decode_image(corpus["face"]).pixels
+    face = mixed[0].faces[0]
+    crop = crop_face(pixels, face.box, classifier.meta.crop_margin, classifier.meta.input_size)
+    assert classifier.fake_probability([crop])[0] == pytest.approx(face.fake_probability, abs=1e-4)
+
+
+def test_image_score_is_the_max_over_two_faces(mixed: list[Verdict]) -> None:
+    verdict = mixed[5]
+    assert (verdict.width, verdict.height) == (1024, 512)
+    assert len(verdict.faces) >= 2
+    centres = sorted((f.box[0] + f.box[2]) / 2 for f in verdict.faces)
+    assert centres[0] < 512 < centres[-1]  # one face in each half
+    assert verdict.fake_probability == max(f.fake_probability for f in verdict.faces)
+
+
+def test_all_heatmaps(mixed: list[Verdict]) -> None:
+    for verdict in (mixed[0], mixed[5]):
+        assert _png_size(verdict.heatmap_png) == (verdict.width, verdict.height)
+        for face in verdict.faces:
+            assert face.heatmap_png is not None and face.crop_jpeg is not None
+            assert _png_size(face.heatmap_png) == (224, 224)
+            assert Image.open(io.BytesIO(face.crop_jpeg)).format == "JPEG"
+
+
+def test_no_face_and_invalid_verdicts(mixed: list[Verdict], corpus: dict[str, bytes]) -> None:
+    blank = mixed[1]
+    assert blank.reason == "no_face"
+    assert (blank.width, blank.height) == (320, 240)
+    assert blank.faces == () and blank.fake_probability is None and blank.verdict is None
+    assert blank.heatmap_png is None
+    html, gone = mixed[2], mixed[4]
+    assert html.sha256 == hashlib.sha256(corpus["html"]).hexdigest()
+    assert html.size_bytes == len(corpus["html"])
+    assert html.width is None and html.faces == () and html.verdict is None
+    assert gone.sha256 is None and gone.size_bytes == 0
+
+
+def test_no_heatmaps(classifier: Classifier, detector: FaceDetector, corpus: dict[str, bytes]) -> None:
+    screener = Screener(classifier, ScreenConfig(heatmaps="none"), detector=detector)
+    [verdict] = screener.screen_batch([ScreenItem("face.jpg", corpus["face"])])
+    assert verdict.status == "scored" and verdict.faces
+    assert verdict.heatmap_png is None
+    assert all(f.heatmap_png is None and f.crop_jpeg is None for f in verdict.faces)
+
+
+def test_flagged_heatmaps_follow_the_verdict(classifier: Classifier, detector: FaceDetector,
+                                             corpus: dict[str, bytes]) -> None:
+    items = [ScreenItem("face.jpg", corpus["face"])]
+    everything_fake = Screener(_with_thresholds(classifier, 0.01, 0.0), ScreenConfig(), detector=detector)
+    [flagged] = everything_fake.screen_batch(items)
+    assert flagged.verdict == "fake"
+    assert flagged.heatmap_png is not None and all(f.heatmap_png is not None for f in flagged.faces)
+    everything_real = Screener(_with_thresholds(classifier, 1.0, 0.999), ScreenConfig(), detector=detector)
+    [cleared] = everything_real.screen_batch(items)
+    assert cleared.verdict == "real"
+    assert cleared.heatmap_png is None and all(f.heatmap_png is None for f in cleared.faces)
+    assert cleared.fake_probability == pytest.approx(flagged.fake_probability, abs=1e-6)
+
+
+def test_crops_mode(classifier: Classifier, corpus: dict[str, bytes]) -> None:
+    from pipeline.decode import decode_image
+
+    screener = Screener(classifier, ScreenConfig(crops=True, heatmaps="all"))
+    assert screener.detector is None
+    verdicts = screener.screen_batch([
+        ScreenItem("crop.jpg", corpus["crop"]),
+        ScreenItem("odd.png", corpus["odd"]),
+        ScreenItem("page.html", corpus["html"]),
+    ])
+    assert [v.status for v in verdicts] == ["scored", "scored", "invalid_input"]
+    assert all(v.model_version == classifier.version + "+crops" for v in verdicts)
+    for verdict, key in zip(verdicts[:2], ("crop", "odd"), strict=True):
+        [face] = verdict.faces
+        assert face.detection_probability is None
+        assert face.box == (0.0, 0.0, float(verdict.width), float(verdict.height))
+        assert face.heatmap_png is not None
+        pixels = decode_image(corpus[key]).pixels
+        expected = classifier.fake_probability([resize_square(pixels, classifier.meta.input_size)])[0]
+        assert face.fake_probability == pytest.approx(expected, abs=1e-4)
+        assert verdict.fake_probability == face.fake_probability
+
+
+def test_expected_sha256(classifier: Classifier, corpus: dict[str, bytes]) -> None:
+    screener = Screener(classifier, ScreenConfig(crops=True, heatmaps="none", decode_threads=1))
+    right = hashlib.sha256(corpus["crop"]).hexdigest()
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    ok, bad = screener.screen_batch([
+        ScreenItem("ok.jpg", corpus["crop"], expected_sha256=right),
+        ScreenItem("bad.jpg", corpus["crop"], expected_sha256=wrong),
+    ])
+    assert ok.status == "scored"
+    assert bad.status == "invalid_input" and bad.reason == "sha256_mismatch"
+    assert bad.sha256 == right  # the hash of the bytes actually received
+
+
+def test_empty_batch(classifier: Classifier) -> None:
+    assert Screener(classifier, ScreenConfig(crops=True)).screen_batch([]) == []
+
+
+def test_all_invalid_batch(classifier: Classifier, detector: FaceDetector, corpus: dict[str, bytes]) -> None:
+    screener = Screener(classifier, ScreenConfig(), detector=detector)
+    verdicts = screener.screen_batch([ScreenItem("a", b""), ScreenItem("b", corpus["html"])])
+    assert [(v.status, v.reason) for v in verdicts] == [("invalid_input", "empty"), ("invalid_input", "not_an_image")]
