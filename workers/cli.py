@@ -27,6 +27,8 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    if "heatmaps" not in overrides and getattr(args, "heatmaps_default", None):
+        overrides["heatmaps"] = args.heatmaps_default  # evaluate: no heatmaps unless asked
     return Settings(**overrides)
 
 
@@ -211,6 +213,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.errors import ModelLoadError
+    from workers.evaluate import evaluate, labelled_files
+    from workers.runtime import embedded_runtime
+
+    settings = _settings(args)
+    out = Path(args.out)
+    try:
+        files = labelled_files(Path(args.data), Path(args.labels) if args.labels else None)
+    except (OSError, ValueError) as exc:
+        print(f"deepscreen evaluate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        runtime = embedded_runtime(settings, out / "home", crops=args.crops)
+    except ModelLoadError as exc:
+        print(f"deepscreen evaluate: cannot load the model: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    document = evaluate(runtime, files, out, settings.batch_size, str(args.data), progress=not args.no_progress)
+    keys = ("n", "auc", "ece", "accuracy", "precision", "recall", "f1", "face_detection_rate", "status_counts")
+    print(json.dumps({k: document[k] for k in keys}, indent=2))
+    print(f"metrics.json, scores.csv and report.md in {out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepscreen", description="Deepfake-image screening: scan files "
                                      "locally, or run the distributed pipeline (submit, worker, migrate).")
@@ -265,6 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("placeholder", help="write the seeded random PLACEHOLDER model (not a detector)")
     m.add_argument("--out", default="models/placeholder")
     p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("evaluate", help="score a labelled folder and write metrics.json, scores.csv and a report",
+                       description="Evaluate the model on real/ and fake/ subfolders, or on a CSV of file,label "
+                       "relative to --data. Full images run the whole pipeline (detect, classify, image score = max "
+                       "over faces); --crops takes every input as a face crop.")
+    p.add_argument("--data", required=True, help="labelled folder")
+    p.add_argument("--labels", help="CSV with columns file,label (real|fake), paths relative to --data")
+    p.add_argument("--crops", action="store_true", help="inputs are face crops: skip detection")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true")
+    _add_compute_flags(p)
+    p.set_defaults(func=cmd_evaluate, heatmaps_default="none")
 
     p = sub.add_parser("train", help="train the real/fake classifier (resumes an interrupted run)",
                        description="Train from a config file (see configs/) or flags. Re-running the same "
