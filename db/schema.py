@@ -1,4 +1,4 @@
-"""The relational schema: events, images, verdicts, faces, review items. SQLAlchemy 2 typed ORM.
+"""The relational schema: events, images, verdicts, faces, review items; tokens, audit, bundles, webhooks. SQLAlchemy 2 typed ORM.
 
 Idempotency lives in unique keys: one event row per producer event_id, one image row per sha256, one
 verdict per (image, model version), one face row per (verdict, index), one review item per verdict.
@@ -135,6 +135,106 @@ class ReviewItem(Base):
     source: Mapped[str] = mapped_column(String(200), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # review work (0002): pending -> claimed -> confirmed_fake | marked_real | escalated; skip/release -> pending
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    decision: Mapped[str | None] = mapped_column(String(20))
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    skips: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    gold_label: Mapped[str | None] = mapped_column(String(8))  # fake | real: an admin's known answer
 
 
 Index("ix_review_items_state_created", ReviewItem.state, ReviewItem.created_at)
+
+
+class ApiToken(Base):
+    """An API token: only its sha256 is stored. `name` is the identity a moderator's work is recorded under."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # service | moderator | admin
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell tokens apart in lists
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleSession(Base):
+    """A console login: the cookie holds a random id whose sha256 is the key; it dies with its token."""
+
+    __tablename__ = "console_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """Append-only (database triggers refuse UPDATE and DELETE): who did what to which item, and when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200), index=True)
+    actor_role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(40))
+    review_item_id: Mapped[int | None] = mapped_column(ForeignKey("review_items.id"), index=True)
+    previous_state: Mapped[str | None] = mapped_column(String(20))
+    new_state: Mapped[str | None] = mapped_column(String(20))
+    note: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class EvidenceBundle(Base):
+    """A signed escalation bundle (zip in the blob store): manifest sha256 and its HMAC-SHA256."""
+
+    __tablename__ = "evidence_bundles"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    review_item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id"), index=True)
+    blob_key: Mapped[str] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One delivery attempt of one webhook message (a message is retried under the same delivery_id)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(String(64), index=True)
+    topic: Mapped[str] = mapped_column(String(40))
+    bundle_id: Mapped[int | None] = mapped_column(ForeignKey("evidence_bundles.id"))
+    target: Mapped[str] = mapped_column(Text)  # scheme://host/path: never the query or credentials
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(200))
+    succeeded: Mapped[bool] = mapped_column(default=False)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class GoldAnswer(Base):
+    """A moderator's answer on a gold item served in their queue (the item's own state is not touched)."""
+
+    __tablename__ = "gold_answers"
+    __table_args__ = (UniqueConstraint("review_item_id", "moderator", name="uq_gold_item_moderator"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    review_item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id"), index=True)
+    moderator: Mapped[str] = mapped_column(String(200), index=True)
+    served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    answer: Mapped[str | None] = mapped_column(String(8))  # fake | real, None while served
+    correct: Mapped[bool | None] = mapped_column()
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -46,9 +46,13 @@ class DecodedImage:
 
 
 _TEXT_PREFIXES = (b"<?xml", b"<svg", b"<!doctype", b"<html", b"<head", b"<body", b"{", b"[", b"%pdf")
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM")
 
 
 def _sniff_text(data: bytes) -> str | None:
+    """Name the text format posing as an image; None for anything that starts like an image file."""
+    if data.startswith(_IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        return None  # text inside an image's metadata must not dodge screening
     head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if head.startswith(_TEXT_PREFIXES) or b"<svg" in head:
         return "svg" if b"<svg" in data[:4096].lower() else "text"

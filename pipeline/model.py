@@ -197,8 +197,11 @@ def read_metadata(folder: Path) -> ModelMetadata:
     if not path.is_file():
         raise ModelLoadError(f"no model metadata at {path}")
     try:
-        return ModelMetadata.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError("metadata must be a JSON object")
+        return ModelMetadata.from_dict(data)
+    except (ValueError, TypeError, AttributeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ModelLoadError(f"model metadata {path} is invalid: {exc}") from None
 
 

@@ -168,7 +168,7 @@ class Screener:
 
     def _classify(self, live: list[_Work]) -> None:
         crops = [crop for w in live for crop in w.crops]
-        probs = self.classifier.fake_probability(crops, batch_size=max(len(crops), 1, self.config.classify_batch))
+        probs = self.classifier.fake_probability(crops, batch_size=max(1, self.config.classify_batch))
         cursor = 0
         for work in live:
             work.probabilities = [float(p) for p in probs[cursor : cursor + len(work.crops)]]

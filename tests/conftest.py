@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +31,14 @@ def image_factory() -> ImageFactory:
 
 
 @pytest.fixture(scope="session")
-def tmp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tmp_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A placeholder model folder (random weights from a fixed seed): model.safetensors + model.json."""
     from pipeline.model import make_placeholder
 
     folder = tmp_path_factory.mktemp("placeholder-model")
     make_placeholder(folder)
-    return folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # 94 MB; pytest keeps old temp folders around
 
 
 @pytest.fixture(scope="session")

@@ -167,13 +167,16 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, queues: str = "upload,rescan") -> None:
         self.log_path = log_path
         self.log = log_path.open("ab")
+        self.log_offset = self.log.tell()  # a restarted worker appends to the same log
         self.process = subprocess.Popen(
             [str(BIN / "deepscreen"), "worker", f"--queues={queues}", f"--hostname=test-{uuid.uuid4().hex[:6]}@%h"],
             env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def ready(self) -> bool:
-        return "ready." in self.log_path.read_text(errors="replace")
+        with self.log_path.open("rb") as handle:
+            handle.seek(self.log_offset)
+            return b"ready." in handle.read()
 
     def stop(self, timeout: float = 20) -> None:
         if self.process.poll() is None:

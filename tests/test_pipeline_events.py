@@ -41,7 +41,10 @@ def _record(key: str, etag: str = "abc123", name: str = "ObjectCreated:Put", buc
         "eventSource": "aws:s3",
         "eventTime": "2026-11-23T10:00:00.000Z",
         "eventName": name,
-        "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1234, "eTag": etag, "sequencer": "0055"}},
+        "s3": {
+            "bucket": {"name": bucket},
+            "object": {"key": key, "size": 1234, "eTag": etag, "sequencer": "0055"},
+        },
     }
 
 
@@ -56,8 +59,14 @@ def test_valid_event_from_json_text_bytes_and_dict() -> None:
 
 
 def test_defaults_and_normalisation() -> None:
-    event = parse_event({"event_id": "  e-2  ", "image_uri": "incoming/a.png", "sha256": SHA.upper(),
-                         "uploaded_at": "2026-01-01T00:00:00"})
+    event = parse_event(
+        {
+            "event_id": "  e-2  ",
+            "image_uri": "incoming/a.png",
+            "sha256": SHA.upper(),
+            "uploaded_at": "2026-01-01T00:00:00",
+        }
+    )
     assert event.event_id == "e-2"  # whitespace stripped
     assert event.sha256 == SHA  # upper-case hex accepted, stored lower-case
     assert event.source == "default"
@@ -156,7 +165,9 @@ def test_non_s3_url_refused(uri: str) -> None:
         parse_event(_event(image_uri=uri))
 
 
-@pytest.mark.parametrize("uri", ["s3://b/k.jpg", "s3://b/dir/..hidden/x.jpg", "s3://b/a..b.jpg", "local/dir/x.png"])
+@pytest.mark.parametrize(
+    "uri", ["s3://b/k.jpg", "s3://b/dir/..hidden/x.jpg", "s3://b/a..b.jpg", "local/dir/x.png"]
+)
 def test_acceptable_uris(uri: str) -> None:
     assert parse_event(_event(image_uri=uri)).image_uri == uri
 

@@ -32,7 +32,10 @@ def _crops(astronaut: np.ndarray) -> list[np.ndarray]:
 
 def _hooks(module: torch.nn.Module) -> int:
     return sum(
-        len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) + len(m._backward_pre_hooks)
+        len(m._forward_hooks)
+        + len(m._backward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_pre_hooks)
         for m in module.modules()
     )
 
@@ -151,8 +154,9 @@ def test_annotate_downscales() -> None:
 
 def test_annotate_box_at_the_border() -> None:
     pixels = np.full((100, 100, 3), 128, np.uint8)
-    out = annotate(pixels, [((0.0, 0.0, 40.0, 40.0), "fake", 0.99)], [np.ones((224, 224), np.float32)],
-                   margin=0.5)
+    out = annotate(
+        pixels, [((0.0, 0.0, 40.0, 40.0), "fake", 0.99)], [np.ones((224, 224), np.float32)], margin=0.5
+    )
     assert out.shape == pixels.shape
     assert tuple(out[20, 0]) == VERDICT_COLOURS["fake"]
 

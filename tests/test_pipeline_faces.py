@@ -35,8 +35,9 @@ def _gradient(height: int, width: int) -> np.ndarray:
         ((333, 1001), 250, (83, 250), 1001 / 250),
     ],
 )
-def test_downscale_shape_and_factor(shape: tuple[int, int], max_side: int, small: tuple[int, int],
-                                    factor: float) -> None:
+def test_downscale_shape_and_factor(
+    shape: tuple[int, int], max_side: int, small: tuple[int, int], factor: float
+) -> None:
     pixels = _gradient(*shape)
     out, got = downscale(pixels, max_side)
     assert out.shape == (*small, 3)
@@ -66,7 +67,8 @@ def test_square_region() -> None:
     assert left + side / 2 == pytest.approx(30.0)  # centred on the box
     assert top + side / 2 == pytest.approx(60.0)
     assert square_region((5.0, 5.0, 5.0, 5.0), margin=0.0)[2] == 2.0  # never degenerate
-    assert square_region((0.0, 0.0, 100.0, 100.0), margin=-0.25)[2] == pytest.approx(50.0)  # negative tightens
+    tightened = square_region((0.0, 0.0, 100.0, 100.0), margin=-0.25)
+    assert tightened[2] == pytest.approx(50.0)
 
 
 @pytest.mark.parametrize("size", [32, 160, 224])

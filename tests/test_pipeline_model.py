@@ -57,8 +57,14 @@ def test_placeholder_metadata(tmp_model: Path, classifier: Classifier) -> None:
 
 
 def test_save_load_round_trip(tmp_path: Path, classifier: Classifier) -> None:
-    meta = replace(classifier.meta, version="round-trip", temperature=1.7, threshold_fake=0.8, threshold_real=0.2,
-                   extra={"note": "kept"})
+    meta = replace(
+        classifier.meta,
+        version="round-trip",
+        temperature=1.7,
+        threshold_fake=0.8,
+        threshold_real=0.2,
+        extra={"note": "kept"},
+    )
     saved = save_model(classifier.net, meta, tmp_path / "copy")
     assert saved.sha256 == file_sha256(tmp_path / "copy" / WEIGHTS_FILE)
     loaded = load_classifier(tmp_path / "copy")
@@ -106,7 +112,9 @@ def test_missing_sha256_refused(tmp_path: Path, tmp_model: Path) -> None:
 
 
 def test_missing_weights(tmp_path: Path, tmp_model: Path) -> None:
-    folder = _folder_with(tmp_path, tmp_model, json.loads((tmp_model / METADATA_FILE).read_text()), weights=False)
+    folder = _folder_with(
+        tmp_path, tmp_model, json.loads((tmp_model / METADATA_FILE).read_text()), weights=False
+    )
     with pytest.raises(ModelLoadError, match="no weights"):
         load_classifier(folder)
 
@@ -122,12 +130,9 @@ def test_invalid_metadata(tmp_path: Path, tmp_model: Path, raw: bytes) -> None:
         load_classifier(_folder_with(tmp_path, tmp_model, raw))
 
 
-@pytest.mark.xfail(
-    reason="model.read_metadata catches only JSONDecodeError/TypeError: a model.json that is not UTF-8 raises "
-    "UnicodeDecodeError, and one that is valid JSON but not an object raises AttributeError",
-    strict=True,
+@pytest.mark.parametrize(
+    "raw", [b"\xff\xfe\x00garbage", b"[]", b'"a string"'], ids=["not-utf8", "list", "str"]
 )
-@pytest.mark.parametrize("raw", [b"\xff\xfe\x00garbage", b"[]", b'"a string"'], ids=["not-utf8", "list", "str"])
 def test_corrupt_metadata_is_a_model_load_error(tmp_path: Path, tmp_model: Path, raw: bytes) -> None:
     with pytest.raises(ModelLoadError):
         load_classifier(_folder_with(tmp_path, tmp_model, raw))
@@ -208,7 +213,9 @@ def test_fake_probability_independent_of_batch_position(classifier: Classifier) 
 
 def test_temperature_scales_the_logit(classifier: Classifier) -> None:
     crops = _crops(2, seed=2)
-    warm = Classifier(net=classifier.net, meta=replace(classifier.meta, temperature=2.0), device=classifier.device)
+    warm = Classifier(
+        net=classifier.net, meta=replace(classifier.meta, temperature=2.0), device=classifier.device
+    )
     p1, p2 = classifier.fake_probability(crops), warm.fake_probability(crops)
     logit = np.log(p1 / (1 - p1))
     np.testing.assert_allclose(np.log(p2 / (1 - p2)), logit / 2.0, rtol=1e-6, atol=1e-9)

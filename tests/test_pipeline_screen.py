@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.decide import decide
+from pipeline.decide import Thresholds, decide
+from pipeline.decode import decode_image
 from pipeline.errors import InvalidInput
 from pipeline.faces import FaceDetector, crop_face, resize_square
 from pipeline.model import Classifier
 from pipeline.screen import ScreenConfig, Screener, ScreenItem, Verdict
 
-from .conftest import ImageFactory
+ImageFactory = Callable[..., bytes]
 
 
 def _with_thresholds(classifier: Classifier, fake: float, real: float) -> Classifier:
     meta = replace(classifier.meta, threshold_fake=fake, threshold_real=real)
     return Classifier(net=classifier.net, meta=meta, device=classifier.device)
+
+
+def _thresholds(classifier: Classifier) -> Thresholds:
+    return Thresholds(fake=classifier.meta.threshold_fake, real=classifier.meta.threshold_real)
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -65,16 +72,23 @@ def mixed(classifier: Classifier, detector: FaceDetector, corpus: dict[str, byte
 
 def test_one_verdict_per_item_in_order(mixed: list[Verdict], classifier: Classifier) -> None:
     assert [v.key for v in mixed] == ["face.jpg", "blank.png", "page.html", "cut.jpg", "gone.jpg", "two.jpg"]
-    assert [v.status for v in mixed] == ["scored", "no_face", "invalid_input", "invalid_input", "invalid_input",
-                                         "scored"]
+    assert [v.status for v in mixed] == [
+        "scored",
+        "no_face",
+        "invalid_input",
+        "invalid_input",
+        "invalid_input",
+        "scored",
+    ]
     assert mixed[2].reason == "not_an_image"
     assert mixed[3].reason in {"truncated", "corrupt"}
     assert mixed[4].reason == "not_found"
     assert all(v.model_version == classifier.version for v in mixed)
 
 
-def test_scored_verdict(mixed: list[Verdict], corpus: dict[str, bytes], classifier: Classifier,
-                        astronaut: np.ndarray) -> None:
+def test_scored_verdict(
+    mixed: list[Verdict], corpus: dict[str, bytes], classifier: Classifier, astronaut: np.ndarray
+) -> None:
     verdict = mixed[0]
     assert verdict.sha256 == hashlib.sha256(corpus["face"]).hexdigest()
     assert verdict.size_bytes == len(corpus["face"])
@@ -94,16 +108,9 @@ def test_scored_verdict(mixed: list[Verdict], corpus: dict[str, bytes], classifi
     assert verdict.timings["batch_size"] == 6.0
 
 
-def _thresholds(classifier: Classifier):  # noqa: ANN202
-    from pipeline.decide import Thresholds
-
-    return Thresholds(fake=classifier.meta.threshold_fake, real=classifier.meta.threshold_real)
-
-
-def test_face_score_is_the_classifier_on_the_full_res_crop(mixed: list[Verdict], classifier: Classifier,
-                                                           corpus: dict[str, bytes]) -> None:
-    from pipeline.decode import decode_image
-
+def test_face_score_is_the_classifier_on_the_full_res_crop(
+    mixed: list[Verdict], classifier: Classifier, corpus: dict[str, bytes]
+) -> None:
     pixels = decode_image(corpus["face"]).pixels
     face = mixed[0].faces[0]
     crop = crop_face(pixels, face.box, classifier.meta.crop_margin, classifier.meta.input_size)
@@ -149,8 +156,9 @@ def test_no_heatmaps(classifier: Classifier, detector: FaceDetector, corpus: dic
     assert all(f.heatmap_png is None and f.crop_jpeg is None for f in verdict.faces)
 
 
-def test_flagged_heatmaps_follow_the_verdict(classifier: Classifier, detector: FaceDetector,
-                                             corpus: dict[str, bytes]) -> None:
+def test_flagged_heatmaps_follow_the_verdict(
+    classifier: Classifier, detector: FaceDetector, corpus: dict[str, bytes]
+) -> None:
     items = [ScreenItem("face.jpg", corpus["face"])]
     everything_fake = Screener(_with_thresholds(classifier, 0.01, 0.0), ScreenConfig(), detector=detector)
     [flagged] = everything_fake.screen_batch(items)
@@ -164,15 +172,15 @@ def test_flagged_heatmaps_follow_the_verdict(classifier: Classifier, detector: F
 
 
 def test_crops_mode(classifier: Classifier, corpus: dict[str, bytes]) -> None:
-    from pipeline.decode import decode_image
-
     screener = Screener(classifier, ScreenConfig(crops=True, heatmaps="all"))
     assert screener.detector is None
-    verdicts = screener.screen_batch([
-        ScreenItem("crop.jpg", corpus["crop"]),
-        ScreenItem("odd.png", corpus["odd"]),
-        ScreenItem("page.html", corpus["html"]),
-    ])
+    verdicts = screener.screen_batch(
+        [
+            ScreenItem("crop.jpg", corpus["crop"]),
+            ScreenItem("odd.png", corpus["odd"]),
+            ScreenItem("page.html", corpus["html"]),
+        ]
+    )
     assert [v.status for v in verdicts] == ["scored", "scored", "invalid_input"]
     assert all(v.model_version == classifier.version + "+crops" for v in verdicts)
     for verdict, key in zip(verdicts[:2], ("crop", "odd"), strict=True):
@@ -190,10 +198,12 @@ def test_expected_sha256(classifier: Classifier, corpus: dict[str, bytes]) -> No
     screener = Screener(classifier, ScreenConfig(crops=True, heatmaps="none", decode_threads=1))
     right = hashlib.sha256(corpus["crop"]).hexdigest()
     wrong = hashlib.sha256(b"something else").hexdigest()
-    ok, bad = screener.screen_batch([
-        ScreenItem("ok.jpg", corpus["crop"], expected_sha256=right),
-        ScreenItem("bad.jpg", corpus["crop"], expected_sha256=wrong),
-    ])
+    ok, bad = screener.screen_batch(
+        [
+            ScreenItem("ok.jpg", corpus["crop"], expected_sha256=right),
+            ScreenItem("bad.jpg", corpus["crop"], expected_sha256=wrong),
+        ]
+    )
     assert ok.status == "scored"
     assert bad.status == "invalid_input" and bad.reason == "sha256_mismatch"
     assert bad.sha256 == right  # the hash of the bytes actually received
@@ -206,4 +216,31 @@ def test_empty_batch(classifier: Classifier) -> None:
 def test_all_invalid_batch(classifier: Classifier, detector: FaceDetector, corpus: dict[str, bytes]) -> None:
     screener = Screener(classifier, ScreenConfig(), detector=detector)
     verdicts = screener.screen_batch([ScreenItem("a", b""), ScreenItem("b", corpus["html"])])
-    assert [(v.status, v.reason) for v in verdicts] == [("invalid_input", "empty"), ("invalid_input", "not_an_image")]
+    assert [(v.status, v.reason) for v in verdicts] == [
+        ("invalid_input", "empty"),
+        ("invalid_input", "not_an_image"),
+    ]
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "examples"
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/data/examples is not on this machine")
+def test_example_frames(classifier: Classifier, detector: FaceDetector) -> None:
+    """The 1920x1080 DFD frames decode, and the people in them are found and scored."""
+    files = sorted(EXAMPLES.glob("*.jpg"))
+    assert len(files) == 40
+    for path in files:
+        assert decode_image(path.read_bytes()).pixels.shape == (1080, 1920, 3)
+    chosen = [
+        EXAMPLES / name
+        for name in ("real_frame_0.jpg", "real_frame_1.jpg", "fake_frame_0.jpg", "fake_frame_1.jpg")
+    ]
+    screener = Screener(classifier, ScreenConfig(heatmaps="none"), detector=detector)
+    verdicts = screener.screen_batch([ScreenItem(p.name, p.read_bytes()) for p in chosen])
+    assert [v.key for v in verdicts] == [p.name for p in chosen]
+    assert all(v.status in ("scored", "no_face") for v in verdicts)
+    assert sum(v.status == "scored" for v in verdicts) >= 3
+    for verdict in verdicts:
+        for face in verdict.faces:
+            assert 0 <= face.box[0] < face.box[2] <= 1920 and 0 <= face.box[1] < face.box[3] <= 1080

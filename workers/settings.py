@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.decode import DecodeLimits
@@ -16,6 +16,7 @@ from pipeline.screen import ScreenConfig
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO_ROOT / "models" / "deepscreen-irv1"
 PLACEHOLDER_MODEL = REPO_ROOT / "models" / "placeholder"
+PLACEHOLDER_SECRET = "changethis"
 
 
 def default_model_dir() -> Path:
@@ -24,7 +25,7 @@ def default_model_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DEEPSCREEN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DEEPSCREEN_", extra="ignore", hide_input_in_errors=True)
 
     # services
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/deepscreen"
@@ -60,6 +61,20 @@ class Settings(BaseSettings):
     concurrency: int = 1
     # embedded mode
     home: Path = Path(".deepscreen")
+    # review API and console (review/)
+    environment: Literal["local", "test", "production"] = "local"  # production: secure cookies, a real secret
+    signing_secret: SecretStr = SecretStr(PLACEHOLDER_SECRET)  # HMAC key of evidence bundles and webhooks
+    webhook_url: str | None = None  # where escalations (and subscribed topics) are POSTed
+    webhook_topics: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["escalation"])
+    webhook_max_attempts: int = 5
+    webhook_backoff_s: float = 1.0  # first retry delay; doubles each attempt
+    webhook_backoff_max_s: float = 60.0
+    webhook_timeout_s: float = 10.0
+    review_lease_seconds: int = 600  # a claim expires after this long without a decision
+    presign_seconds: int = 300  # lifetime of presigned S3 links to originals and heatmaps
+    session_hours: float = 12.0  # console login lifetime
+    max_request_bytes: int = 1024 * 1024  # body limit of POST /v1/events
+    gold_rate: float = 0.0  # share of claim-next calls that serve a gold item (0 = off)
 
     @field_validator("input_buckets", mode="before")
     @classmethod
@@ -67,6 +82,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("webhook_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _real_secret_outside_local(self) -> Settings:
+        secret = self.signing_secret.get_secret_value()
+        if self.environment == "production" and (secret == PLACEHOLDER_SECRET or len(secret) < 32):
+            raise ValueError("DEEPSCREEN_SIGNING_SECRET must be set to a random value of 32+ characters "
+                             "in production (e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+        return self
 
     @field_validator("batch_size", "torch_threads", "decode_threads", "fetch_threads", "max_attempts", "concurrency")
     @classmethod

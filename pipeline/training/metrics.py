@@ -113,8 +113,8 @@ def choose_thresholds(
 ) -> tuple[float, float]:
     """(fake, real) thresholds: `fake` flags at most max_fpr of reals, `real` clears at most max_miss of fakes.
 
-    When the two cross (a weak model), the real threshold is pulled down to the fake one, so the
-    uncertain band is empty rather than inverted.
+    When the two cross (real and fake scores cleanly separated), the real threshold is pulled down to the
+    fake one, so the uncertain band is empty rather than inverted.
     """
     labels = np.asarray(labels).astype(bool)
     probs = np.asarray(probs, dtype=np.float64)

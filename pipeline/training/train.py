@@ -175,8 +175,8 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         self.run.mkdir(parents=True, exist_ok=True)
+        self.try_resume()  # first: a refused resume must leave the run's config.json as it was
         (self.run / "config.json").write_text(json.dumps(_config_dict(self.cfg), indent=2) + "\n")
-        self.try_resume()
         cfg = self.cfg
         grid = _mask_grid(self.net, cfg.augment.window, self.device)
         while self.state["epoch"] < cfg.epochs:
@@ -188,6 +188,7 @@ class Trainer:
             started = time.time()
             for step in bar:
                 chosen = [self.pairs[i] for i in order[step * cfg.pairs_per_batch : (step + 1) * cfg.pairs_per_batch]]
+                torch.manual_seed(hash((cfg.seed, epoch, step)) & 0x7FFFFFFF)  # dropout too replays on resume
                 loss = self._train_step(chosen, np.random.default_rng([cfg.seed, epoch, step]), grid)
                 running = loss if running is None else 0.98 * running + 0.02 * loss
                 self.state["step"] = step + 1
