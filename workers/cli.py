@@ -221,7 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     out = Path(args.out)
     try:
-        files = labelled_files(Path(args.data), Path(args.labels) if args.labels else None)
+        files = labelled_files(Path(args.data), Path(args.labels) if args.labels else None, args.split)
     except (OSError, ValueError) as exc:
         print(f"deepscreen evaluate: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -298,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "over faces); --crops takes every input as a face crop.")
     p.add_argument("--data", required=True, help="labelled folder")
     p.add_argument("--labels", help="CSV with columns file,label (real|fake), paths relative to --data")
+    p.add_argument("--split", help="keep only the CSV rows of this split (e.g. test, with a manifest.csv)")
     p.add_argument("--crops", action="store_true", help="inputs are face crops: skip detection")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")

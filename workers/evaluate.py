@@ -23,13 +23,17 @@ from workers.processing import Runtime
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def labelled_files(data: Path, labels_csv: Path | None = None) -> list[tuple[Path, int]]:
-    """(path, label) pairs, label 1 = fake."""
+def labelled_files(data: Path, labels_csv: Path | None = None, split: str | None = None) -> list[tuple[Path, int]]:
+    """(path, label) pairs, label 1 = fake. `split` keeps the CSV rows of that split (a manifest.csv)."""
     if labels_csv is not None:
         with labels_csv.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         if not rows or not {"file", "label"} <= set(rows[0]):
             raise ValueError(f"{labels_csv} needs the columns file,label")
+        if split is not None:
+            if "split" not in rows[0]:
+                raise ValueError(f"{labels_csv} has no split column")
+            rows = [r for r in rows if r["split"] == split]
         out = []
         for row in rows:
             label = row["label"].strip().lower()
