@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", type=int, default=320, help="side of the generated square images")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--heatmaps", default="flagged")
+    parser.add_argument("--latency-events", type=int, default=200,
+                        help="events for the latency run, sent at half the measured throughput (0 skips it)")
     parser.add_argument("--redis-db", type=int, default=12)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
@@ -94,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         client = s3.client()
         for bucket in ("deepscreen", "uploads"):
             client.create_bucket(Bucket=bucket)
-        print(f"uploading {args.events} images...", file=sys.stderr)
+        total = args.events + args.latency_events
+        print(f"uploading {total} images...", file=sys.stderr)
         events = []
-        for i, body in enumerate(face_images(args.events, args.side)):
+        for i, body in enumerate(face_images(total, args.side)):
             key = f"bench/{i:06d}.jpg"
             client.put_object(Bucket="uploads", Key=key, Body=body)
             events.append(UploadEvent(event_id=f"bench-{i}", image_uri=f"s3://uploads/{key}", source="bench"))
+        events, latency_events = events[: args.events], events[args.events :]
         env = service_env(db_url, redis_url, s3, Path(os.environ.get("DEEPSCREEN_MODEL_DIR", default_model_dir())),
                           DEEPSCREEN_TORCH_THREADS=str(args.threads), DEEPSCREEN_BATCH_SIZE="32",
                           DEEPSCREEN_BATCH_WAIT_MS="250", DEEPSCREEN_HEATMAPS=args.heatmaps,
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             "rss_growth": round((rss_final - (rss_early or rss_final)) / (rss_early or rss_final), 4),
             "threads": args.threads, "image_side": args.side, "heatmaps": args.heatmaps,
         }
+        if latency_events:
+            result.update(latency_run(engine, celery_app, latency_events, rate=0.5 * args.events / seconds))
         print(json.dumps(result, indent=2))
         if args.json_out:
             args.json_out.write_text(json.dumps(result, indent=2) + "\n")
@@ -151,6 +157,36 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
     return 0
+
+
+def latency_run(engine, celery_app, events, rate: float) -> dict[str, Any]:  # noqa: ANN001
+    """Send events one by one at `rate` per second; event->verdict latency = finished_at - send time."""
+    from sqlalchemy import select
+
+    from db.schema import Event
+    from workers.submit import submit
+
+    sent: dict[str, float] = {}
+    start = time.time()
+    for i, event in enumerate(events):
+        delay = start + i / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        sent[event.event_id] = time.time()
+        submit([event], celery_app=celery_app)
+    ids = list(sent)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            rows = conn.execute(select(Event.event_id, Event.finished_at).where(Event.event_id.in_(ids),
+                                                                                  Event.status != "queued")).all()
+        if len(rows) == len(ids):
+            break
+        time.sleep(0.5)
+    latencies = sorted(row.finished_at.timestamp() - sent[row.event_id] for row in rows)
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    return {"latency_rate_per_s": round(rate, 2), "latency_events": len(latencies),
+            "latency_p50_s": round(pick(0.50), 3), "latency_p95_s": round(pick(0.95), 3)}
 
 
 if __name__ == "__main__":
