@@ -178,6 +178,11 @@ def cmd_model(args: argparse.Namespace) -> int:
     from pipeline.model import load_classifier, make_placeholder
     from workers.settings import Settings
 
+    if args.model_command == "export":
+        from pipeline.training.export import export_model
+
+        print(json.dumps(export_model(Path(args.run), Path(args.out), args.version, args.max_val), indent=2))
+        return EXIT_OK
     if args.model_command == "placeholder":
         meta = make_placeholder(Path(args.out))
         print(f"placeholder model (NOT a detector) written to {args.out}: version={meta.version}")
@@ -288,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     m = msub.add_parser("info", help="load the model (sha256 checked) and print its metadata")
     m.add_argument("--model", dest="model_dir", help="model folder (default $DEEPSCREEN_MODEL_DIR)")
+    m = msub.add_parser("export", help="calibrate a training run's best weights on validation and ship them",
+                        description="Fits the temperature and both thresholds on the validation split, measures "
+                        "validation AUC with fp16 weights and bf16 autocast, and writes the model folder (fp16 "
+                        "weights when they cost no AUC).")
+    m.add_argument("--run", required=True, help="training run folder (with config.json and best/)")
+    m.add_argument("--out", default="models/deepscreen-irv1")
+    m.add_argument("--version", required=True, help="version string recorded with every verdict")
+    m.add_argument("--max-val", type=int, default=0, help="use only the first N validation crops (0 = all)")
     m = msub.add_parser("placeholder", help="write the seeded random PLACEHOLDER model (not a detector)")
     m.add_argument("--out", default="models/placeholder")
     p.set_defaults(func=cmd_model)
