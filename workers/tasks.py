@@ -75,7 +75,9 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
     settings = app.conf.deepscreen_settings
     job = outcome.job
     reason = outcome.retry_reason or "unknown"
-    if job.attempt >= settings.max_attempts:
+    # A database outage is everybody's failure, not this event's: it never dead-letters an event (the backoff
+    # is capped, so the worker keeps trying and resumes on its own). Anything else counts toward max_attempts.
+    if job.attempt >= settings.max_attempts and not reason.startswith("database"):
         log.error("dead-letter event_id=%s attempts=%d reason=%s", job.event.event_id, job.attempt, reason)
         try:
             runtime().store.mark_failed(job.event, "failed", f"retries_exhausted: {reason}"[:200], job.attempt)
