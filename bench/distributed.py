@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.events import UploadEvent
     from tests.services import (
         PG_ADMIN_URL,
+        PrivateRedis,
         WorkerProcess,
         ensure_postgres,
-        ensure_redis,
         service_env,
         start_moto,
     )
@@ -72,12 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heatmaps", default="flagged")
     parser.add_argument("--latency-events", type=int, default=200,
                         help="events for the latency run, sent at half the measured throughput (0 skips it)")
-    parser.add_argument("--redis-db", type=int, default=12)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
 
     ensure_postgres()
-    ensure_redis()
+    broker = PrivateRedis()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     s3 = start_moto()
@@ -87,12 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     upgrade(db_url)
-    redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
+    redis_url = broker.url
     worker = None
     try:
-        import redis
-
-        redis.Redis.from_url(redis_url).flushdb()
         client = s3.client()
         for bucket in ("deepscreen", "uploads"):
             client.create_bucket(Bucket=bucket)
@@ -152,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if worker is not None:
             worker.stop()
         s3.process.terminate()
+        broker.destroy()
         with admin.connect() as conn:
             conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))

@@ -2,8 +2,8 @@
 
 - Postgres: the machine's server on 127.0.0.1:5432, started if down; each session gets its own database,
   migrated with Alembic, dropped at the end.
-- Redis: the machine's server on 127.0.0.1:6379, started if down; the session uses its own db index and
-  flushes it at start and end.
+- Redis: a redis-server of the session's own on a free loopback port (so two test runs on one machine never
+  consume each other's queues, and fault tests can stop it).
 - S3: a moto server process on a free loopback port, spoken to over real HTTP by boto3.
 - A Celery worker: `deepscreen worker` as a subprocess, pointed at all three.
 """
@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +30,6 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("DEEPSCREEN_TEST_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-REDIS_TEST_DB = int(os.environ.get("DEEPSCREEN_TEST_REDIS_DB", "11"))
 
 
 def free_port() -> int:
@@ -93,16 +93,44 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
+class PrivateRedis:
+    """A redis-server of this test session's own on a free loopback port: concurrent test runs on one machine
+    cannot consume each other's queues, and fault tests may stop it freely."""
+
+    def __init__(self, appendonly: bool = False) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="deepscreen-redis-"))
+        self.appendonly = appendonly
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+                "--dir", str(self.dir), "--save", "", "--appendonly", "yes" if self.appendonly else "no"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_open("127.0.0.1", self.port), 15, what="private redis")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    import redis
-
-    ensure_redis()
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB)
-    client.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}"
-    client.flushdb()
-    client.close()
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis()
+    yield server.url
+    server.destroy()
 
 
 @dataclass
@@ -235,3 +263,46 @@ def wait_terminal(engine, ids: list[str], worker, timeout: float = 240) -> dict[
     except TimeoutError:
         pytest.fail(f"not all events finished: {statuses_of(engine, ids)}\n{worker.log_path.read_text()[-4000:]}")
     return statuses_of(engine, ids)
+
+
+class ThrowawayPostgres:
+    """A private Postgres cluster (initdb + pg_ctl) on a free port, for tests that stop the database.
+    The machine's own server is never touched, so a failed test cannot leave it down."""
+
+    def __init__(self) -> None:
+        versions = sorted(os.listdir("/usr/lib/postgresql")) if os.path.isdir("/usr/lib/postgresql") else []
+        if not versions:
+            pytest.skip("no PostgreSQL binaries to start a throwaway cluster")
+        self.bin = Path("/usr/lib/postgresql") / versions[-1] / "bin"
+        self.port = free_port()
+        # not under pytest's tmp_path: that is private to root, and the server runs as the postgres user
+        root = Path(tempfile.mkdtemp(prefix="deepscreen-pg-"))
+        root.chmod(0o755)
+        self.root = root
+        self.data = root / "pgdata"
+        self.logfile = root / "postgres.log"
+        self.data.mkdir()
+        self._as_postgres = os.geteuid() == 0  # initdb refuses to run as root
+        if self._as_postgres:
+            shutil.chown(root, "postgres")
+            shutil.chown(self.data, "postgres")
+        self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
+        self.start()
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, argv: list[str]) -> None:
+        if self._as_postgres:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.logfile), "-w", "start"])
+
+    def stop(self) -> None:
+        self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+
+    def destroy(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     # reliability
     visibility_timeout: int = 3600  # seconds a reserved, unacknowledged message waits before redelivery
-    max_attempts: int = 5
+    max_attempts: int = 8  # per-event failures; 2+4+...+60 s of backoff rides out a few minutes of S3 trouble
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 60.0
     pool: Literal["solo", "prefork", "threads"] = "solo"

@@ -1,0 +1,71 @@
+"""Outages of the services a worker depends on: it retries with backoff, loses nothing, and resumes alone."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from bench.distributed import face_images
+from db.migrate import upgrade
+from db.schema import Event, Verdict
+from pipeline.events import UploadEvent
+from tests.services import ThrowawayPostgres, WorkerProcess, service_env, statuses_of, wait_for
+
+pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.chaos]
+
+OUTAGE_S = float(os.environ.get("DEEPSCREEN_CHAOS_OUTAGE_S", "30"))
+EVENTS = 60
+
+
+def _upload(s3_server, prefix: str, count: int) -> list[UploadEvent]:  # noqa: ANN001
+    client = s3_server.client()
+    events = []
+    for i, body in enumerate(face_images(count, 160, seed=hash(prefix) & 0xFFFF)):
+        key = f"{prefix}/{i:04d}.jpg"
+        client.put_object(Bucket="uploads", Key=key, Body=body)
+        events.append(UploadEvent(event_id=f"{prefix}-{i}", image_uri=f"s3://uploads/{key}", source=prefix))
+    return events
+
+
+def test_postgres_outage_is_ridden_out(redis_url, s3_server, flagging_model, celery_app, tmp_path: Path) -> None:  # noqa: ANN001
+    from workers.submit import submit
+
+    pg = ThrowawayPostgres()
+    worker = None
+    try:
+        upgrade(pg.url)
+        events = _upload(s3_server, "pgout", EVENTS)
+        env = service_env(pg.url, redis_url, s3_server, flagging_model, DEEPSCREEN_RETRY_BACKOFF_S="1",
+                          DEEPSCREEN_RETRY_BACKOFF_MAX_S="5", DEEPSCREEN_MAX_ATTEMPTS="3")
+        worker = WorkerProcess(env, tmp_path / "worker.log")
+        wait_for(worker.ready, 120, what="worker ready")
+        ids = [e.event_id for e in events]
+        submit(events[: EVENTS // 3], celery_app=celery_app)
+        engine = create_engine(pg.url, pool_pre_ping=True)
+        wait_for(lambda: len(statuses_of(engine, ids)) >= 1, 120, what="first verdicts")
+        engine.dispose()
+        pg.stop()
+        submit(events[EVENTS // 3 :], celery_app=celery_app)  # events keep arriving during the outage
+        time.sleep(OUTAGE_S)
+        assert worker.process.poll() is None, "the worker died during the outage"
+        pg.start()
+        engine = create_engine(pg.url, pool_pre_ping=True)
+        wait_for(lambda: sum(s != "queued" for s in statuses_of(engine, ids).values()) == EVENTS, 300,
+                 interval=1, what="every event finished after the outage")
+        statuses = statuses_of(engine, ids)
+        with engine.connect() as conn:
+            verdicts = conn.scalar(select(func.count()).select_from(Verdict))
+            retried = conn.scalar(select(func.count()).select_from(Event).where(Event.attempts > 1))
+        engine.dispose()
+    finally:
+        if worker is not None:
+            worker.stop()
+        pg.destroy()
+    assert set(statuses.values()) == {"scored"}  # nothing dead-lettered: an outage never counts as a try
+    assert verdicts == EVENTS
+    assert retried >= 1  # the events that arrived during the outage were retried, not lost
+    assert "retry event_id=" in (tmp_path / "worker.log").read_text()
