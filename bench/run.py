@@ -88,7 +88,7 @@ def bench_seed_baseline(settings, files: list[Path]) -> dict[str, Any]:  # noqa:
     from workers.runtime import configure_torch
 
     configure_torch(settings)
-    classifier = load_classifier(settings.model_dir, device="cpu", precision="fp32")
+    classifier = load_classifier(settings.model_dir, device="cpu", precision="fp32", fold=False)  # as the demos ran it
     model = classifier.net.eval()
     mtcnn = MTCNN(select_largest=False, post_process=False, device="cpu").eval()
     layer = classifier.layer(classifier.meta.gradcam_layer)

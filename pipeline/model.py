@@ -179,6 +179,8 @@ def save_model(net: nn.Module, meta: ModelMetadata, folder: Path, half: bool = F
     """Write model.safetensors (without training-only heads) and model.json with its sha256."""
     from safetensors.torch import save_file
 
+    if not any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
+        raise ValueError("this network has its BatchNorm folded (a serving copy); save the unfolded one")
     folder.mkdir(parents=True, exist_ok=True)
     state = {
         k: (v.half() if half and v.is_floating_point() else v).contiguous()
@@ -205,10 +207,25 @@ def read_metadata(folder: Path) -> ModelMetadata:
         raise ModelLoadError(f"model metadata {path} is invalid: {exc}") from None
 
 
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """Fold each eval-mode BatchNorm into the convolution before it (same outputs within float rounding,
+    one op fewer per layer at inference). Serving only: a folded network cannot be trained further."""
+    from facenet_pytorch.models.inception_resnet_v1 import BasicConv2d
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in net.modules():
+        if isinstance(module, BasicConv2d) and isinstance(module.bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
+            module.bn = nn.Identity()
+    return net
+
+
 def load_classifier(
-    folder: Path | str, device: str | torch.device = "cpu", precision: str = "fp32"
+    folder: Path | str, device: str | torch.device = "cpu", precision: str = "fp32", fold: bool = True
 ) -> Classifier:
-    """Load a model folder; refuse weights whose sha256 differs from the metadata's."""
+    """Load a model folder; refuse weights whose sha256 differs from the metadata's.
+
+    `fold` folds BatchNorm into the convolutions for serving; pass False to get a trainable network."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -227,7 +244,10 @@ def load_classifier(
     if missing or unexpected:
         raise ModelLoadError(f"weights do not fit {meta.architecture}: missing={missing[:5]} unexpected={unexpected[:5]}")
     device = torch.device(device)
-    net = net.to(device).eval().to(memory_format=torch.channels_last)
+    net = net.eval()
+    if fold:
+        fold_batchnorm(net)
+    net = net.to(device).to(memory_format=torch.channels_last)
     if precision not in ("fp32", "bf16", "fp16"):
         raise ModelLoadError(f"unknown precision {precision!r}")
     log.info("model loaded version=%s sha256=%s device=%s precision=%s", meta.version, actual[:12], device, precision)

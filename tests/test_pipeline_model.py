@@ -56,7 +56,10 @@ def test_placeholder_metadata(tmp_model: Path, classifier: Classifier) -> None:
     assert classifier.net.mask_head is None
 
 
-def test_save_load_round_trip(tmp_path: Path, classifier: Classifier) -> None:
+def test_save_load_round_trip(tmp_path: Path, tmp_model: Path) -> None:
+    classifier = load_classifier(tmp_model, fold=False)
+    with pytest.raises(ValueError, match="folded"):
+        save_model(load_classifier(tmp_model).net, classifier.meta, tmp_path / "refused")
     meta = replace(
         classifier.meta,
         version="round-trip",
@@ -67,7 +70,7 @@ def test_save_load_round_trip(tmp_path: Path, classifier: Classifier) -> None:
     )
     saved = save_model(classifier.net, meta, tmp_path / "copy")
     assert saved.sha256 == file_sha256(tmp_path / "copy" / WEIGHTS_FILE)
-    loaded = load_classifier(tmp_path / "copy")
+    loaded = load_classifier(tmp_path / "copy", fold=False)
     assert loaded.meta == saved
     assert loaded.meta.mean == (0.5, 0.5, 0.5)  # tuples survive JSON
     original = classifier.net.state_dict()
@@ -234,3 +237,31 @@ def test_torch_threads_restores() -> None:
     assert torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_batchnorm_folding_keeps_the_scores(tmp_model) -> None:  # noqa: ANN001
+    """Serving folds BatchNorm into the convolutions; the scores must not move."""
+    import numpy as np
+
+    from pipeline.model import load_classifier
+
+    rng = np.random.default_rng(5)
+    crops = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(4)]
+    folded = load_classifier(tmp_model, fold=True)
+    plain = load_classifier(tmp_model, fold=False)
+    assert not any(type(m).__name__ == "BatchNorm2d" for m in folded.net.modules())
+    assert any(type(m).__name__ == "BatchNorm2d" for m in plain.net.modules())
+    np.testing.assert_allclose(folded.fake_probability(crops), plain.fake_probability(crops), atol=1e-5)
+
+
+def test_bf16_autocast_on_cpu_tracks_fp32(tmp_model) -> None:  # noqa: ANN001
+    """The AMP path (bf16 on CPU, the same autocast code CUDA runs with fp16) gives close scores."""
+    import numpy as np
+
+    from pipeline.model import load_classifier
+
+    rng = np.random.default_rng(6)
+    crops = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(4)]
+    fp32 = load_classifier(tmp_model, precision="fp32").fake_probability(crops)
+    bf16 = load_classifier(tmp_model, precision="bf16").fake_probability(crops)
+    np.testing.assert_allclose(bf16, fp32, atol=2e-2)

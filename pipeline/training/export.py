@@ -28,14 +28,14 @@ def export_model(run: Path, out: Path, version: str, max_val: int = 0) -> dict[s
     root = Path(cfg.data)
     val = [s for s in read_manifest(root) if s.split == "val"][: max_val or None]
     calibration = calibrate_folder(run / "best", root, val, cfg, device)
-    best = load_classifier(run / "best", device=device, precision="fp32")
+    best = load_classifier(run / "best", device=device, precision="fp32", fold=False)
     crops = [load_crop(root, s, cfg.input_size) for s in val]
     labels = np.array([s.label for s in val])
     aucs = {"fp32": auc(labels, predict_logits(best.net, crops, best.meta, device, "fp32")),
             "bf16_autocast": auc(labels, predict_logits(best.net, crops, best.meta, device, "bf16"))}
     with tempfile.TemporaryDirectory() as scratch:
         save_model(best.net, best.meta, Path(scratch), half=True)
-        half = load_classifier(scratch, device=device, precision="fp32")
+        half = load_classifier(scratch, device=device, precision="fp32", fold=False)
         aucs["fp16_weights"] = auc(labels, predict_logits(half.net, crops, half.meta, device, "fp32"))
     ship_half = aucs["fp32"] - aucs["fp16_weights"] < FP16_AUC_TOLERANCE
     meta = dataclasses.replace(best.meta, version=version, extra={

@@ -253,7 +253,7 @@ class Trainer:
 def calibrate_folder(folder: Path, root: Path, val: list[Sample], cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     from pipeline.model import load_classifier
 
-    classifier = load_classifier(folder, device=device, precision=cfg.precision)
+    classifier = load_classifier(folder, device=device, precision=cfg.precision, fold=False)
     crops = [load_crop(root, s, cfg.input_size) for s in val]
     labels = np.array([s.label for s in val])
     logits = predict_logits(classifier.net, crops, classifier.meta, device, cfg.precision)
