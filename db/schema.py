@@ -238,3 +238,13 @@ class GoldAnswer(Base):
     answer: Mapped[str | None] = mapped_column(String(8))  # fake | real, None while served
     correct: Mapped[bool | None] = mapped_column()
     answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookCursor(Base):
+    """How far a webhook relay has followed a stream (e.g. fake verdicts, by verdict id)."""
+
+    __tablename__ = "webhook_cursors"
+
+    topic: Mapped[str] = mapped_column(String(40), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

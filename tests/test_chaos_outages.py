@@ -69,3 +69,45 @@ def test_postgres_outage_is_ridden_out(redis_url, s3_server, flagging_model, cel
     assert verdicts == EVENTS
     assert retried >= 1  # the events that arrived during the outage were retried, not lost
     assert "retry event_id=" in (tmp_path / "worker.log").read_text()
+
+
+def test_s3_outage_is_retried_and_no_verdict_points_at_a_missing_object(
+    redis_url, postgres_url, s3_server, flagging_model, celery_app, tmp_path: Path  # noqa: ANN001
+) -> None:
+    from tests.services import S3Server, SwitchableProxy
+    from workers.submit import submit
+
+    events = _upload(s3_server, "s3out", 40)
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    proxy = SwitchableProxy(port)
+    behind = S3Server(f"http://127.0.0.1:{proxy.port}", s3_server.process)
+    env = service_env(postgres_url, redis_url, behind, flagging_model, DEEPSCREEN_RETRY_BACKOFF_S="1",
+                      DEEPSCREEN_RETRY_BACKOFF_MAX_S="8", DEEPSCREEN_MAX_ATTEMPTS="12", AWS_MAX_ATTEMPTS="1")
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    ids = [e.event_id for e in events]
+    engine = create_engine(postgres_url)
+    try:
+        wait_for(worker.ready, 120, what="worker ready")
+        submit(events[:10], celery_app=celery_app)
+        wait_for(lambda: any(s != "queued" for s in statuses_of(engine, ids).values()), 120, what="first verdict")
+        proxy.block()
+        submit(events[10:], celery_app=celery_app)
+        time.sleep(OUTAGE_S)
+        proxy.unblock()
+        wait_for(lambda: sum(s != "queued" for s in statuses_of(engine, ids).values()) == len(ids), 300,
+                 interval=1, what="every event finished after the S3 outage")
+    finally:
+        worker.stop()
+        proxy.block()
+    statuses = statuses_of(engine, ids)
+    assert set(statuses.values()) == {"scored"}
+    client = s3_server.client()
+    with engine.connect() as conn:
+        keys = conn.execute(select(Verdict.heatmap_key).join(Event, Event.verdict_id == Verdict.id)
+                            .where(Event.event_id.in_(ids))).scalars().all()
+        retried = conn.scalar(select(func.count()).select_from(Event).where(Event.event_id.in_(ids), Event.attempts > 1))
+    engine.dispose()
+    assert len(keys) == len(ids) and all(keys)
+    for key in keys:  # every committed verdict's heatmap exists
+        client.head_object(Bucket="deepscreen", Key=key)
+    assert retried >= 1

@@ -1,5 +1,5 @@
 """review: claims and decisions on review items; API tokens, console sessions, the append-only audit log,
-evidence bundles, webhook delivery attempts, gold answers.
+evidence bundles, webhook delivery attempts and relay cursors, gold answers.
 
 Revision ID: 7e6a15964347
 Revises: 0ff4c0ce0df1
@@ -112,6 +112,12 @@ def upgrade() -> None:
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_webhook_deliveries_delivery_id'), ['delivery_id'], unique=False)
 
+    op.create_table('webhook_cursors',
+    sa.Column('topic', sa.String(length=40), nullable=False),
+    sa.Column('position', sa.BigInteger(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('topic')
+    )
     with op.batch_alter_table('review_items', schema=None) as batch_op:
         batch_op.add_column(sa.Column('claimed_by', sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column('lease_expires_at', sa.DateTime(timezone=True), nullable=True))
@@ -171,6 +177,7 @@ def downgrade() -> None:
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_webhook_deliveries_delivery_id'))
 
+    op.drop_table('webhook_cursors')
     op.drop_table('webhook_deliveries')
     with op.batch_alter_table('gold_answers', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_gold_answers_review_item_id'))

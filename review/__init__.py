@@ -1,0 +1,1 @@
+"""The moderators' HTTP API and console: FastAPI, server-rendered templates, tokens with roles."""

@@ -1,0 +1,97 @@
+"""The FastAPI app factory: the /v1 API, the console, security headers, body limits, error shapes.
+
+`create_app(ctx)` takes its adapters from a ReviewContext (review/context.py), so tests hand it the real
+Postgres and S3 of their fixtures, and `deepscreen serve` the ones its Settings name.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+
+from review import console
+from review.auth import AuthError, Public, route_access
+from review.context import ReviewContext
+from review.routes import admin, events, images, review
+from review.security import BodyLimit, SecurityHeaders
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+VERSION = "1.0.0"
+
+
+def create_app(ctx: ReviewContext) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        yield
+        ctx.close()
+
+    app = FastAPI(title="deepscreen review API", version=VERSION, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url="/openapi.json",
+                  description="Ingest upload events, read verdicts, and work the moderators' review queue. "
+                  "Authenticate with `Authorization: Bearer <token>` (`deepscreen token create`).")
+    app.state.ctx = ctx
+    for router in (events.router, images.router, review.router, review.bundles, admin.router, console.router):
+        _document_access(router.routes)
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz(_: Public) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/", include_in_schema=False)
+    def root(_: Public) -> RedirectResponse:
+        return RedirectResponse("/console/queue", status_code=303)
+
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError) -> Response:
+        if request.url.path.startswith("/console"):
+            return console.auth_page(request, exc)
+        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=headers)
+
+    _bearer_scheme(app)
+    limits = ctx.settings
+
+    def limit_for(path: str) -> int:
+        if path.startswith("/console/check"):
+            return limits.max_image_bytes + 64 * 1024
+        return limits.max_request_bytes
+
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(SecurityHeaders, hsts=ctx.settings.environment == "production")
+    return app
+
+
+def _document_access(routes: list[Any]) -> None:
+    """Put each route's roles into its OpenAPI operation (x-roles) with the bearer security scheme."""
+    for route in routes:
+        if not isinstance(route, APIRoute):
+            continue
+        checks = route_access(route)
+        if not checks or checks[0].public:
+            continue
+        route.openapi_extra = {**(route.openapi_extra or {}), "x-roles": sorted(checks[0].roles),
+                               "security": [{"bearer": []}]}
+
+
+def _bearer_scheme(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "a deepscreen API token"}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,57 @@
+"""A decision and what follows it: the evidence bundle of an escalation, and the webhooks it triggers.
+
+The API and the console both call `decide`; the returned follow-ups (webhook deliveries, which may sleep
+between retries) run after the response is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from db.review_store import Actor, DecisionResult
+from review import webhooks
+from review.bundles import create_bundle
+from review.context import ReviewContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decided:
+    result: DecisionResult
+    bundle: dict[str, Any] | None = None
+    followups: list[Callable[[], Any]] = field(default_factory=list)
+
+
+def decide(ctx: ReviewContext, actor: Actor, item_id: int, decision: str, note: str | None) -> Decided:
+    result = ctx.reviews.decide(actor, item_id, decision, note)
+    decided = Decided(result)
+    if result.gold:
+        return decided  # a gold check changes nothing and tells nobody
+    config = webhooks.config_from(ctx.settings)
+    if decision == "escalate":
+        try:
+            decided.bundle = create_bundle(ctx, item_id, actor.name)
+        except Exception:  # noqa: BLE001 - the decision stands; the bundle can be rebuilt (POST .../bundles)
+            log.exception("bundle failed item_id=%s", item_id)
+        if config is not None and decided.bundle is not None and config.wants("escalation"):
+            payload = webhooks.escalation_payload(decided.bundle)
+            bundle_id = decided.bundle["id"]
+            decided.followups.append(lambda: webhooks.deliver(config, ctx.escalations, "escalation", payload,
+                                                              bundle_id=bundle_id))
+    topic = f"decision.{decision}"
+    if config is not None and config.wants(topic):
+        payload = {"review_item_id": item_id, "decision": decision, "actor": actor.name,
+                   "new_state": result.new_state, "at": datetime.now(UTC)}
+        decided.followups.append(lambda: webhooks.deliver(config, ctx.escalations, topic, payload))
+    return decided
+
+
+def rebuild_bundle(ctx: ReviewContext, actor: Actor, item_id: int) -> dict[str, Any]:
+    bundle = create_bundle(ctx, item_id, actor.name)
+    ctx.reviews.record(actor, "bundle_created", item_id, details={"bundle_id": bundle["id"]})
+    return bundle

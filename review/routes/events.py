@@ -1,0 +1,70 @@
+"""POST /v1/events: the same events the queue takes (one, a list, or an S3 notification); idempotent."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.errors import InvalidEvent
+from pipeline.events import UploadEvent, parse_payload
+from review.auth import Ingest
+from review.context import ReviewContext
+from review.schemas import Error, EventsAccepted
+from workers.app import enqueue
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["ingest"])
+
+
+class QueueUnavailable(Exception):
+    pass
+
+
+@router.post("/events", status_code=202, response_model=EventsAccepted,
+             responses={413: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}})
+async def post_events(request: Request, principal: Ingest) -> JSONResponse:
+    """Record and queue upload events. An event_id seen before is not queued again (a producer may retry)."""
+    ctx: ReviewContext = request.app.state.ctx
+    limit = ctx.settings.max_request_bytes
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return JSONResponse({"error": "body_too_large", "limit_bytes": limit}, status_code=413)
+        chunks.append(chunk)
+    try:
+        events = parse_payload(b"".join(chunks))
+    except InvalidEvent as exc:
+        return JSONResponse({"error": "invalid_event", "detail": str(exc)[:2000]}, status_code=422)
+    if not events:
+        return JSONResponse({"accepted": [], "duplicates": []}, status_code=202)
+    if ctx.celery_app is None:
+        return JSONResponse({"error": "no_queue", "detail": "this server has no queue"}, status_code=503)
+    try:
+        accepted = await run_in_threadpool(_record_and_enqueue, ctx, events)
+    except QueueUnavailable:
+        return JSONResponse({"error": "queue_unavailable"}, status_code=503)
+    fresh = set(accepted)
+    duplicates = sorted({e.event_id for e in events} - fresh)
+    log.info("events accepted=%d duplicates=%d by=%s", len(accepted), len(duplicates), principal.name)
+    return JSONResponse({"accepted": accepted, "duplicates": duplicates}, status_code=202)
+
+
+def _record_and_enqueue(ctx: ReviewContext, events: list[UploadEvent]) -> list[str]:
+    unique = list({e.event_id: e for e in events}.values())
+    fresh = set(ctx.store.record_events(unique))
+    queued: list[str] = []
+    try:
+        for event in unique:
+            if event.event_id in fresh:
+                enqueue(ctx.celery_app, event.model_dump(mode="json"), event.priority)
+                queued.append(event.event_id)
+    except Exception as exc:  # noqa: BLE001 - the broker is down: unrecord the rest so the producer's retry queues them
+        log.error("enqueue failed error=%s; %d events left for the producer to retry", type(exc).__name__,
+                  len(fresh) - len(queued))
+        ctx.images.forget_queued(sorted(fresh - set(queued)))
+        raise QueueUnavailable() from exc
+    return queued

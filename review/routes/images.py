@@ -1,0 +1,79 @@
+"""Verdicts by image id or sha256, and the auth-proxied media behind them (originals, heatmaps, crops)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, Response
+
+from review import media
+from review.auth import MediaReader, Reader
+from review.context import ReviewContext
+from review.schemas import Error, ImageOut
+
+router = APIRouter(prefix="/v1", tags=["images"])
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+NOT_FOUND = {404: {"model": Error}}
+
+
+def _image_document(ctx: ReviewContext, image: dict[str, Any]) -> dict[str, Any]:
+    verdicts = [ctx.images.verdict(v) for v in image["verdict_ids"]]
+    presigned = ctx.presigner is not None
+    return {**{k: image[k] for k in ("id", "sha256", "source", "width", "height", "size_bytes", "uploaded_at",
+                                     "first_seen_at", "review_items")},
+            "original_url": media.original_link(ctx, image),
+            "links_expire_in_s": ctx.settings.presign_seconds if presigned else None,
+            "verdicts": [media.verdict_out(ctx, v) for v in verdicts if v is not None]}
+
+
+@router.get("/images/by-sha256/{sha256}", response_model=ImageOut, responses=NOT_FOUND)
+def image_by_sha256(request: Request, principal: Reader, sha256: str) -> Any:
+    """The image with this content hash: every verdict, per-face scores and short-lived heatmap links."""
+    ctx: ReviewContext = request.app.state.ctx
+    sha256 = sha256.lower()
+    image = ctx.images.image(sha256=sha256) if SHA256.match(sha256) else None
+    if image is None:
+        return JSONResponse({"error": "no_such_image"}, status_code=404)
+    return _image_document(ctx, image)
+
+
+@router.get("/images/{image_id}", response_model=ImageOut, responses=NOT_FOUND)
+def image_by_id(request: Request, principal: Reader, image_id: int = Path(ge=1)) -> Any:
+    """The image: every verdict, per-face scores and short-lived heatmap links."""
+    ctx: ReviewContext = request.app.state.ctx
+    image = ctx.images.image(image_id=image_id)
+    if image is None:
+        return JSONResponse({"error": "no_such_image"}, status_code=404)
+    return _image_document(ctx, image)
+
+
+def _send(fetch: Any, *args: Any) -> Response:
+    try:
+        blob = fetch(*args)
+    except media.MediaMissing:
+        return JSONResponse({"error": "no_such_media"}, status_code=404)
+    return Response(blob.data, media_type=blob.content_type,
+                    headers={"cache-control": "private, max-age=300", "content-disposition": "inline"})
+
+
+@router.get("/media/images/{image_id}/original", responses=NOT_FOUND)
+def original(request: Request, principal: MediaReader, image_id: int) -> Response:
+    return _send(media.original, request.app.state.ctx, image_id)
+
+
+@router.get("/media/images/{image_id}/thumbnail", responses=NOT_FOUND)
+def thumbnail(request: Request, principal: MediaReader, image_id: int) -> Response:
+    return _send(media.thumbnail, request.app.state.ctx, image_id)
+
+
+@router.get("/media/verdicts/{verdict_id}/heatmap", responses=NOT_FOUND)
+def verdict_heatmap(request: Request, principal: MediaReader, verdict_id: int) -> Response:
+    return _send(media.verdict_blob, request.app.state.ctx, verdict_id)
+
+
+@router.get("/media/verdicts/{verdict_id}/faces/{index}/{kind}", responses=NOT_FOUND)
+def face_media(request: Request, principal: MediaReader, verdict_id: int, index: int,
+               kind: Literal["heatmap", "crop"]) -> Response:
+    return _send(media.verdict_blob, request.app.state.ctx, verdict_id, index, kind)

@@ -1,0 +1,179 @@
+"""API bodies and responses (pydantic at the boundary)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Decision = Literal["confirm_fake", "mark_real", "escalate", "skip"]
+Role = Literal["service", "moderator", "admin"]
+
+
+class Error(BaseModel):
+    error: str
+    detail: str | None = None
+
+
+class EventsAccepted(BaseModel):
+    accepted: list[str] = Field(description="event ids recorded and queued now")
+    duplicates: list[str] = Field(description="event ids seen before: nothing was queued again")
+
+
+class FaceOut(BaseModel):
+    index: int
+    box: list[float]
+    detection_probability: float | None
+    fake_probability: float
+    verdict: str
+    heatmap_url: str | None = None
+    crop_url: str | None = None
+
+
+class VerdictOut(BaseModel):
+    verdict_id: int
+    model_version: str
+    status: str
+    verdict: str | None
+    fake_probability: float | None
+    reason: str | None
+    heatmap_url: str | None = None
+    faces: list[FaceOut]
+
+
+class ImageOut(BaseModel):
+    id: int
+    sha256: str
+    source: str
+    width: int | None
+    height: int | None
+    size_bytes: int
+    uploaded_at: datetime | None
+    first_seen_at: datetime | None
+    original_url: str | None
+    links_expire_in_s: int | None = Field(description="lifetime of presigned links; None for proxied links")
+    verdicts: list[VerdictOut]
+    review_items: list[dict[str, Any]]
+
+
+class ItemSummary(BaseModel):
+    id: int
+    state: str
+    verdict_id: int
+    image_id: int
+    sha256: str
+    reason: str
+    fake_probability: float | None
+    source: str
+    created_at: datetime | None
+    age_s: float | None
+    claimed_by: str | None
+    lease_expires_at: datetime | None
+    decision: str | None
+    decided_by: str | None
+    decided_at: datetime | None
+    skips: int
+    gold_label: str | None = None
+
+
+class QueuePage(BaseModel):
+    items: list[ItemSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime | None
+    actor: str
+    actor_role: str
+    action: str
+    review_item_id: int | None
+    previous_state: str | None
+    new_state: str | None
+    note: str | None
+    details: dict[str, Any]
+
+
+class ItemDetail(ItemSummary):
+    image: dict[str, Any]
+    verdict: dict[str, Any]
+    faces: list[dict[str, Any]]
+    history: list[AuditOut]
+    bundles: list[dict[str, Any]] = []
+
+
+class ClaimOut(BaseModel):
+    item_id: int
+    lease_expires_at: datetime | None
+
+
+class DecisionIn(BaseModel):
+    decision: Decision
+    note: str | None = Field(default=None, max_length=4000)
+
+
+class DecisionOut(BaseModel):
+    item_id: int
+    decision: str
+    previous_state: str
+    new_state: str
+    bundle_id: int | None = None
+
+
+class BundleOut(BaseModel):
+    id: int
+    review_item_id: int
+    manifest_sha256: str
+    signature: str
+    created_by: str
+    created_at: datetime | None
+    download_url: str
+
+
+class TokenIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    role: Role
+    expires_days: float | None = Field(default=None, gt=0)
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    role: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="shown once; only its sha256 is stored")
+
+
+class GoldIn(BaseModel):
+    label: Literal["fake", "real"] | None
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    delivery_id: str
+    topic: str
+    bundle_id: int | None
+    target: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    succeeded: bool
+    seconds: float
+    at: datetime | None
+
+
+class AgreementOut(BaseModel):
+    moderator: str
+    answered: int
+    agreed: int
+    agreement: float | None

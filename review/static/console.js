@@ -1,0 +1,24 @@
+// Keyboard shortcuts for the console: n next item, c claim, f/r/e/s decide, u show images, ? help.
+(function () {
+  "use strict";
+  function typing(target) {
+    var tag = target && target.tagName;
+    return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || (target && target.isContentEditable);
+  }
+  function press(selector) {
+    var el = document.querySelector(selector);
+    if (!el) { return false; }
+    if (el.tagName === "FORM") { el.requestSubmit(); } else { el.click(); }
+    return true;
+  }
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) { return; }
+    var key = event.key.toLowerCase();
+    var done = false;
+    if (key === "n") { done = press("#next-form"); }
+    else if (key === "u") { document.body.classList.toggle("unblur"); done = true; }
+    else if (key === "?") { var f = document.querySelector("footer"); if (f) { f.scrollIntoView(); } done = true; }
+    else if (/^[cfres]$/.test(key)) { done = press('button[data-key="' + key + '"]'); }
+    if (done) { event.preventDefault(); }
+  });
+})();
