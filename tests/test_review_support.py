@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,11 +78,11 @@ def review_redis_url(redis_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def review_ctx(review_db_url, s3_server, review_redis_url):  # noqa: ANN001, ANN201
+def review_ctx(review_db_url, s3_server, redis_url):  # noqa: ANN001, ANN201
     from review.context import distributed_context
     from workers.app import create_app
 
-    settings = review_settings(review_db_url, s3_server.endpoint, broker_url=review_redis_url)
+    settings = review_settings(review_db_url, s3_server.endpoint, broker_url=redis_url)
     ctx = distributed_context(settings, celery_app=create_app(settings))
     yield ctx
     ctx.close()
