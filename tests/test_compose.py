@@ -68,7 +68,7 @@ def test_redis_keeps_an_append_only_file(services: dict[str, dict[str, Any]]) ->
     assert services["redis"].get("volumes"), "an append-only file without a volume is lost with the container"
 
 
-@pytest.mark.parametrize("name", ["migrate", "worker", "beat"])
+@pytest.mark.parametrize("name", ["migrate", "worker", "beat", "api"])
 def test_roles_run_our_image(services: dict[str, dict[str, Any]], name: str) -> None:
     assert is_ours(services[name])
     assert command_words(services[name])[0] == "deepscreen"
@@ -125,9 +125,11 @@ def test_env_example_lists_every_variable_the_compose_files_use() -> None:
 
 
 def test_every_deepscreen_command_in_compose_exists(services: dict[str, dict[str, Any]]) -> None:
+    from review.cli import add_review_commands
     from workers.cli import build_parser
 
     parser = build_parser()
+    add_review_commands(parser)
     for service in services.values():
         words = command_words(service)
         if words and words[0] == "deepscreen":
