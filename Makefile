@@ -71,6 +71,7 @@ test: install lint
 
 bench: install
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.distributed
 
 chaos: install
 	scripts/services.sh up

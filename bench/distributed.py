@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             client.put_object(Bucket="uploads", Key=key, Body=body)
             events.append(UploadEvent(event_id=f"bench-{i}", image_uri=f"s3://uploads/{key}", source="bench"))
         events, latency_events = events[: args.events], events[args.events :]
+        local = Path(tempfile.mkdtemp(prefix="bench-same-images-"))
+        for i, body in enumerate(face_images(args.events, args.side)):
+            (local / f"{i:06d}.jpg").write_bytes(body)
         env = service_env(db_url, redis_url, s3, Path(os.environ.get("DEEPSCREEN_MODEL_DIR", default_model_dir())),
                           DEEPSCREEN_TORCH_THREADS=str(args.threads), DEEPSCREEN_BATCH_SIZE="32",
                           DEEPSCREEN_BATCH_WAIT_MS="250", DEEPSCREEN_HEATMAPS=args.heatmaps,
@@ -140,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         }
         if latency_events:
             result.update(latency_run(engine, celery_app, latency_events, rate=0.5 * args.events / seconds))
+        worker.stop()
+        worker = None
+        from bench.run import bench_scan
+
+        embedded = bench_scan(Settings(torch_threads=args.threads, heatmaps=args.heatmaps, batch_size=32,
+                                       detect_max_side=960), sorted(local.glob("*.jpg")), crops=False)
+        result["embedded_images_per_s"] = round(embedded["images_per_s"], 2)
+        result["distributed_vs_embedded"] = round(result["images_per_s"] / embedded["images_per_s"], 3)
+        shutil.rmtree(local, ignore_errors=True)
         print(json.dumps(result, indent=2))
         if args.json_out:
             args.json_out.write_text(json.dumps(result, indent=2) + "\n")
