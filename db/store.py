@@ -237,7 +237,9 @@ class Store:
         done = {"status": status, "reason": reason, "attempts": attempts, "image_id": image_id,
                 "verdict_id": verdict_id, "finished_at": datetime.now(UTC)}
         stmt = self._insert(Event).values({**row, **done})
-        session.execute(stmt.on_conflict_do_update(index_elements=["event_id"], set_=done))
+        # the first terminal status wins: a dead-letter racing a successful duplicate cannot undo the verdict
+        session.execute(stmt.on_conflict_do_update(index_elements=["event_id"], set_=done,
+                                                   where=Event.status.not_in(TERMINAL)))
 
 
 def _event_row(event: UploadEvent) -> dict[str, Any]:

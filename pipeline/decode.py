@@ -18,6 +18,8 @@ from pipeline.errors import InvalidInput
 # Never decode a truncated file into a half-grey image: it must be refused as `truncated`.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+OUT_OF_MEMORY = "out_of_memory"
+
 # Formats a platform upload may legitimately be. Everything else (SVG, HTML, PDF, PSD...) is refused.
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "MPO"})
 
@@ -66,7 +68,8 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedI
     except InvalidInput:
         raise
     except MemoryError:
-        raise InvalidInput("too_many_pixels", "decoder ran out of memory") from None
+        # the machine's state, not the image's: callers retry this reason rather than record it
+        raise InvalidInput(OUT_OF_MEMORY, "decoder ran out of memory") from None
     except Exception as exc:  # noqa: BLE001 - untrusted input: any decoder failure is a typed refusal
         raise InvalidInput("corrupt", f"{type(exc).__name__}: {exc}"[:200]) from None
 

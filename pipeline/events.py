@@ -23,7 +23,7 @@ _EVENT_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,200}$")
 class UploadEvent(BaseModel):
     """One image to screen. `event_id` is the producer's idempotency key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_id: str = Field(min_length=1, max_length=200)
     image_uri: str = Field(min_length=1, max_length=2048)
@@ -31,6 +31,19 @@ class UploadEvent(BaseModel):
     source: str = Field(default="default", min_length=1, max_length=200)
     uploaded_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     priority: Priority = "upload"
+
+    @field_validator("source")
+    @classmethod
+    def _source_printable(cls, value: str) -> str:
+        value = value.strip()
+        if not value or not value.isprintable():
+            raise ValueError("source must be non-empty printable text")
+        return value
+
+    @field_validator("event_id", mode="before")
+    @classmethod
+    def _event_id_strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("event_id")
     @classmethod

@@ -38,9 +38,12 @@ def gradcam(classifier: Classifier, crops: Sequence[np.ndarray]) -> list[np.ndar
         return []
     tensor = crops_to_tensor(crops, classifier.meta).to(classifier.device)
     layer = classifier.layer(classifier.meta.gradcam_layer)
-    with GradCAM(model=classifier.net, target_layers=[layer]) as cam:
+    cam = GradCAM(model=classifier.net, target_layers=[layer])
+    try:
         maps = cam(input_tensor=tensor, targets=[_FakeLogit()] * len(crops))
-    classifier.net.zero_grad(set_to_none=True)
+    finally:  # the library's context manager swallows some errors; release explicitly instead
+        cam.activations_and_grads.release()
+        classifier.net.zero_grad(set_to_none=True)
     return [np.nan_to_num(m.astype(np.float32)) for m in maps]
 
 

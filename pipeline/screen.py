@@ -135,7 +135,9 @@ class Screener:
                 return
             work.sha256 = hashlib.sha256(item.data).hexdigest()
             if item.expected_sha256 and item.expected_sha256 != work.sha256:
+                # a property of this event, not of these bytes: nothing is recorded against their sha256
                 work.error = InvalidInput("sha256_mismatch", f"event says {item.expected_sha256[:12]}")
+                work.sha256 = None
                 return
             try:
                 work.image = decode_image(item.data, self.config.decode)

@@ -111,3 +111,38 @@ def test_s3_outage_is_retried_and_no_verdict_points_at_a_missing_object(
     for key in keys:  # every committed verdict's heatmap exists
         client.head_object(Bucket="deepscreen", Key=key)
     assert retried >= 1
+
+
+def test_redis_restart_redelivers_reserved_messages(postgres_url, s3_server, flagging_model, tmp_path: Path) -> None:  # noqa: ANN001
+    """Redis (append-only file on, as compose runs it) restarts while a worker holds reserved, unacknowledged
+    messages: they are redelivered and every event ends with exactly one verdict."""
+    from tests.services import PrivateRedis
+    from workers.app import create_app
+    from workers.settings import Settings
+    from workers.submit import submit
+
+    broker = PrivateRedis(appendonly=True)
+    events = _upload(s3_server, "redisout", 60)
+    ids = [e.event_id for e in events]
+    env = service_env(postgres_url, broker.url, s3_server, flagging_model, DEEPSCREEN_VISIBILITY_TIMEOUT="8",
+                      DEEPSCREEN_BATCH_SIZE="8")
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    engine = create_engine(postgres_url)
+    try:
+        wait_for(worker.ready, 120, what="worker ready")
+        submit(events, celery_app=create_app(Settings(broker_url=broker.url)))
+        wait_for(lambda: any(s != "queued" for s in statuses_of(engine, ids).values()), 120, what="first verdict")
+        broker.stop()  # SIGTERM: redis writes its append-only file and exits
+        time.sleep(3)
+        broker.start()
+        wait_for(lambda: sum(s != "queued" for s in statuses_of(engine, ids).values()) == len(ids), 300,
+                 interval=1, what="every event finished after the redis restart")
+    finally:
+        worker.stop()
+        broker.destroy()
+    statuses = statuses_of(engine, ids)
+    with engine.connect() as conn:
+        verdicts = conn.scalar(select(func.count(func.distinct(Event.verdict_id))).where(Event.event_id.in_(ids)))
+    engine.dispose()
+    assert set(statuses.values()) == {"scored"}
+    assert verdicts == len(ids)

@@ -220,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.errors import ModelLoadError
-    from workers.evaluate import evaluate, labelled_files
+    from workers.evaluate import evaluate, fresh_home, labelled_files
     from workers.runtime import embedded_runtime
 
     settings = _settings(args)
@@ -231,7 +231,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"deepscreen evaluate: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        runtime = embedded_runtime(settings, out / "home", crops=args.crops)
+        runtime = embedded_runtime(settings, fresh_home(out), crops=args.crops)
     except ModelLoadError as exc:
         print(f"deepscreen evaluate: cannot load the model: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("model", help="model tools: info, placeholder")
+    p = sub.add_parser("model", help="model tools: info, export, placeholder")
     msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     m = msub.add_parser("info", help="load the model (sha256 checked) and print its metadata")
     m.add_argument("--model", dest="model_dir", help="model folder (default $DEEPSCREEN_MODEL_DIR)")

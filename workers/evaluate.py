@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ def labelled_files(data: Path, labels_csv: Path | None = None, split: str | None
                 raise ValueError(f"{labels_csv}: unknown label {row['label']!r}")
             out.append((data / row["file"], int(label in ("fake", "1"))))
         return out
+    if split is not None:
+        manifest = data / "manifest.csv"
+        if not manifest.is_file():
+            raise ValueError("--split needs --labels CSV or a manifest.csv in the data folder")
+        return labelled_files(data, manifest, split)
     pairs = []
     for label_name, label in (("real", 0), ("fake", 1)):
         folder = data / label_name
@@ -49,6 +55,14 @@ def labelled_files(data: Path, labels_csv: Path | None = None, split: str | None
     if not pairs:
         raise ValueError(f"{data} has no real/ or fake/ images; give --labels CSV")
     return pairs
+
+
+def fresh_home(out: Path) -> Path:
+    """Each evaluation screens afresh: a cached verdict from other settings must not answer for this one."""
+    home = out / "home"
+    if home.exists():
+        shutil.rmtree(home)
+    return home
 
 
 def evaluate(runtime: Runtime, files: list[tuple[Path, int]], out: Path, batch_size: int, data_name: str,

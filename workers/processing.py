@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.store import BlobKeys, SavedResult, Store
+from pipeline.decode import OUT_OF_MEMORY
 from pipeline.errors import InvalidInput
 from pipeline.events import UploadEvent
 from pipeline.screen import Screener, ScreenItem, Verdict
@@ -23,7 +24,8 @@ from workers.storage import BlobStore, InputReader, TransientError
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_DB = (OperationalError, DBAPIError)
+# Connection-level failures only: a DataError or IntegrityError is this event's problem, not an outage.
+TRANSIENT_DB = (OperationalError, InterfaceError)
 
 
 @dataclass
@@ -150,6 +152,8 @@ def store_blobs(blobs: BlobStore, verdict: Verdict) -> BlobKeys:
 
 
 def _persist(runtime: Runtime, job: Job, verdict: Verdict, keys: BlobKeys | None) -> tuple[BlobKeys | None, Outcome]:
+    if verdict.reason == OUT_OF_MEMORY:
+        return keys, Outcome(job, retry_reason="out_of_memory")  # the machine's state, not the image's
     try:
         if keys is None:
             keys = store_blobs(runtime.blobs, verdict)
@@ -159,3 +163,6 @@ def _persist(runtime: Runtime, job: Job, verdict: Verdict, keys: BlobKeys | None
         return None, Outcome(job, retry_reason=str(exc)[:200])
     except TRANSIENT_DB as exc:
         return keys, Outcome(job, retry_reason=f"database: {type(exc).__name__}")
+    except Exception as exc:  # noqa: BLE001 - one event's bad row must not take its batch-mates down
+        log.exception("saving event_id=%s failed", job.event.event_id)
+        return keys, Outcome(job, retry_reason=f"save_error: {type(exc).__name__}: {exc}"[:200])

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _one_screener_per_thread(self) -> Settings:
+        if self.pool == "threads" and self.concurrency > 1:
+            raise ValueError("pool=threads shares one model between threads (Grad-CAM hooks are per network): "
+                             "use prefork for concurrency > 1")
+        return self
+
+    @model_validator(mode="after")
     def _real_secret_outside_local(self) -> Settings:
         secret = self.signing_secret.get_secret_value()
         if self.environment == "production" and (secret == PLACEHOLDER_SECRET or len(secret) < 32):

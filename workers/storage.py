@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Protocol
 
@@ -74,12 +75,7 @@ def s3_client(endpoint_url: str | None, region: str):  # noqa: ANN201 - boto3 cl
 
 def _is_missing(exc: Exception) -> bool:
     code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-    return code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
-
-
-def _is_denied(exc: Exception) -> bool:
-    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-    return code in ("AccessDenied", "403", "Forbidden")
+    return code in ("NoSuchKey", "404", "NotFound")
 
 
 class S3BlobStore:
@@ -140,10 +136,16 @@ class InputReader:
 
     def _read_local(self, path: Path) -> bytes:
         try:
-            size = path.stat().st_size
-            if size > self.max_bytes:
-                raise InvalidInput("too_many_bytes", f"{size} > {self.max_bytes}")
-            return path.read_bytes()
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidInput("unreadable", "not a regular file")  # a FIFO or device would hang or never end
+            if info.st_size > self.max_bytes:
+                raise InvalidInput("too_many_bytes", f"{info.st_size} > {self.max_bytes}")
+            with path.open("rb") as handle:
+                data = handle.read(self.max_bytes + 1)
+            if len(data) > self.max_bytes:
+                raise InvalidInput("too_many_bytes", f"> {self.max_bytes}")
+            return data
         except FileNotFoundError:
             raise InvalidInput("not_found", str(path)) from None
         except (IsADirectoryError, PermissionError) as exc:
@@ -162,8 +164,8 @@ class InputReader:
         except ClientError as exc:
             if _is_missing(exc):
                 raise InvalidInput("not_found", f"s3://{bucket}/{key}") from None
-            if _is_denied(exc):
-                raise InvalidInput("forbidden", f"s3://{bucket}/{key}") from None
+            # AccessDenied, NoSuchBucket, throttling, 5xx: the worker's configuration or the store's health,
+            # not the event's fault, so it is retried (and dead-lettered after max_attempts) rather than final
             raise TransientError(f"s3 get s3://{bucket}/{key}: {exc}") from exc
         except BotoCoreError as exc:
             raise TransientError(f"s3 get s3://{bucket}/{key}: {exc}") from exc

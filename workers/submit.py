@@ -45,8 +45,8 @@ def local_events(client, bucket: str, paths: Iterable[Path], source: str, priori
         key = f"{prefix}/{digest[:2]}/{digest}{path.suffix.lower()}"
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
-        yield UploadEvent(event_id=f"file-{digest[:40]}", image_uri=f"s3://{bucket}/{key}", sha256=digest,
-                          source=source, priority=priority)
+        yield UploadEvent(event_id=_event_id("file", digest[:40], priority), image_uri=f"s3://{bucket}/{key}",
+                          sha256=digest, source=source, priority=priority)
 
 
 def s3_prefix_events(client, uri: str, source: str, priority: Priority) -> Iterator[UploadEvent]:  # noqa: ANN001
@@ -59,8 +59,17 @@ def s3_prefix_events(client, uri: str, source: str, priority: Priority) -> Itera
                 continue
             etag = str(obj.get("ETag", "")).strip('"')
             digest = hashlib.sha256(f"{bucket}\x00{obj['Key']}\x00{etag}".encode()).hexdigest()[:32]
-            yield UploadEvent(event_id=f"s3-{digest}", image_uri=f"s3://{bucket}/{obj['Key']}", source=source,
-                              priority=priority)
+            yield UploadEvent(event_id=_event_id("s3", digest, priority), image_uri=f"s3://{bucket}/{obj['Key']}",
+                              source=source, priority=priority)
+
+
+_RUN = uuid.uuid4().hex[:10]
+
+
+def _event_id(kind: str, digest: str, priority: Priority) -> str:
+    """Uploads are keyed by content/object, so a resubmission is a no-op. A re-scan is a new request to screen
+    the same object again (under a new model), so it carries this submission's run id."""
+    return f"{kind}-{digest}" if priority == "upload" else f"rescan-{_RUN}-{kind}-{digest}"
 
 
 def new_event_id() -> str:

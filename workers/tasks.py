@@ -12,7 +12,7 @@ from celery_batches import Batches
 from pipeline.errors import InvalidEvent
 from pipeline.events import parse_event
 from workers.app import SCREEN_TASK, app, enqueue
-from workers.processing import Job, Outcome, Runtime, process_events
+from workers.processing import TRANSIENT_DB, Job, Outcome, Runtime, process_events
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,27 @@ settings = app.conf.deepscreen_settings
     reject_on_worker_lost=True,
 )
 def screen(requests) -> None:  # noqa: ANN001 - celery-batches SimpleRequest list
+    # celery-batches acknowledges every message of the batch when this returns, even after an exception, so
+    # nothing may escape: each event is either saved, re-queued, dead-lettered, or (a malformed message that
+    # has no event to record) logged.
+    try:
+        _screen(requests)
+    except Exception:  # noqa: BLE001
+        log.critical("batch handling failed outside the per-event paths; exiting so the broker redelivers",
+                     exc_info=True)
+        os._exit(75)
+
+
+def _screen(requests) -> None:  # noqa: ANN001
     jobs: list[Job] = []
     for request in requests:
         try:
             event = parse_event(request.args[0] if request.args else request.kwargs.get("event"))
-        except InvalidEvent as exc:
-            log.error("dropping malformed event task_id=%s error=%s", request.id, exc)
+            attempt = max(1, int(request.kwargs.get("attempt", 1)))
+        except (InvalidEvent, TypeError, ValueError, RecursionError) as exc:
+            log.error("dropping malformed message task_id=%s error=%s", request.id, str(exc)[:300])
             continue
-        jobs.append(Job(event, int(request.kwargs.get("attempt", 1))))
+        jobs.append(Job(event, attempt))
     if not jobs:
         return
     try:
@@ -82,9 +95,13 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
         try:
             runtime().store.mark_failed(job.event, "failed", f"retries_exhausted: {reason}"[:200], job.attempt)
             return
-        except Exception:  # noqa: BLE001 - database still down: keep the event alive on the queue
+        except TRANSIENT_DB:
             log.exception("could not record dead-letter event_id=%s; requeueing", job.event.event_id)
-    delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (job.attempt - 1))
+        except Exception:  # noqa: BLE001 - it cannot even be recorded: say so loudly, and stop retrying it
+            log.critical("dead-letter event_id=%s could not be recorded; dropped after %d attempts reason=%s",
+                         job.event.event_id, job.attempt, reason, exc_info=True)
+            return
+    delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** min(job.attempt - 1, 16))
     log.warning("retry event_id=%s attempt=%d in=%.1fs reason=%s", job.event.event_id, job.attempt + 1, delay, reason)
     try:
         enqueue(app, job.event.model_dump(mode="json"), job.event.priority, attempt=job.attempt + 1, countdown=delay)
