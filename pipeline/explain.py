@@ -40,6 +40,7 @@ def gradcam(classifier: Classifier, crops: Sequence[np.ndarray]) -> list[np.ndar
     layer = classifier.layer(classifier.meta.gradcam_layer)
     cam = GradCAM(model=classifier.net, target_layers=[layer])
     try:
+        # fp32 even when the classifier runs in bf16: grad-cam hands activations to numpy, which has no bf16
         maps = cam(input_tensor=tensor, targets=[_FakeLogit()] * len(crops))
     finally:  # the library's context manager swallows some errors; release explicitly instead
         cam.activations_and_grads.release()
@@ -113,5 +114,6 @@ def _paint(canvas: np.ndarray, box: Box, cam: np.ndarray, margin: float, scale: 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", optimize=False, compress_level=6)
+    # level 1: a 1280 px overlay encodes ~5x faster than at the default 6, for files ~30% larger
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=False, compress_level=1)
     return buffer.getvalue()
