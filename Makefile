@@ -75,10 +75,10 @@ bench: install
 
 chaos: install
 	scripts/services.sh up
-	$(BIN)/pytest $(PYTEST_FLAGS) -m chaos tests/
+	DEEPSCREEN_CHAOS_EVENTS=1000 DEEPSCREEN_CHAOS_KILLS=5 $(BIN)/pytest $(PYTEST_FLAGS) -m chaos tests/
 
 fuzz: install
-	$(BIN)/pytest $(PYTEST_FLAGS) tests/test_fuzz*.py --hypothesis-profile=long
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/test_pipeline_decode.py tests/test_pipeline_events.py -k fuzz --hypothesis-profile=long
 
 services-up:
 	scripts/services.sh up

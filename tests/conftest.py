@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings as hypothesis_settings
 from PIL import Image
 
 torch.set_num_threads(1)
@@ -61,3 +62,9 @@ def astronaut() -> np.ndarray:
     from skimage import data
 
     return np.ascontiguousarray(data.astronaut())
+
+
+# Fuzz budgets: `ci` (the default, inside make test) stays small; `make fuzz` runs the `long` profile.
+hypothesis_settings.register_profile("ci", max_examples=200)
+hypothesis_settings.register_profile("long", max_examples=20_000)
+hypothesis_settings.load_profile("ci")

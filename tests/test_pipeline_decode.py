@@ -350,7 +350,7 @@ def mutated_images(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.one_of(mutated_images(), st.binary(max_size=64)))
 def test_fuzz_decode_returns_rgb_or_invalid_input(data: bytes) -> None:
     try:

@@ -261,3 +261,31 @@ def test_parse_payload_refuses_bad_member_and_bad_json() -> None:
         parse_payload([_event(), _event(event_id="bad id")])
     with pytest.raises(InvalidEvent, match="not valid JSON"):
         parse_payload(b"{oops")
+
+
+from hypothesis import HealthCheck, given  # noqa: E402
+from hypothesis import settings as fuzz_settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=40))
+_json = st.recursive(_json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(st.text(max_size=12), inner, max_size=5)),
+                     max_leaves=20)
+_event_like = st.fixed_dictionaries({}, optional={
+    "event_id": st.one_of(st.text(max_size=220), _json_leaf), "image_uri": st.one_of(st.text(max_size=60), _json_leaf),
+    "sha256": st.one_of(st.text(max_size=70), _json_leaf), "source": st.one_of(st.text(max_size=30), _json_leaf),
+    "uploaded_at": st.one_of(st.text(max_size=30), _json_leaf), "priority": st.one_of(st.text(max_size=8), _json_leaf),
+    "extra": _json_leaf})
+
+
+@fuzz_settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=st.one_of(_event_like, _json, st.binary(max_size=200), st.text(max_size=200)))
+def test_fuzz_parse_payload_returns_events_or_invalid_event(payload: object) -> None:
+    from pipeline.errors import InvalidEvent
+    from pipeline.events import UploadEvent, parse_payload
+
+    try:
+        events = parse_payload(payload)  # type: ignore[arg-type]
+    except InvalidEvent:
+        return
+    assert all(isinstance(e, UploadEvent) for e in events)
