@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from review import console
 from review.auth import AuthError, Public, route_access
 from review.context import ReviewContext
+from review.ratelimit import FailedAuthLimiter
 from review.routes import admin, events, images, review
 from review.security import BodyLimit, SecurityHeaders
 
@@ -39,6 +40,7 @@ def create_app(ctx: ReviewContext) -> FastAPI:
                   description="Ingest upload events, read verdicts, and work the moderators' review queue. "
                   "Authenticate with `Authorization: Bearer <token>` (`deepscreen token create`).")
     app.state.ctx = ctx
+    app.state.auth_failures = FailedAuthLimiter(ctx.settings.auth_failures_per_minute, 60.0)
     for router in (events.router, images.router, review.router, review.bundles, admin.router, console.router):
         _document_access(router.routes)
         app.include_router(router)
@@ -57,6 +59,8 @@ def create_app(ctx: ReviewContext) -> FastAPI:
         if request.url.path.startswith("/console"):
             return console.auth_page(request, exc)
         headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status == 429:
+            headers = {"retry-after": "60"}
         return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=headers)
 
     _bearer_scheme(app)

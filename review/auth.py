@@ -27,7 +27,8 @@ ADMIN_ROLES = ("admin",)
 
 
 class AuthError(Exception):
-    """401 (who are you?) or 403 (not you, or no CSRF token); `reason` is returned to the caller."""
+    """401 (who are you?), 403 (not you, or no CSRF token) or 429 (too many failures from this client);
+    `reason` is returned to the caller."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -78,6 +79,18 @@ class RoleCheck:
         return principal
 
     async def _authenticate(self, request: Request) -> Principal:
+        limiter = getattr(request.app.state, "auth_failures", None)
+        client = request.client.host if request.client else "-"
+        if limiter is not None and limiter.blocked(client):
+            raise AuthError(429, "too_many_failed_attempts")
+        try:
+            return await self._credentials(request)
+        except AuthError:
+            if limiter is not None:
+                limiter.failed(client)
+            raise
+
+    async def _credentials(self, request: Request) -> Principal:
         ctx = request.app.state.ctx
         header = request.headers.get("authorization")
         if header and self.bearer:

@@ -68,6 +68,8 @@ def auth_page(request: Request, exc: AuthError) -> Response:
     """401: the login form (with the page to come back to); 403: a plain refusal."""
     if exc.status == 401:
         return _login_form(request, status=401, next_url=request.url.path, error=None)
+    if exc.status == 429:
+        return _login_form(request, status=429, next_url=request.url.path, error="Too many failed attempts; wait a minute.")
     return render(request, "error.html", None, status=403, message="Your token's role may not open this page.")
 
 
@@ -92,9 +94,14 @@ async def login(request: Request, _: Public, token: str = Form(max_length=200), 
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not hmac.compare_digest(expected, csrf):
         return _login_form(request, 403, next, "The form expired; try again.")
+    limiter = request.app.state.auth_failures
+    client = request.client.host if request.client else "-"
+    if limiter.blocked(client):
+        return _login_form(request, 429, next, "Too many failed attempts; wait a minute.")
     info = await run_in_threadpool(ctx.tokens.authenticate, token.strip())
     if info is None:
-        log.warning("console login refused client=%s", request.client.host if request.client else "-")
+        limiter.failed(client)
+        log.warning("console login refused client=%s", client)
         return _login_form(request, 401, next, "That token is not valid (unknown, expired or revoked).")
     session_id, session = await run_in_threadpool(ctx.tokens.open_session, info, ctx.settings.session_hours)
     await run_in_threadpool(ctx.reviews.record, Principal(info, "session").actor, "console_login")

@@ -278,3 +278,16 @@ def test_token_cli_creates_lists_and_revokes(review_db_url, capsys) -> None:  # 
     assert main(["token", "revoke", str(created["id"]), "--database-url", review_db_url]) == 0
     assert "revoked" in capsys.readouterr().out
     assert main(["token", "revoke", "999999", "--database-url", review_db_url]) == 2
+
+
+def test_failed_authentication_is_rate_limited_per_client(review_ctx, tokens) -> None:  # noqa: ANN001, F811
+    from review.api import create_app
+
+    app = create_app(review_ctx)
+    app.state.auth_failures.max_failures = 5
+    with TestClient(app) as limited:
+        codes = [limited.get("/v1/review/items", headers={"authorization": "Bearer wrong"}).status_code
+                 for _ in range(7)]
+        assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+        blocked = limited.get("/v1/review/items", headers=tokens.header("moderator"))
+        assert blocked.status_code == 429 and blocked.headers["retry-after"] == "60"

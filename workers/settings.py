@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     session_hours: float = 12.0  # console login lifetime
     max_request_bytes: int = 1024 * 1024  # body limit of POST /v1/events
     gold_rate: float = 0.0  # share of claim-next calls that serve a gold item (0 = off)
+    auth_failures_per_minute: int = 20  # failed authentications per client per minute before 429
 
     @field_validator("input_buckets", mode="before")
     @classmethod
