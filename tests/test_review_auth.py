@@ -291,3 +291,16 @@ def test_failed_authentication_is_rate_limited_per_client(review_ctx, tokens) ->
         assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
         blocked = limited.get("/v1/review/items", headers=tokens.header("moderator"))
         assert blocked.status_code == 429 and blocked.headers["retry-after"] == "60"
+
+
+def test_tokens_never_reach_the_logs(review_ctx, tokens, client, caplog) -> None:  # noqa: ANN001, F811
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    wrong = "ds_" + "x" * 40
+    for token in (tokens.moderator, tokens.service, tokens.admin, wrong):
+        client.get("/v1/review/items", headers={"authorization": f"Bearer {token}"})
+    client.post("/console/login", data={"token": wrong, "csrf": "nope"})
+    text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    for token in (tokens.moderator, tokens.service, tokens.admin, wrong):
+        assert token not in text
