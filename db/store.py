@@ -188,6 +188,16 @@ class Store:
                 "model_version": row.model_version,
             }
 
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Events that ended `failed` (retries exhausted), newest first: the dead-letter view."""
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(Event).where(Event.status == "failed").order_by(Event.finished_at.desc()).limit(limit)
+            ).all()
+            return [{"event_id": r.event_id, "image_uri": r.image_uri, "source": r.source, "attempts": r.attempts,
+                     "reason": r.reason, "finished_at": r.finished_at.isoformat() if r.finished_at else None}
+                    for r in rows]
+
     def counts(self) -> dict[str, int]:
         with self.sessions() as session:
             return {

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 
 def test_transient_s3_failure_is_retried_then_dead_lettered_never_a_verdict(
-    postgres_url, redis_url, s3_server, flagging_model, tmp_path, celery_app  # noqa: ANN001
+    postgres_url, redis_url, s3_server, flagging_model, tmp_path, celery_app, capsys  # noqa: ANN001
 ) -> None:
     """A worker whose S3 endpoint refuses connections: the event is retried with backoff, never gets a
     verdict, and after max_attempts ends `failed` with the attempt count and reason."""
@@ -41,3 +41,12 @@ def test_transient_s3_failure_is_retried_then_dead_lettered_never_a_verdict(
     assert row.reason.startswith("retries_exhausted")
     log = (tmp_path / "dead-s3-worker.log").read_text()
     assert log.count("retry event_id=poison-1") == 2
+    import json
+
+    from workers.cli import main
+
+    capsys.readouterr()
+    assert main(["dead-letters", "--json", "--database-url", postgres_url]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    poison = [row for row in listed if row["event_id"] == "poison-1"]
+    assert poison and poison[0]["attempts"] == 3 and poison[0]["reason"].startswith("retries_exhausted")

@@ -173,6 +173,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from db.store import Store
+    from workers.settings import Settings
+
+    url = args.database_url or Settings().database_url
+    try:
+        rows = Store.from_url(url).dead_letters(args.limit)
+    except Exception as exc:  # noqa: BLE001
+        print(f"deepscreen dead-letters: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['finished_at'] or '-':<33} {row['event_id']:<40} attempts={row['attempts']:<3} {row['reason']}")
+    if not args.json:
+        print(f"{len(rows)} dead-lettered events", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_model(args: argparse.Namespace) -> int:
     from pipeline.errors import ModelLoadError
     from pipeline.model import load_classifier, make_placeholder
@@ -288,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply database migrations (Alembic) up to the latest")
     p.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("dead-letters", help="events that exhausted their retries (status failed), newest first")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")
+    p.set_defaults(func=cmd_dead_letters)
 
     p = sub.add_parser("model", help="model tools: info, export, placeholder")
     msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
