@@ -195,3 +195,15 @@ def test_batch_size_one_gives_same_result(detector: FaceDetector, astronaut: np.
         assert len(a) == len(b)
         for fa, fb in zip(a, b, strict=True):
             assert _box_distance(fa.box, fb.box) < 1.0
+
+
+def test_every_face_is_kept_three_faces_give_three_boxes(detector, astronaut) -> None:  # noqa: ANN001
+    """Not just the largest face: three people in one image are three faces, left to right apart."""
+    import numpy as np
+
+    face = astronaut[0:300, 100:400]
+    row = np.concatenate([face, face[:, ::-1], face], axis=1)
+    found = detector.detect([row])[0]
+    assert len(found) == 3
+    centres = sorted((f.box[0] + f.box[2]) / 2 for f in found)
+    assert centres[0] < 300 < centres[1] < 600 < centres[2]
