@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # model and compute
     model_dir: Path = Field(default_factory=default_model_dir)
     device: str = "cpu"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # bf16 autocast (AMX on CPU): same validation AUC, ~3x faster
     torch_threads: int = 2
     # batching and stages
     batch_size: int = 32
