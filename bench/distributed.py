@@ -17,7 +17,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +46,14 @@ def face_images(count: int, side: int, seed: int = 0):  # noqa: ANN201
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy import create_engine, func, select
 
-    from db.migrate import upgrade
     from db.schema import Event
     from pipeline.events import UploadEvent
     from tests.services import (
-        PG_ADMIN_URL,
         PrivateRedis,
         WorkerProcess,
-        ensure_postgres,
+        fresh_database,
         service_env,
         start_moto,
     )
@@ -76,17 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
 
-    ensure_postgres()
     broker = PrivateRedis()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     s3 = start_moto()
-    name = f"deepscreen_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(db_url)
+    database = fresh_database("deepscreen_bench")
+    db_url = database.__enter__()
     redis_url = broker.url
     worker = None
     try:
@@ -162,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.stop()
         s3.process.terminate()
         broker.destroy()
-        with admin.connect() as conn:
-            conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+        database.__exit__(None, None, None)
     return 0
 
 

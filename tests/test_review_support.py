@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 from db.store import SavedResult
 from pipeline.events import UploadEvent
 from pipeline.screen import FaceVerdict, Verdict
-from tests.services import PG_ADMIN_URL, ensure_postgres
+from tests.services import fresh_database
 
 SECRET = "test-signing-secret-0123456789abcdef"
 # Not the session's Redis db: other test runs on this machine flush that one and run workers on it.
@@ -43,20 +43,8 @@ def jpeg(pixels: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def review_db_url() -> Iterator[str]:
-    from db.migrate import upgrade
-
-    ensure_postgres()
-    name = f"deepscreen_review_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    with fresh_database("deepscreen_review") as url:
+        yield url
 
 
 def review_settings(db_url: str, s3_endpoint: str, **overrides: Any):  # noqa: ANN201
