@@ -28,6 +28,9 @@ class AugmentConfig:
     jpeg_quality: tuple[int, int] = (40, 100)
     noise: float = 0.15
     noise_sigma: tuple[float, float] = (2.0, 7.0)
+    # Extra blur on the REAL member only (its own draw): fakes in the set are blurrier than reals, and a pair
+    # augmented identically still lets "blurry means fake" pay. Blurring some reals alone breaks that.
+    real_blur: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class AugmentParams:
     jpeg_quality: int  # 0 = none
     noise_sigma: float  # 0 = none
     noise_seed: int
+    real_blur_sigma: float = 0.0  # extra blur applied to the real member only (0 = none)
 
 
 def draw_params(rng: np.random.Generator, source_side: int, cfg: AugmentConfig) -> AugmentParams:
@@ -64,11 +68,14 @@ def draw_params(rng: np.random.Generator, source_side: int, cfg: AugmentConfig) 
         jpeg_quality=int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)) if rng.random() < cfg.jpeg else 0,
         noise_sigma=float(rng.uniform(*cfg.noise_sigma)) if rng.random() < cfg.noise else 0.0,
         noise_seed=int(rng.integers(0, 2**31 - 1)),
+        real_blur_sigma=float(rng.uniform(*cfg.blur_sigma)) if cfg.real_blur and rng.random() < cfg.real_blur else 0.0,
     )
 
 
-def apply_params(pixels: np.ndarray, params: AugmentParams, out_side: int) -> np.ndarray:
+def apply_params(pixels: np.ndarray, params: AugmentParams, out_side: int, real: bool = False) -> np.ndarray:
     img = Image.fromarray(pixels).crop(params.box)
+    if real and params.real_blur_sigma > 0:
+        img = img.filter(ImageFilter.GaussianBlur(params.real_blur_sigma))
     if img.size[0] != out_side:
         img = img.resize((out_side, out_side), Image.Resampling.BICUBIC)
     if params.flip:

@@ -100,10 +100,12 @@ def make_pair_batch(
         use_sbi = pair.fake is None or rng.random() < sbi_fraction
         fake = self_blend(real, rng) if use_sbi else load_crop(root, pair.fake)  # type: ignore[arg-type]
         p = draw_params(rng, SOURCE_SIDE, cfg)
-        real_aug = apply_params(real, p, cfg.window)
+        real_aug = apply_params(real, p, cfg.window, real=True)
         fake_aug = apply_params(fake, p, cfg.window)
         images += [real_aug, fake_aug]
         labels += [0.0, 1.0]
-        masks += [np.zeros((mask_grid, mask_grid), np.float32), difference_mask(real_aug, fake_aug, mask_grid)]
+        # The mask is the manipulation only: against the real WITHOUT its real-only extra blur.
+        reference = apply_params(real, p, cfg.window) if p.real_blur_sigma > 0 else real_aug
+        masks += [np.zeros((mask_grid, mask_grid), np.float32), difference_mask(reference, fake_aug, mask_grid)]
         params += [p, p]
     return PairBatch(images, np.asarray(labels, np.float32), np.stack(masks), params)

@@ -57,6 +57,7 @@ class TrainConfig:
     max_fpr: float = 0.01  # fake threshold: at most this share of val reals auto-flagged
     max_miss: float = 0.05  # real threshold: at most this share of val fakes cleared
     version: str = ""
+    init_from: str = ""  # a shipped model folder to start from (warm start across sessions); "" = random init
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod
@@ -142,12 +143,25 @@ class Trainer:
         self.meta = _metadata(cfg, self.version)
         torch.manual_seed(cfg.seed)
         self.net = DeepfakeNet(mask_head=cfg.mask_weight > 0, dropout=cfg.dropout).to(self.device)
+        if cfg.init_from:
+            self._warm_start(Path(cfg.init_from))
         self.net = self.net.to(memory_format=torch.channels_last)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = max(1, len(pairs) // cfg.pairs_per_batch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "best_auc": -1.0, "history": []}
         self._val_crops: list[np.ndarray] | None = None
+
+    def _warm_start(self, folder: Path) -> None:
+        """Start from a shipped model's weights (sha256 checked). Heads it lacks, such as the training-only
+        mask head, keep their fresh initialisation; anything else that does not fit is refused."""
+        from pipeline.model import load_classifier
+
+        shipped = load_classifier(folder, device=self.device, precision="fp32", fold=False)
+        missing, unexpected = self.net.load_state_dict(shipped.net.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("mask_head.") for k in missing):
+            raise ValueError(f"{folder} does not fit this network: missing={missing[:5]} unexpected={unexpected[:5]}")
+        log.info("warm start from %s version=%s", folder, shipped.meta.version)
 
     # -- persistence ---------------------------------------------------------------------------------
     @property
