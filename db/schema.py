@@ -248,3 +248,82 @@ class WebhookCursor(Base):
     topic: Mapped[str] = mapped_column(String(40), primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- re-scans and model roll-outs (0003) ----------------------------------------------------------------
+
+
+class ModelRecord(Base):
+    """A registered model version. At most one is `active` (scores new work); at most one is `canary`
+    (scores `canary_fraction` of the traffic a second time, for the disagreement rate only)."""
+
+    __tablename__ = "models"
+
+    version: Mapped[str] = mapped_column(String(120), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    folder: Mapped[str] = mapped_column(Text)  # where every worker finds the weights (sha256 checked at load)
+    role: Mapped[str] = mapped_column(String(12), default="registered", index=True)  # registered|active|canary
+    canary_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    registered_by: Mapped[str] = mapped_column(String(200), default="cli")
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RescanRun(Base):
+    """One re-scan run: what it selects, how far it has enqueued (keyset cursor on images.id), and its state.
+
+    pending -> running -> draining (all enqueued) -> finished; running <-> paused; any -> cancelled."""
+
+    __tablename__ = "rescan_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    selector: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(12), default="running", index=True)
+    model_version: Mapped[str] = mapped_column(String(120))  # the version this run re-screens with
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)  # highest images.id enqueued
+    selected: Mapped[int] = mapped_column(Integer, default=0)  # count at start (the progress bar's total)
+    enqueued: Mapped[int] = mapped_column(Integer, default=0)
+    rate_per_s: Mapped[float] = mapped_column(Float, default=10.0)
+    chunk_size: Mapped[int] = mapped_column(Integer, default=200)
+    reopen_decided: Mapped[bool] = mapped_column(default=False)
+    created_by: Mapped[str] = mapped_column(String(200), default="cli")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_tick_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class RescanItem(Base):
+    """One image of one run, written in the transaction that advances the cursor past it, with the verdict
+    it had before (the transition report's `old` side)."""
+
+    __tablename__ = "rescan_items"
+    __table_args__ = (UniqueConstraint("run_id", "image_id", name="uq_rescan_item_run_image"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("rescan_runs.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(200), unique=True)
+    old_verdict_id: Mapped[int | None] = mapped_column(ForeignKey("verdicts.id", ondelete="SET NULL"))
+    old_verdict: Mapped[str | None] = mapped_column(String(20))  # verdict label, or the status without one
+    enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CanaryResult(Base):
+    """One image scored by both the active and the canary model: the canary's verdict is recorded here only."""
+
+    __tablename__ = "canary_results"
+    __table_args__ = (UniqueConstraint("image_sha256", "active_version", "canary_version", name="uq_canary_pair"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(200))
+    active_version: Mapped[str] = mapped_column(String(120))
+    canary_version: Mapped[str] = mapped_column(String(120), index=True)
+    active_verdict: Mapped[str | None] = mapped_column(String(20))
+    canary_verdict: Mapped[str | None] = mapped_column(String(20))
+    active_probability: Mapped[float | None] = mapped_column(Float)
+    canary_probability: Mapped[float | None] = mapped_column(Float)
+    agree: Mapped[bool] = mapped_column()
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

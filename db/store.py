@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from db.rescan_store import review_for_rescan
 from db.schema import Event, FaceRow, Image, ReviewItem, Verdict
 from pipeline.decide import needs_review
 from pipeline.events import UploadEvent
@@ -141,7 +142,13 @@ class Store:
                 status, label = result.status, result.verdict
                 if result.faces:
                     session.execute(self._insert(FaceRow).values(_face_rows(verdict_id, result, keys)))
-            review_id = self._open_review(session, verdict_id, image_id, label, result, event.source)
+            if event.rescan_run is not None and not reused:
+                review_id = review_for_rescan(
+                    session, self._insert, run_id=event.rescan_run, verdict_id=verdict_id, image_id=image_id,
+                    label=label, fake_probability=result.fake_probability, model_version=result.model_version,
+                    source=event.source, needs_review=needs_review(label))
+            else:
+                review_id = self._open_review(session, verdict_id, image_id, label, result, event.source)
             self._finish_event(session, event, status, result.reason, attempts, image_id, verdict_id)
         return SavedResult(event.event_id, status, verdict_id, label, review_id, reused, result.reason)
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import InvalidEvent
 
@@ -31,6 +31,13 @@ class UploadEvent(BaseModel):
     source: str = Field(default="default", min_length=1, max_length=200)
     uploaded_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     priority: Priority = "upload"
+    rescan_run: int | None = Field(default=None, ge=1)  # set by the re-scan driver on the events it enqueues
+
+    @model_validator(mode="after")
+    def _rescan_run_only_on_rescans(self) -> UploadEvent:
+        if self.rescan_run is not None and self.priority != "rescan":
+            raise ValueError("rescan_run is only allowed on priority=rescan events")
+        return self
 
     @field_validator("source")
     @classmethod

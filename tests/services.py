@@ -201,7 +201,7 @@ def service_env(postgres_url: str, redis_url: str, s3: S3Server, model_dir: Path
 class WorkerProcess:
     """`deepscreen worker` in a subprocess; its log goes to a file the test can read."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "upload,rescan") -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "control,upload,rescan") -> None:
         self.log_path = log_path
         self.log = log_path.open("ab")
         self.log_offset = self.log.tell()  # a restarted worker appends to the same log

@@ -14,13 +14,17 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Queue
 
 from workers.settings import Settings, get_settings
 
 UPLOAD_QUEUE = "upload"
 RESCAN_QUEUE = "rescan"
+CONTROL_QUEUE = "control"  # small periodic jobs (re-scan ticks): polled before the screening queues
 SCREEN_TASK = "deepscreen.screen"
+RESCAN_TICK_TASK = "deepscreen.rescan_tick"
+RESCAN_NIGHTLY_TASK = "deepscreen.rescan_nightly"
 
 
 def create_app(settings: Settings) -> Celery:
@@ -35,7 +39,7 @@ def create_app(settings: Settings) -> Celery:
             "queue_order_strategy": "priority",
         },
         broker_connection_retry_on_startup=True,
-        task_queues=[Queue(UPLOAD_QUEUE), Queue(RESCAN_QUEUE)],
+        task_queues=[Queue(CONTROL_QUEUE), Queue(UPLOAD_QUEUE), Queue(RESCAN_QUEUE)],
         task_default_queue=UPLOAD_QUEUE,
         task_ignore_result=True,
         task_serializer="json",
@@ -46,8 +50,30 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_track_started=False,
     )
+    app.conf.beat_schedule = beat_schedule(settings)
     app.conf.deepscreen_settings = settings
     return app
+
+
+def beat_schedule(settings: Settings) -> dict:
+    """Re-scan ticks (they expire when no worker takes them in time, so a busy fleet does not pile them up)
+    and the nightly run."""
+    schedule: dict = {
+        "rescan-tick": {"task": RESCAN_TICK_TASK, "schedule": settings.rescan_tick_s,
+                        "options": {"queue": CONTROL_QUEUE, "expires": max(1.0, settings.rescan_tick_s)}},
+    }
+    if settings.rescan_cron:
+        minute, hour, day, month, weekday = settings.rescan_cron.split()
+        schedule["rescan-nightly"] = {"task": RESCAN_NIGHTLY_TASK, "options": {"queue": CONTROL_QUEUE},
+                                      "schedule": crontab(minute=minute, hour=hour, day_of_month=day,
+                                                          month_of_year=month, day_of_week=weekday)}
+    return schedule
+
+
+def queue_depth(celery_app: Celery, queue: str) -> int:
+    """Messages waiting in a Redis queue (reserved-but-unacknowledged ones are not counted)."""
+    with celery_app.connection_for_read() as connection:
+        return int(connection.default_channel.client.llen(queue))
 
 
 def enqueue(celery_app: Celery, event: dict, priority: str, attempt: int = 1, countdown: float | None = None) -> None:

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workers.rescan_commands import add_registry_parsers, add_rescan_parser
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 log = logging.getLogger("deepscreen")
@@ -194,6 +196,10 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
+    from workers.rescan_commands import REGISTRY_COMMANDS, cmd_registry
+
+    if args.model_command in REGISTRY_COMMANDS:
+        return cmd_registry(args)
     from pipeline.errors import ModelLoadError
     from pipeline.model import load_classifier, make_placeholder
     from workers.settings import Settings
@@ -293,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("worker", help="run a Celery worker that screens queued events in micro-batches")
-    p.add_argument("--queues", default="upload,rescan", help="queues in priority order (default upload,rescan)")
+    p.add_argument("--queues", default="control,upload,rescan",
+                   help="queues in priority order (default control,upload,rescan)")
     p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default $DEEPSCREEN_POOL or solo)")
     p.add_argument("--concurrency", type=int, help="pool processes (default $DEEPSCREEN_CONCURRENCY or 1)")
     p.add_argument("--hostname", help="Celery node name")
@@ -315,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")
     p.set_defaults(func=cmd_dead_letters)
 
-    p = sub.add_parser("model", help="model tools: info, export, placeholder")
+    p = sub.add_parser("model", help="model tools: info, export, placeholder; the registry: list, register, "
+                       "activate, canary")
     msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     m = msub.add_parser("info", help="load the model (sha256 checked) and print its metadata")
     m.add_argument("--model", dest="model_dir", help="model folder (default $DEEPSCREEN_MODEL_DIR)")
@@ -329,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-val", type=int, default=0, help="use only the first N validation crops (0 = all)")
     m = msub.add_parser("placeholder", help="write the seeded random PLACEHOLDER model (not a detector)")
     m.add_argument("--out", default="models/placeholder")
+    add_registry_parsers(msub)
     p.set_defaults(func=cmd_model)
+    add_rescan_parser(sub)
 
     p = sub.add_parser("evaluate", help="score a labelled folder and write metrics.json, scores.csv and a report",
                        description="Evaluate the model on real/ and fake/ subfolders, or on a CSV of file,label "

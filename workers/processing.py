@@ -20,6 +20,7 @@ from pipeline.decode import OUT_OF_MEMORY
 from pipeline.errors import InvalidInput
 from pipeline.events import UploadEvent
 from pipeline.screen import Screener, ScreenItem, Verdict
+from workers.rollout import Models, ModelSwitch, run_canary
 from workers.storage import BlobStore, InputReader, TransientError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Runtime:
     blobs: BlobStore
     reader: InputReader
     fetch_threads: int = 8
+    models: ModelSwitch | None = None  # distributed: follow the registry's active/canary versions per batch
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ def heatmap_keys(model_version: str, sha256: str) -> tuple[str, str]:
 
 def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
     started = time.perf_counter()
+    models = runtime.models.current() if runtime.models is not None else None
+    if models is not None:
+        runtime.screener = models.active  # an activation reaches this process at its next batch
     outcomes: dict[int, Outcome] = {}
     try:
         finished = runtime.store.finished_events([j.event.event_id for j in jobs])
@@ -97,6 +102,9 @@ def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
         to_screen.setdefault(key, []).append(index)
     if items:
         verdicts = runtime.screener.screen_batch(list(items.values()))
+        if models is not None and models.canary is not None:
+            _canary(runtime, models, list(items.values()), verdicts,
+                    {key: jobs[indexes[0]].event.event_id for key, indexes in to_screen.items()})
         for verdict in verdicts:
             keys = None
             for index in to_screen[verdict.key]:
@@ -106,6 +114,16 @@ def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
     elapsed = time.perf_counter() - started
     log.info("batch done size=%d screened=%d seconds=%.3f", len(jobs), len(items), elapsed)
     return [outcomes[i] for i in range(len(jobs))]
+
+
+def _canary(runtime: Runtime, models: Models, items: list[ScreenItem], verdicts: list[Verdict],
+            event_ids: dict[str, str]) -> None:
+    """The canary's second opinion on a sample: recorded for the disagreement rate, never as a verdict."""
+    assert runtime.models is not None
+    try:
+        runtime.models.registry.record_canary(run_canary(models, items, verdicts, event_ids))
+    except Exception:  # noqa: BLE001 - a canary problem must not cost the batch its verdicts
+        log.exception("canary scoring failed; the batch's verdicts are unaffected")
 
 
 def _fetch(runtime: Runtime, jobs: list[Job]) -> list[bytes | InvalidInput | TransientError]:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from sqlalchemy import Engine
 
 from db.migrate import upgrade
+from db.model_registry import ModelRegistry, RegistryError
 from db.store import Store
 from pipeline.faces import FaceDetector
 from pipeline.model import load_classifier
 from pipeline.screen import Screener
 from workers.processing import Runtime
+from workers.rollout import ModelSwitch
 from workers.settings import Settings
 from workers.storage import InputReader, LocalBlobStore, S3BlobStore, s3_client
 
@@ -23,24 +27,50 @@ def configure_torch(settings: Settings) -> None:
     torch.set_num_threads(settings.torch_threads)
 
 
-def build_screener(settings: Settings, crops: bool = False) -> Screener:
+def build_screener(settings: Settings, crops: bool = False, model_dir: Path | None = None,
+                   heatmaps: str | None = None, detector: FaceDetector | None = None) -> Screener:
     configure_torch(settings)
-    classifier = load_classifier(settings.model_dir, device=settings.device, precision=settings.precision)
+    classifier = load_classifier(model_dir or settings.model_dir, device=settings.device, precision=settings.precision)
     if classifier.meta.placeholder:
         log.warning("model=%s is a PLACEHOLDER with random weights: its verdicts mean nothing", classifier.version)
     config = settings.screen_config(crops=crops)
-    detector = None if crops else FaceDetector(config.detector, device=settings.device)
-    return Screener(classifier, config, detector)
+    if heatmaps is not None:
+        config = replace(config, heatmaps=heatmaps)
+    if detector is None and not crops:
+        detector = FaceDetector(config.detector, device=settings.device)
+    return Screener(classifier, config, None if crops else detector)
+
+
+def model_switch(settings: Settings, engine: Engine, screener: Screener) -> ModelSwitch:
+    """Follow the registry. The first process to start registers its own model and, if nothing is active yet,
+    activates it, so a fresh deployment's registry is never empty."""
+    registry = ModelRegistry(engine)
+    meta = screener.classifier.meta
+    try:
+        registry.register(meta.version, meta.sha256, str(Path(settings.model_dir).resolve()), by="worker")
+        if registry.roles().active is None:
+            registry.activate(meta.version)
+    except RegistryError as exc:
+        log.warning("model registry: %s", exc)
+
+    def build(folder: Path, canary: bool) -> Screener:  # the detector is shared: it does not change with the model
+        return build_screener(settings, model_dir=folder, heatmaps="none" if canary else None,
+                              detector=screener.detector)
+
+    return ModelSwitch(registry, build, screener)
 
 
 def distributed_runtime(settings: Settings) -> Runtime:
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
+    store = Store.from_url(settings.database_url)
+    screener = build_screener(settings)
     return Runtime(
-        screener=build_screener(settings),
-        store=Store.from_url(settings.database_url),
+        screener=screener,
+        store=store,
         blobs=S3BlobStore(client, settings.s3_bucket),
         reader=InputReader(client, tuple(settings.input_buckets), allow_local=False, max_bytes=settings.max_image_bytes),
         fetch_threads=settings.fetch_threads,
+        models=model_switch(settings, store.engine, screener),
     )
 
 

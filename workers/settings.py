@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = 60.0
     pool: Literal["solo", "prefork", "threads"] = "solo"
     concurrency: int = 1
+    # re-scans (workers/rescan.py) and model roll-outs
+    rescan_rate_per_s: float = 20.0  # images a run enqueues per second (fresh uploads are polled first anyway)
+    rescan_chunk: int = 200  # most images enqueued by one tick of one run
+    rescan_tick_s: float = 5.0  # how often beat moves runs forward
+    rescan_max_queued: int = 2000  # a run waits while the re-scan queue holds this many messages
+    rescan_cron: str = "0 2 * * *"  # nightly run (minute hour day month weekday, UTC); "" = no nightly run
     # embedded mode
     home: Path = Path(".deepscreen")
     # review API and console (review/)
@@ -106,7 +112,15 @@ class Settings(BaseSettings):
                              "in production (e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
         return self
 
-    @field_validator("batch_size", "torch_threads", "decode_threads", "fetch_threads", "max_attempts", "concurrency")
+    @field_validator("rescan_cron")
+    @classmethod
+    def _cron_fields(cls, value: str) -> str:
+        if value.strip() and len(value.split()) != 5:
+            raise ValueError("rescan_cron needs five fields: minute hour day-of-month month day-of-week")
+        return value.strip()
+
+    @field_validator("batch_size", "torch_threads", "decode_threads", "fetch_threads", "max_attempts", "concurrency",
+                     "rescan_chunk", "rescan_max_queued")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

@@ -11,7 +11,7 @@ from celery_batches import Batches
 
 from pipeline.errors import InvalidEvent
 from pipeline.events import parse_event
-from workers.app import SCREEN_TASK, app, enqueue
+from workers.app import RESCAN_NIGHTLY_TASK, RESCAN_TICK_TASK, SCREEN_TASK, app, enqueue
 from workers.processing import TRANSIENT_DB, Job, Outcome, Runtime, process_events
 
 log = logging.getLogger(__name__)
@@ -111,3 +111,34 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
         # the unacknowledged messages come back after the visibility timeout.
         log.critical("cannot requeue event_id=%s; exiting so the broker redelivers the batch", job.event.event_id)
         os._exit(75)
+
+
+# -- re-scans ----------------------------------------------------------------------------------------------
+def _rescan_parts():  # noqa: ANN202
+    from db.model_registry import ModelRegistry
+    from db.rescan_store import RescanStore
+    from workers.rescan import celery_driver
+
+    settings = app.conf.deepscreen_settings
+    engine = runtime().store.engine
+    store = RescanStore(engine)
+    driver = celery_driver(app, store, settings.rescan_tick_s, settings.rescan_max_queued)
+    return settings, store, ModelRegistry(engine), driver
+
+
+@app.task(name=RESCAN_TICK_TASK, ignore_result=True)
+def rescan_tick() -> None:
+    _, _, _, driver = _rescan_parts()
+    moved = driver.tick()
+    if any(moved.values()):
+        log.info("rescan tick enqueued=%s", moved)
+
+
+@app.task(name=RESCAN_NIGHTLY_TASK, ignore_result=True)
+def rescan_nightly() -> None:
+    from workers.rescan import start_nightly
+
+    settings, store, registry, _ = _rescan_parts()
+    run = start_nightly(store, registry, settings.model_dir, settings.rescan_rate_per_s, settings.rescan_chunk)
+    if run is not None:
+        log.info("nightly rescan started run_id=%d images=%d model_version=%s", run.id, run.selected, run.model_version)

@@ -1,0 +1,271 @@
+"""`deepscreen rescan ...` and the registry half of `deepscreen model ...` (list, register, activate, canary)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+REGISTRY_COMMANDS = ("list", "register", "activate", "canary", "canary-report")
+
+
+def add_rescan_parser(sub: Any) -> None:
+    p = sub.add_parser("rescan", help="re-screen stored images with the active model (runs, progress, reports)",
+                       description="Re-scan runs page through stored images by keyset cursor and enqueue them on the "
+                       "low-priority rescan queue at a limited rate; workers always serve uploads first. A run "
+                       "survives restarts of workers, beat and this command. Beat moves running runs forward "
+                       "every DEEPSCREEN_RESCAN_TICK_S; `follow` does too while it runs.")
+    rsub = p.add_subparsers(dest="rescan_command", required=True, metavar="ACTION")
+    s = rsub.add_parser("start", help="start a run (or --dry-run: count and estimate only)",
+                        description="Select images without a verdict from the active model, narrowed by the "
+                        "options below, and start a run.")
+    s.add_argument("--from-model-version", help="only images whose latest verdict is from this model version")
+    s.add_argument("--older-than-days", type=float, help="only images whose latest verdict is older than N days")
+    s.add_argument("--source", help="only images from this source (tenant/platform)")
+    s.add_argument("--uploaded-from", type=_date, help="only images uploaded at or after this date (ISO 8601)")
+    s.add_argument("--uploaded-to", type=_date, help="only images uploaded before this date (ISO 8601)")
+    s.add_argument("--verdict", action="append", default=[], choices=["fake", "real", "uncertain", "no_face",
+                   "invalid_input"], help="only images whose latest verdict is this (repeatable)")
+    s.add_argument("--reopen-decided", action="store_true",
+                   help="a new fake/uncertain verdict opens a new review item even where a moderator already decided")
+    s.add_argument("--rate", type=float, help="images per second (default $DEEPSCREEN_RESCAN_RATE_PER_S)")
+    s.add_argument("--chunk", type=int, help="most images per tick (default $DEEPSCREEN_RESCAN_CHUNK)")
+    s.add_argument("--dry-run", action="store_true", help="print how many images would be re-scanned and how long")
+    s.add_argument("--follow", action="store_true", help="then show a progress bar (and drive the run) until it ends")
+    s.add_argument("--json", action="store_true")
+    for action, text in (("pause", "stop enqueuing (what is queued still runs)"), ("resume", "continue a paused run"),
+                         ("cancel", "end a run; what is queued still runs, nothing more is enqueued")):
+        a = rsub.add_parser(action, help=text)
+        a.add_argument("run_id", type=int)
+    a = rsub.add_parser("list", help="runs, newest first")
+    a.add_argument("--json", action="store_true")
+    a = rsub.add_parser("show", help="a run's state, progress and report (transition matrix, throughput)")
+    a.add_argument("run_id", type=int)
+    a.add_argument("--csv", type=Path, help="write the changed images (old -> new verdict) to this CSV file")
+    a.add_argument("--all", action="store_true", help="with --csv: every image of the run, changed or not")
+    a.add_argument("--json", action="store_true")
+    a = rsub.add_parser("follow", help="progress bar until the run ends; moves it forward meanwhile")
+    a.add_argument("run_id", type=int)
+    a.add_argument("--no-drive", action="store_true", help="only watch (beat drives the run)")
+    a.add_argument("--timeout", type=float, default=0, help="give up after N seconds (0 = never)")
+    for a in rsub.choices.values():
+        a.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")
+    p.set_defaults(func=cmd_rescan)
+
+
+def add_registry_parsers(msub: Any) -> None:
+    m = msub.add_parser("list", help="registered model versions and which is active or canary")
+    m.add_argument("--json", action="store_true")
+    m = msub.add_parser("register", help="register a model folder under its version and sha256")
+    m.add_argument("folder", type=Path)
+    m = msub.add_parser("activate", help="make VERSION score new work; workers switch at their next batch")
+    m.add_argument("version")
+    m = msub.add_parser("canary", help="score a fraction of traffic with VERSION too and record disagreements")
+    m.add_argument("version", nargs="?", help="omit with --off")
+    m.add_argument("--fraction", type=float, default=0.05, help="share of images scored twice (default 0.05)")
+    m.add_argument("--off", action="store_true", help="stop the canary")
+    m = msub.add_parser("canary-report", help="images scored by both models and their disagreement rate")
+    m.add_argument("--json", action="store_true")
+    for m in (msub.choices[c] for c in REGISTRY_COMMANDS):
+        m.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")
+
+
+def _date(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _settings_and_engine(args: argparse.Namespace):  # noqa: ANN202
+    from db.store import connect
+    from workers.settings import Settings
+
+    settings = Settings()
+    return settings, connect(args.database_url or settings.database_url)
+
+
+# -- model registry ----------------------------------------------------------------------------------------
+def cmd_registry(args: argparse.Namespace) -> int:
+    from db.model_registry import ModelRegistry, RegistryError
+    from pipeline.errors import ModelLoadError
+    from pipeline.model import load_classifier
+
+    settings, engine = _settings_and_engine(args)
+    registry = ModelRegistry(engine)
+    try:
+        if args.model_command == "list":
+            rows = registry.list()
+            for row in rows:
+                if args.json:
+                    print(json.dumps(row.__dict__))
+                else:
+                    role = row.role + (f" ({row.canary_fraction:.0%})" if row.role == "canary" else "")
+                    print(f"{row.version:<40} {role:<16} sha256={row.sha256[:12]}  {row.folder}")
+            if not rows and not args.json:
+                print("no models registered (a worker registers its own at start; or: deepscreen model register FOLDER)")
+        elif args.model_command == "register":
+            meta = load_classifier(args.folder).meta  # loads it: a folder that cannot serve is refused now
+            row = registry.register(meta.version, meta.sha256, str(args.folder.resolve()))
+            print(f"registered {row.version} sha256={row.sha256[:12]} ({row.role})")
+        elif args.model_command == "activate":
+            row = registry.activate(args.version)
+            print(f"active model is now {row.version}; workers switch at their next batch")
+        elif args.model_command == "canary":
+            if args.off:
+                registry.set_canary(None)
+                print("canary off")
+            elif not args.version:
+                print("deepscreen model canary: give VERSION or --off", file=sys.stderr)
+                return EXIT_USAGE
+            else:
+                row = registry.set_canary(args.version, args.fraction)
+                print(f"canary {args.version} scores {args.fraction:.1%} of images a second time")
+        else:
+            for report in registry.canary_report():
+                print(json.dumps(report) if args.json else
+                      f"{report['active_version']} vs {report['canary_version']}: {report['scored_by_both']} images, "
+                      f"{report['disagreements']} disagreements ({(report['disagreement_rate'] or 0):.2%})")
+    except (RegistryError, ModelLoadError) as exc:
+        print(f"deepscreen model {args.model_command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - the database is unreachable
+        print(f"deepscreen model {args.model_command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+# -- rescan ------------------------------------------------------------------------------------------------
+def cmd_rescan(args: argparse.Namespace) -> int:
+    from db.rescan_store import RescanError
+
+    try:
+        return _rescan(args)
+    except RescanError as exc:
+        print(f"deepscreen rescan {args.rescan_command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - a service is unreachable
+        print(f"deepscreen rescan {args.rescan_command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+def _rescan(args: argparse.Namespace) -> int:
+    from db.model_registry import ModelRegistry
+    from db.rescan_store import RescanSelector, RescanStore
+    from workers.rescan import estimate_seconds, target_version
+
+    settings, engine = _settings_and_engine(args)
+    store = RescanStore(engine)
+    command = args.rescan_command
+    if command == "start":
+        selector = RescanSelector(from_model_version=args.from_model_version, older_than_days=args.older_than_days,
+                                  source=args.source, uploaded_from=args.uploaded_from, uploaded_to=args.uploaded_to,
+                                  verdicts=tuple(args.verdict), reopen_decided=args.reopen_decided)
+        version = target_version(ModelRegistry(engine), settings.model_dir)
+        rate = args.rate or settings.rescan_rate_per_s
+        if args.dry_run:
+            count = store.count(selector, version)
+            measured = store.measured_throughput()
+            seconds = estimate_seconds(count, rate, measured)
+            doc = {"images": count, "model_version": version, "selector": selector.to_dict(), "rate_per_s": rate,
+                   "measured_images_per_s": measured, "estimated_seconds": round(seconds, 1)}
+            if args.json:
+                print(json.dumps(doc))
+            else:
+                speed = f"measured {measured:.2f} images/s" if measured else "no run measured yet"
+                print(f"{count} images would be re-scanned with {version}; estimated "
+                      f"{timedelta(seconds=round(seconds))} at min(rate {rate:g}/s, {speed})")
+            return EXIT_OK
+        run = store.create(selector, version, rate, args.chunk or settings.rescan_chunk, created_by="cli")
+        print(json.dumps(run.as_json()) if args.json else
+              f"run {run.id} started: {run.selected} images, model {run.model_version}, {rate:g} images/s")
+        return _follow(store, settings, run.id, drive=True, timeout=0) if args.follow else EXIT_OK
+    if command in ("pause", "resume", "cancel"):
+        run = store.set_state(args.run_id, command)
+        print(f"run {run.id} is {run.state}")
+        return EXIT_OK
+    if command == "list":
+        for run in store.list():
+            print(json.dumps(run.as_json()) if args.json else
+                  f"{run.id:>5} {run.state:<10} {run.enqueued:>8}/{run.selected:<8} {run.model_version:<32} "
+                  f"{json.dumps(run.selector)}")
+        return EXIT_OK
+    if command == "show":
+        return _show(store, args)
+    return _follow(store, settings, args.run_id, drive=not args.no_drive, timeout=args.timeout)
+
+
+def _show(store: Any, args: argparse.Namespace) -> int:
+    run = store.get(args.run_id)
+    progress = store.progress(run.id)
+    if args.csv:
+        rows = store.changes(run.id, only_changed=not args.all)
+        with args.csv.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["image_id", "sha256", "source", "old_verdict",
+                                                        "old_fake_probability", "new_verdict", "new_fake_probability",
+                                                        "model_version", "event_id", "review_item_id"])
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"{len(rows)} rows written to {args.csv}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({**run.as_json(), "progress": progress}))
+        return EXIT_OK
+    print(f"run {run.id}: {run.state}, model {run.model_version}, selector {json.dumps(run.selector)}")
+    print(f"  enqueued {run.enqueued}/{run.selected}, done {progress['done']}, failed {progress['failed']}")
+    report = run.report
+    if report:
+        print(f"  {report['images']} images, {report['changed']} changed, "
+              f"{report.get('images_per_s') or 0:.2f} images/s over {report['seconds']:.0f} s")
+        print(format_matrix(report["transitions"]))
+    return EXIT_OK
+
+
+def format_matrix(matrix: dict[str, dict[str, int]]) -> str:
+    """old verdict (rows) -> new verdict (columns)."""
+    new_labels = sorted({n for row in matrix.values() for n in row})
+    lines = ["  old \\ new      " + "".join(f"{n:>14}" for n in new_labels)]
+    for old in sorted(matrix):
+        lines.append(f"  {old:<15}" + "".join(f"{matrix[old].get(n, 0):>14}" for n in new_labels))
+    return "\n".join(lines)
+
+
+def _follow(store: Any, settings: Any, run_id: int, drive: bool, timeout: float) -> int:
+    from tqdm import tqdm
+
+    driver = _driver(store, settings) if drive else None
+    run = store.get(run_id)
+    started = time.monotonic()
+    with tqdm(total=max(run.selected, 1), desc=f"rescan run {run_id}", unit="img") as bar:
+        while True:
+            if driver is not None:
+                driver.tick_run(run_id)
+            run = store.get(run_id)
+            done = store.progress(run_id)["done"]
+            bar.total = max(run.selected, run.enqueued, 1)
+            bar.n = done
+            bar.set_postfix(state=run.state, enqueued=run.enqueued)
+            bar.refresh()
+            if run.state in ("finished", "cancelled", "paused"):
+                break
+            if timeout and time.monotonic() - started > timeout:
+                print(f"\nrun {run_id} still {run.state} after {timeout:g} s", file=sys.stderr)
+                return EXIT_FAILED
+            time.sleep(min(1.0, settings.rescan_tick_s))
+    print(f"run {run_id} {run.state}", file=sys.stderr)
+    if run.report:
+        print(format_matrix(run.report["transitions"]))
+    return EXIT_OK
+
+
+def _driver(store: Any, settings: Any):  # noqa: ANN202
+    from workers.app import app
+    from workers.rescan import celery_driver
+
+    return celery_driver(app, store, min(1.0, settings.rescan_tick_s), settings.rescan_max_queued)
