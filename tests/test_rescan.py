@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import select, update
 
 from db.model_registry import ModelRegistry, RegistryError
-from db.review_store import Actor, ReviewStore
 from db.rescan_store import RescanError, RescanSelector, RescanStore
+from db.review_store import Actor, ReviewStore
 from db.schema import AuditEntry, Event, Image, RescanItem, ReviewItem, Verdict
 from db.store import BlobKeys, Store
 from pipeline.events import UploadEvent
