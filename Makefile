@@ -72,6 +72,7 @@ test: install lint
 bench: install
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.distributed
+	$(BIN)/python -m bench.rescan
 
 chaos: install
 	scripts/services.sh up
