@@ -255,14 +255,16 @@ class RescanStore:
         """The run's images, old -> new verdict (only those that changed, by default): the CSV's rows."""
         new = aliased(Verdict)
         old = aliased(Verdict)
+        # the image's newest review item, whichever verdict opened it: where a moderator looks at it now
+        newest_item = (select(func.max(ReviewItem.id)).where(ReviewItem.image_id == RescanItem.image_id)
+                       .correlate(RescanItem).scalar_subquery())
         stmt = (select(RescanItem.image_id, Image.sha256, Image.source, RescanItem.old_verdict,
                        old.fake_probability, func.coalesce(new.verdict, new.status, Event.status),
-                       new.fake_probability, new.model_version, Event.event_id, ReviewItem.id)
+                       new.fake_probability, new.model_version, Event.event_id, newest_item)
                 .join(Image, Image.id == RescanItem.image_id)
                 .join(Event, Event.event_id == RescanItem.event_id)
                 .outerjoin(old, old.id == RescanItem.old_verdict_id)
                 .outerjoin(new, new.id == Event.verdict_id)
-                .outerjoin(ReviewItem, ReviewItem.verdict_id == new.id)
                 .where(RescanItem.run_id == run_id).order_by(RescanItem.image_id))
         out = []
         with self.sessions() as session:

@@ -21,7 +21,7 @@ from review import console
 from review.auth import AuthError, Public, route_access
 from review.context import ReviewContext
 from review.ratelimit import FailedAuthLimiter
-from review.routes import admin, events, images, review
+from review.routes import admin, events, images, rescans, review
 from review.security import BodyLimit, SecurityHeaders
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def create_app(ctx: ReviewContext) -> FastAPI:
                   "Authenticate with `Authorization: Bearer <token>` (`deepscreen token create`).")
     app.state.ctx = ctx
     app.state.auth_failures = FailedAuthLimiter(ctx.settings.auth_failures_per_minute, 60.0)
-    for router in (events.router, images.router, review.router, review.bundles, admin.router, console.router):
+    for router in (events.router, images.router, review.router, review.bundles, admin.router, rescans.router,
+                   console.router):
         _document_access(router.routes)
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

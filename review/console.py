@@ -239,3 +239,29 @@ def check_result(request: Request, me: ConsoleReviewer, event_id: str) -> HTMLRe
 @router.get("/admin/agreement")
 def agreement_page(request: Request, me: ConsoleAdmin) -> HTMLResponse:
     return render(request, "agreement.html", me, rows=_ctx(request).reviews.agreement())
+
+
+@router.get("/admin/rescans")
+def rescans_page(request: Request, me: ConsoleAdmin) -> HTMLResponse:
+    from db.model_registry import ModelRegistry
+    from db.rescan_store import RescanStore
+
+    engine = _ctx(request).store.engine
+    store = RescanStore(engine)
+    runs = [{"run": run, "progress": store.progress(run.id)} for run in store.list()]
+    registry = ModelRegistry(engine)
+    return render(request, "rescans.html", me, runs=runs, models=registry.list(), canary=registry.canary_report())
+
+
+@router.get("/admin/rescans/{run_id}")
+def rescan_page(request: Request, me: ConsoleAdmin, run_id: int) -> HTMLResponse:
+    from db.rescan_store import RescanError, RescanStore
+
+    store = RescanStore(_ctx(request).store.engine)
+    try:
+        run = store.get(run_id)
+    except RescanError:
+        return render(request, "error.html", me, status=404, message=f"No re-scan run {run_id}.")
+    labels = sorted({n for row in (run.report.get("transitions") or {}).values() for n in row})
+    return render(request, "rescan.html", me, run=run, progress=store.progress(run_id), new_labels=labels,
+                  changes=store.changes(run_id)[:500])

@@ -121,6 +121,12 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/v1/admin/deliveries"): Case(ADMIN, _fixed("/v1/admin/deliveries"), {200}),
     ("PUT", "/v1/admin/gold/{item_id}"): Case(ADMIN, _fixed("/v1/admin/gold/{item}", json={"label": "fake"}), {204}),
     ("GET", "/v1/admin/gold/agreement"): Case(ADMIN, _fixed("/v1/admin/gold/agreement"), {200}),
+    ("GET", "/v1/admin/rescans"): Case(ADMIN, _fixed("/v1/admin/rescans"), {200}),
+    ("GET", "/v1/admin/rescans/{run_id}"): Case(ADMIN, _fixed("/v1/admin/rescans/987654"), {404}),
+    ("GET", "/v1/admin/rescans/{run_id}/changes.csv"): Case(ADMIN, _fixed("/v1/admin/rescans/987654/changes.csv"),
+                                                            {404}),
+    ("POST", "/v1/admin/rescans/{run_id}/{action}"): Case(ADMIN, _fixed("/v1/admin/rescans/987654/pause"), {404}),
+    ("GET", "/v1/admin/models"): Case(ADMIN, _fixed("/v1/admin/models"), {200}),
     # console (session cookie; POSTs carry the CSRF token)
     ("GET", "/console/login"): Case(PUBLIC, _fixed("/console/login"), {200}),
     ("POST", "/console/login"): Case(PUBLIC, _fixed("/console/login", data={"token": "ds_wrong", "csrf": "x"}),
@@ -144,6 +150,9 @@ TABLE: dict[tuple[str, str], Case] = {
                                      {422}, console=True),
     ("GET", "/console/checks/{event_id}"): Case(REVIEW, _fixed("/console/checks/check-none"), {404}, console=True),
     ("GET", "/console/admin/agreement"): Case(ADMIN, _fixed("/console/admin/agreement"), {200}, console=True),
+    ("GET", "/console/admin/rescans"): Case(ADMIN, _fixed("/console/admin/rescans"), {200}, console=True),
+    ("GET", "/console/admin/rescans/{run_id}"): Case(ADMIN, _fixed("/console/admin/rescans/987654"), {404},
+                                                     console=True),
 }
 
 
