@@ -112,6 +112,13 @@ class Settings(BaseSettings):
                              "in production (e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
         return self
 
+    @field_validator("presign_seconds")
+    @classmethod
+    def _sigv4_lifetime(cls, value: int) -> int:
+        if not 1 <= value <= 604800:
+            raise ValueError("presign_seconds must be 1..604800 (Signature V4 links live at most 7 days)")
+        return value
+
     @field_validator("rescan_cron")
     @classmethod
     def _cron_fields(cls, value: str) -> str:
