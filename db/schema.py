@@ -53,6 +53,10 @@ class Event(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
     verdict_id: Mapped[int | None] = mapped_column(ForeignKey("verdicts.id", ondelete="SET NULL"))
+    # (0003) deliveries of the message of attempt `delivery_attempt` that began a batch: more than one means a
+    # worker died with it in hand (kill, OOM); too many and it is dead-lettered instead of killing workers forever
+    delivery_attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 

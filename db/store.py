@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, case, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -92,6 +92,37 @@ class Store:
             stmt = self._insert(Event).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
             result = session.execute(stmt.returning(Event.event_id))
             return [r[0] for r in result]
+
+    def count_deliveries(self, deliveries: Sequence[tuple[UploadEvent, int]]) -> dict[str, int]:
+        """Record that screening begins for each (event, attempt) message; return how often it has now begun
+        (1 = the first time; more = a worker died while screening it). Terminal events are left alone."""
+        if not deliveries:
+            return {}
+        rows = [{**_event_row(e), "delivery_attempt": attempt, "deliveries": 1} for e, attempt in deliveries]
+        counts: dict[str, int] = {}
+        with self.sessions.begin() as session:
+            for row in {r["event_id"]: r for r in rows}.values():
+                stmt = self._insert(Event).values(row)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["event_id"],
+                    set_={"deliveries": case((Event.delivery_attempt == stmt.excluded.delivery_attempt,
+                                              Event.deliveries + 1), else_=1),
+                          "delivery_attempt": stmt.excluded.delivery_attempt},
+                    where=Event.status.not_in(TERMINAL))
+                count = session.scalar(stmt.returning(Event.deliveries))
+                if count is not None:
+                    counts[row["event_id"]] = int(count)
+        return counts
+
+    def started_before(self, deliveries: Sequence[tuple[UploadEvent, int]]) -> dict[str, int]:
+        """How often screening already began for each (event, attempt) message without an end (0: never)."""
+        if not deliveries:
+            return {}
+        wanted = dict((e.event_id, attempt) for e, attempt in deliveries)
+        with self.sessions() as session:
+            rows = session.execute(select(Event.event_id, Event.delivery_attempt, Event.deliveries)
+                                   .where(Event.event_id.in_(list(wanted)), Event.status.not_in(TERMINAL)))
+            return {event_id: (count if attempt == wanted[event_id] else 0) for event_id, attempt, count in rows}
 
     def event_status(self, event_id: str) -> str | None:
         with self.sessions() as session:

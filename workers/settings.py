@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     # reliability
     visibility_timeout: int = 3600  # seconds a reserved, unacknowledged message waits before redelivery
     max_attempts: int = 8  # per-event failures; 2+4+...+60 s of backoff rides out a few minutes of S3 trouble
+    max_deliveries: int = 3  # a message that was in hand this many times when a worker died is dead-lettered
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 60.0
     pool: Literal["solo", "prefork", "threads"] = "solo"
@@ -127,7 +128,7 @@ class Settings(BaseSettings):
         return value.strip()
 
     @field_validator("batch_size", "torch_threads", "decode_threads", "fetch_threads", "max_attempts", "concurrency",
-                     "rescan_chunk", "rescan_max_queued")
+                     "rescan_chunk", "rescan_max_queued", "max_deliveries")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

@@ -71,11 +71,65 @@ def _screen(requests) -> None:  # noqa: ANN001
         jobs.append(Job(event, attempt))
     if not jobs:
         return
+    log.info("batch start size=%d event_ids=%s", len(jobs), ",".join(j.event.event_id for j in jobs))
+    # A message whose screening already began once without an end (a worker was killed, or the OOM killer struck)
+    # may be what killed it: such messages are screened one at a time, after the others, and the ones that keep
+    # dying are dead-lettered, so a poison message only ever takes itself down, and never loops.
+    before = _started_before(jobs)
+    fresh = [j for j in jobs if before.get(j.event.event_id, 0) == 0]
+    suspects = sorted((j for j in jobs if before.get(j.event.event_id, 0) > 0),
+                      key=lambda j: before[j.event.event_id])
+    outcomes: list[Outcome] = []
+    if fresh:
+        _begin(fresh)
+        log.info("screening batch event_ids=%s", ",".join(j.event.event_id for j in fresh))
+        outcomes += _process(fresh)
+    if suspects:
+        log.warning("screening alone, after a worker died with them: event_ids=%s",
+                    ",".join(j.event.event_id for j in suspects))
+    for job in suspects:
+        count = _begin([job]).get(job.event.event_id, 1)
+        if count > app.conf.deepscreen_settings.max_deliveries and _dead_letter_crasher(job, count):
+            continue
+        log.info("screening alone event_id=%s begun=%d", job.event.event_id, count)
+        outcomes += _process([job])
+    _settle(outcomes)
+
+
+def _process(jobs: list[Job]) -> list[Outcome]:
     try:
-        outcomes = process_events(runtime(), jobs)
+        return process_events(runtime(), jobs)
     except Exception as exc:  # noqa: BLE001 - a bug must not lose the batch: every job goes back on the queue
         log.exception("batch failed size=%d; requeueing every event", len(jobs))
-        outcomes = [Outcome(job, retry_reason=f"batch_error: {type(exc).__name__}: {exc}"[:200]) for job in jobs]
+        return [Outcome(job, retry_reason=f"batch_error: {type(exc).__name__}: {exc}"[:200]) for job in jobs]
+
+
+def _started_before(jobs: list[Job]) -> dict[str, int]:
+    try:
+        return runtime().store.started_before([(j.event, j.attempt) for j in jobs])
+    except TRANSIENT_DB:
+        return {}  # the database is away: screen as usual; saving will wait for it
+
+
+def _begin(jobs: list[Job]) -> dict[str, int]:
+    try:
+        return runtime().store.count_deliveries([(j.event, j.attempt) for j in jobs])
+    except TRANSIENT_DB:
+        return {}
+
+
+def _dead_letter_crasher(job: Job, count: int) -> bool:
+    reason = f"worker_crashed: a worker died {count - 1} times while screening it (attempt {job.attempt})"
+    log.error("dead-letter event_id=%s reason=%s", job.event.event_id, reason)
+    try:
+        runtime().store.mark_failed(job.event, "failed", reason, job.attempt)
+        return True
+    except TRANSIENT_DB:
+        log.exception("could not record dead-letter event_id=%s; screening it alone", job.event.event_id)
+        return False
+
+
+def _settle(outcomes: list[Outcome]) -> None:
     for outcome in outcomes:
         if outcome.saved is None:
             _retry_or_dead_letter(outcome)

@@ -1,0 +1,96 @@
+"""A message that kills its worker every time (as the OOM killer would) cannot loop: after
+DEEPSCREEN_MAX_DELIVERIES deaths it is dead-lettered `worker_crashed`, and its batch-mates, screened one at a
+time once they are suspects, all get their verdicts.
+
+The "OOM killer" here is the test: it watches the worker's log and SIGKILLs the worker's process group each
+time the poison event's screening begins, then starts a fresh worker (real Redis redelivers the unacknowledged
+messages after the visibility timeout).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import create_engine, select
+
+from db.schema import Event
+from pipeline.events import UploadEvent
+from tests.services import PrivateRedis, WorkerProcess, fresh_database, service_env, wait_for
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+
+def _jpeg(seed: int) -> bytes:
+    from skimage import data
+
+    face = np.array(data.astronaut()[:400, :400])
+    face[:8, :8] = seed
+    buffer = io.BytesIO()
+    Image.fromarray(face).save(buffer, format="JPEG", quality=80 + seed)
+    return buffer.getvalue()
+
+
+def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_batch_mates_survive(
+        s3_server, flagging_model, tmp_path) -> None:  # noqa: ANN001
+    from workers.app import create_app
+    from workers.settings import Settings
+    from workers.submit import submit
+
+    client = s3_server.client()
+    names = ["poison", "mate-a", "mate-b", "mate-c"]
+    for i, name in enumerate(names):
+        client.put_object(Bucket="uploads", Key=f"crash/{name}.jpg", Body=_jpeg(i + 1))
+    redis = PrivateRedis()
+    with fresh_database("deepscreen_crash") as url:
+        env = service_env(url, redis.url, s3_server, flagging_model, DEEPSCREEN_VISIBILITY_TIMEOUT="4",
+                          DEEPSCREEN_MAX_DELIVERIES="2", DEEPSCREEN_BATCH_SIZE="4", DEEPSCREEN_BATCH_WAIT_MS="1500")
+        log_path = tmp_path / "worker.log"
+        worker = WorkerProcess(env, log_path)
+        engine = create_engine(url)
+        try:
+            wait_for(worker.ready, 120, what="worker ready")
+            ids = submit([UploadEvent(event_id=f"crash-{n}", image_uri=f"s3://uploads/crash/{n}.jpg", source="crash")
+                          for n in names], celery_app=create_app(Settings(broker_url=redis.url)))
+            kills, seen = 0, 0
+            deadline = time.monotonic() + 300
+
+            def statuses() -> dict[str, str]:
+                with engine.connect() as conn:
+                    return dict(conn.execute(select(Event.event_id, Event.status).where(Event.event_id.in_(ids))).all())
+
+            while time.monotonic() < deadline:
+                lines = log_path.read_text(errors="replace").splitlines()
+                for line in lines[seen:]:
+                    begins = ("screening batch event_ids=" in line and "crash-poison" in line) or \
+                        "screening alone event_id=crash-poison " in line
+                    if begins and worker.process.poll() is None:
+                        os.killpg(worker.process.pid, signal.SIGKILL)  # the "OOM killer"
+                        worker.process.wait(10)
+                        worker.log.close()
+                        kills += 1
+                        worker = WorkerProcess(env, log_path)
+                        break
+                seen = len(lines)
+                current = statuses()
+                if len(current) == 4 and all(s != "queued" for s in current.values()):
+                    break
+                time.sleep(0.05)
+            final = statuses()
+            with engine.connect() as conn:
+                reason = conn.scalar(select(Event.reason).where(Event.event_id == "crash-poison"))
+            log_text = log_path.read_text(errors="replace")
+            assert final == {"crash-poison": "failed", "crash-mate-a": "scored", "crash-mate-b": "scored",
+                             "crash-mate-c": "scored"}, log_text[-4000:]
+            assert reason.startswith("worker_crashed: a worker died 2 times"), reason
+            assert kills == 2, f"the poison killed {kills} workers (max deliveries 2)"
+            assert "screening alone event_id=crash-mate-a" in log_text
+        finally:
+            worker.stop()
+            engine.dispose()
+            redis.destroy()
