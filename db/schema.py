@@ -57,6 +57,7 @@ class Event(Base):
     # worker died with it in hand (kill, OOM); too many and it is dead-lettered instead of killing workers forever
     delivery_attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    requeued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # (0003) by the stuck-event sweeper
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 

@@ -6,6 +6,7 @@ The same code runs on Postgres (distributed) and SQLite (embedded `deepscreen sc
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -123,6 +124,20 @@ class Store:
             rows = session.execute(select(Event.event_id, Event.delivery_attempt, Event.deliveries)
                                    .where(Event.event_id.in_(list(wanted)), Event.status.not_in(TERMINAL)))
             return {event_id: (count if attempt == wanted[event_id] else 0) for event_id, attempt, count in rows}
+
+    def stuck_events(self, older_than: datetime, limit: int = 1000) -> list[UploadEvent]:
+        """Events still `queued` since before `older_than` (and not requeued since): the API may have died
+        between recording them and enqueueing them, or Redis may have lost them."""
+        since = func.coalesce(Event.requeued_at, Event.received_at)
+        with self.sessions() as session:
+            rows = session.scalars(select(Event).where(Event.status == "queued", since < older_than)
+                                   .order_by(Event.received_at).limit(limit)).all()
+            return [_event_from_row(r) for r in rows]
+
+    def mark_requeued(self, event_ids: Sequence[str], at: datetime) -> None:
+        with self.sessions.begin() as session:
+            session.execute(update(Event).where(Event.event_id.in_(list(event_ids)), Event.status == "queued")
+                            .values(requeued_at=at))
 
     def event_status(self, event_id: str) -> str | None:
         with self.sessions() as session:
@@ -296,6 +311,16 @@ def _event_row(event: UploadEvent) -> dict[str, Any]:
         "priority": event.priority, "expected_sha256": event.sha256, "uploaded_at": event.uploaded_at,
         "received_at": datetime.now(UTC), "status": "queued", "attempts": 0,
     }
+
+
+_RESCAN_EVENT = re.compile(r"^rescan-r(\d+)-i\d+$")
+
+
+def _event_from_row(row: Event) -> UploadEvent:
+    run = _RESCAN_EVENT.match(row.event_id)
+    return UploadEvent(event_id=row.event_id, image_uri=row.image_uri, sha256=row.expected_sha256, source=row.source,
+                       uploaded_at=row.uploaded_at, priority="rescan" if row.priority == "rescan" else "upload",
+                       rescan_run=int(run.group(1)) if run and row.priority == "rescan" else None)
 
 
 def _verdict_row(image_id: int, result: ScreenVerdict, keys: BlobKeys, attempts: int) -> dict[str, Any]:

@@ -94,3 +94,42 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_batch_mat
             worker.stop()
             engine.dispose()
             redis.destroy()
+
+
+def test_an_event_recorded_but_never_enqueued_is_requeued_and_screened(s3_server, flagging_model, tmp_path) -> None:  # noqa: ANN001
+    """The API recorded the event and died before enqueueing it: the sweeper puts it on the queue."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from db.store import Store
+    from workers.app import create_app, enqueue
+    from workers.requeue import requeue_stuck
+    from workers.settings import Settings
+
+    s3_server.client().put_object(Bucket="uploads", Key="stuck/face.jpg", Body=_jpeg(9))
+    redis = PrivateRedis()
+    with fresh_database("deepscreen_stuck") as url:
+        store = Store.from_url(url)
+        old = UploadEvent(event_id="stuck-1", image_uri="s3://uploads/stuck/face.jpg", source="stuck")
+        young = UploadEvent(event_id="stuck-2", image_uri="s3://uploads/stuck/face.jpg", source="stuck")
+        store.record_events([old, young])
+        with store.sessions.begin() as session:
+            session.execute(update(Event).where(Event.event_id == "stuck-1")
+                            .values(received_at=datetime.now(UTC) - timedelta(hours=2)))
+        app = create_app(Settings(broker_url=redis.url))
+        send = lambda e: enqueue(app, e.model_dump(mode="json"), e.priority)  # noqa: E731
+        assert requeue_stuck(store, send, 1800, dry_run=True) == ["stuck-1"]
+        assert requeue_stuck(store, send, 1800) == ["stuck-1"]
+        assert requeue_stuck(store, send, 1800) == [], "not again until another stuck_after_s has passed"
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert requeue_stuck(store, lambda e: None, 1800, now=later, dry_run=True) == ["stuck-1", "stuck-2"]
+        worker = WorkerProcess(service_env(url, redis.url, s3_server, flagging_model), tmp_path / "worker.log")
+        try:
+            wait_for(worker.ready, 120, what="worker ready")
+            wait_for(lambda: store.event_status("stuck-1") == "scored", 120, what="the requeued event screened")
+            assert store.event_status("stuck-2") == "queued"
+        finally:
+            worker.stop()
+            store.engine.dispose()
+            redis.destroy()

@@ -25,6 +25,7 @@ CONTROL_QUEUE = "control"  # small periodic jobs (re-scan ticks): polled before 
 SCREEN_TASK = "deepscreen.screen"
 RESCAN_TICK_TASK = "deepscreen.rescan_tick"
 RESCAN_NIGHTLY_TASK = "deepscreen.rescan_nightly"
+REQUEUE_STUCK_TASK = "deepscreen.requeue_stuck"
 
 
 def create_app(settings: Settings) -> Celery:
@@ -56,12 +57,14 @@ def create_app(settings: Settings) -> Celery:
 
 
 def beat_schedule(settings: Settings) -> dict:
-    """Re-scan ticks (they expire when no worker takes them in time, so a busy fleet does not pile them up)
-    and the nightly run."""
+    """Re-scan ticks (they expire when no worker takes them in time, so a busy fleet does not pile them up),
+    the stuck-event sweeper, and the nightly run."""
     schedule: dict = {
         "rescan-tick": {"task": RESCAN_TICK_TASK, "schedule": settings.rescan_tick_s,
                         "options": {"queue": CONTROL_QUEUE, "expires": max(1.0, settings.rescan_tick_s)}},
     }
+    schedule["requeue-stuck"] = {"task": REQUEUE_STUCK_TASK, "schedule": settings.stuck_check_s,
+                                 "options": {"queue": CONTROL_QUEUE, "expires": settings.stuck_check_s}}
     if settings.rescan_cron:
         minute, hour, day, month, weekday = settings.rescan_cron.split()
         schedule["rescan-nightly"] = {"task": RESCAN_NIGHTLY_TASK, "options": {"queue": CONTROL_QUEUE},

@@ -195,6 +195,31 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_requeue_stuck(args: argparse.Namespace) -> int:
+    from db.store import Store
+    from workers.requeue import requeue_stuck
+    from workers.settings import Settings
+
+    settings = Settings()
+    try:
+        store = Store.from_url(args.database_url or settings.database_url)
+        if args.dry_run:
+            ids = requeue_stuck(store, lambda e: None, args.older_than or settings.stuck_after_s, args.limit,
+                                dry_run=True)
+        else:
+            from workers.app import app, enqueue
+
+            ids = requeue_stuck(store, lambda e: enqueue(app, e.model_dump(mode="json"), e.priority),
+                                args.older_than or settings.stuck_after_s, args.limit)
+    except Exception as exc:  # noqa: BLE001
+        print(f"deepscreen requeue-stuck: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    for event_id in ids:
+        print(event_id)
+    print(f"{len(ids)} stuck events {'found' if args.dry_run else 'requeued'}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_model(args: argparse.Namespace) -> int:
     from workers.rescan_commands import REGISTRY_COMMANDS, cmd_registry
 
@@ -321,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per event")
     p.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")
     p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("requeue-stuck", help="put events stuck in `queued` back on their queue (beat does this too)",
+                       description="Events recorded as queued longer ago than --older-than seconds (default "
+                       "$DEEPSCREEN_STUCK_AFTER_S) are enqueued again; screening is idempotent, so a duplicate "
+                       "message writes nothing new.")
+    p.add_argument("--older-than", type=float, help="seconds (default $DEEPSCREEN_STUCK_AFTER_S)")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--dry-run", action="store_true", help="only list them")
+    p.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")
+    p.set_defaults(func=cmd_requeue_stuck)
 
     p = sub.add_parser("model", help="model tools: info, export, placeholder; the registry: list, register, "
                        "activate, canary")

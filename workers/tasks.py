@@ -11,7 +11,7 @@ from celery_batches import Batches
 
 from pipeline.errors import InvalidEvent
 from pipeline.events import parse_event
-from workers.app import RESCAN_NIGHTLY_TASK, RESCAN_TICK_TASK, SCREEN_TASK, app, enqueue
+from workers.app import REQUEUE_STUCK_TASK, RESCAN_NIGHTLY_TASK, RESCAN_TICK_TASK, SCREEN_TASK, app, enqueue
 from workers.processing import TRANSIENT_DB, Job, Outcome, Runtime, process_events
 
 log = logging.getLogger(__name__)
@@ -196,3 +196,11 @@ def rescan_nightly() -> None:
     run = start_nightly(store, registry, settings.model_dir, settings.rescan_rate_per_s, settings.rescan_chunk)
     if run is not None:
         log.info("nightly rescan started run_id=%d images=%d model_version=%s", run.id, run.selected, run.model_version)
+
+
+@app.task(name=REQUEUE_STUCK_TASK, ignore_result=True)
+def requeue_stuck() -> None:
+    from workers.requeue import requeue_stuck as sweep
+
+    settings = app.conf.deepscreen_settings
+    sweep(runtime().store, lambda e: enqueue(app, e.model_dump(mode="json"), e.priority), settings.stuck_after_s)
