@@ -277,3 +277,28 @@ def test_registry_activation_and_canary(db: Store) -> None:
     assert registry.roles().canary.canary_fraction == 0.25
     registry.set_canary(None)
     assert registry.roles().canary is None
+
+
+def test_nightly_run_starts_once_and_only_when_there_is_work(db: Store, tmp_path) -> None:  # noqa: ANN001
+    from workers.app import beat_schedule
+    from workers.rescan import start_nightly
+    from workers.settings import Settings
+
+    registry = ModelRegistry(db.engine)
+    registry.register(NEW, "b" * 64, str(tmp_path))
+    registry.activate(NEW)
+    rescans = RescanStore(db.engine)
+    assert start_nightly(rescans, registry, tmp_path, 10.0, 100) is None, "nothing stored: no run"
+    _screen(db, 1, OLD, "fake")
+    run = start_nightly(rescans, registry, tmp_path, 10.0, 100)
+    assert run is not None and run.selected == 1 and run.model_version == NEW
+    assert start_nightly(rescans, registry, tmp_path, 10.0, 100) is None, "a run is still going: no second one"
+
+    schedule = beat_schedule(Settings(rescan_cron="30 3 * * 1-5", rescan_tick_s=2, stuck_check_s=60))
+    nightly = schedule["rescan-nightly"]["schedule"]
+    assert nightly.minute == {30} and nightly.hour == {3} and nightly.day_of_week == {1, 2, 3, 4, 5}
+    assert schedule["rescan-tick"]["schedule"] == 2 and schedule["rescan-tick"]["options"]["expires"] == 2
+    assert schedule["requeue-stuck"]["options"]["queue"] == "control"
+    assert "rescan-nightly" not in beat_schedule(Settings(rescan_cron=""))
+    with pytest.raises(ValueError, match="five fields"):
+        Settings(rescan_cron="0 2 * *")
