@@ -84,6 +84,29 @@ def test_gradcam_leaves_inference_unchanged(classifier: Classifier) -> None:
     np.testing.assert_allclose(classifier.fake_probability(crops), before, atol=1e-6)
 
 
+def test_gradcam_under_bf16_autocast_matches_fp32_and_leaves_no_hook(astronaut: np.ndarray) -> None:
+    """On the shipped (trained) model: bf16 maps are the fp32 maps, up to rounding."""
+    import dataclasses
+
+    from PIL import ImageFilter
+
+    from pipeline.model import load_classifier
+    from workers.settings import SHIPPED_MODEL
+
+    shipped = load_classifier(SHIPPED_MODEL, precision="fp32")
+    face = np.ascontiguousarray(astronaut[40:200, 140:300])
+    blurred = np.asarray(Image.fromarray(face).filter(ImageFilter.GaussianBlur(2)))  # the model calls it fake
+    crops = [blurred, face]
+    bf16 = dataclasses.replace(shipped, precision="bf16")
+    fp32_maps, bf16_maps = gradcam(shipped, crops), gradcam(bf16, crops)
+    assert fp32_maps[0].std() > 0.05, "a map with structure to compare"
+    assert np.corrcoef(fp32_maps[0].ravel(), bf16_maps[0].ravel())[0, 1] > 0.99
+    for b in bf16_maps:
+        assert b.dtype == np.float32 and np.isfinite(b).all()
+    assert _hooks(bf16.net) == 0
+    assert all(p.grad is None for p in bf16.net.parameters())
+
+
 def test_gradcam_of_nothing(classifier: Classifier) -> None:
     assert gradcam(classifier, []) == []
 
