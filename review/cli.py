@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from workers.cli import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, build_parser
+from workers.cli import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, build_parser, configure_logging
 
 log = logging.getLogger("deepscreen")
 
@@ -255,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "token_command", None) == "create" and not args.name:
         args.name = f"{args.role}-{secrets.token_hex(3)}"  # a distinct identity unless one is named
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    configure_logging(args)
     return int(args.func(args) or 0)
 
 

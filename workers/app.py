@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery
 from kombu import Queue
 
@@ -50,10 +52,15 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
-def enqueue(celery_app: Celery, event: dict, priority: str, attempt: int = 1, countdown: float | None = None) -> None:
-    """Put one event on its queue by task name (producers need not import the worker's task module)."""
+def enqueue(celery_app: Celery, event: dict, priority: str, attempt: int = 1, countdown: float | None = None,
+            enqueued_at: float | None = None) -> None:
+    """Put one event on its queue by task name (producers need not import the worker's task module).
+
+    `enqueued_at` (epoch seconds of the first enqueue; a retry passes the original on) feeds the latency
+    metric and the queue collector's oldest-message age."""
     queue = RESCAN_QUEUE if priority == "rescan" else UPLOAD_QUEUE
-    celery_app.send_task(SCREEN_TASK, args=[event], kwargs={"attempt": attempt}, queue=queue, countdown=countdown)
+    kwargs = {"attempt": attempt, "enqueued_at": enqueued_at if enqueued_at is not None else time.time()}
+    celery_app.send_task(SCREEN_TASK, args=[event], kwargs=kwargs, queue=queue, countdown=countdown)
 
 
 app = create_app(get_settings())

@@ -11,7 +11,9 @@ from celery_batches import Batches
 
 from pipeline.errors import InvalidEvent
 from pipeline.events import parse_event
+from workers import exporter, heartbeat, metrics
 from workers.app import SCREEN_TASK, app, enqueue
+from workers.logs import log_context
 from workers.processing import TRANSIENT_DB, Job, Outcome, Runtime, process_events
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,15 @@ def runtime() -> Runtime:
 
 @signals.worker_process_init.connect
 def _load_models(**_: object) -> None:
-    runtime()
+    metrics.WORKER_PROCESSES.labels(runtime().screener.model_version).set(1)
+
+
+@signals.worker_process_shutdown.connect
+def _process_gone(pid: int | None = None, **_: object) -> None:
+    exporter.mark_process_dead(pid or os.getpid())
+
+
+heartbeat.connect_signals()
 
 
 settings = app.conf.deepscreen_settings
@@ -65,23 +75,41 @@ def _screen(requests) -> None:  # noqa: ANN001
         try:
             event = parse_event(request.args[0] if request.args else request.kwargs.get("event"))
             attempt = max(1, int(request.kwargs.get("attempt", 1)))
+            enqueued_at = _epoch(request.kwargs.get("enqueued_at"))
         except (InvalidEvent, TypeError, ValueError, RecursionError) as exc:
             log.error("dropping malformed message task_id=%s error=%s", request.id, str(exc)[:300])
             continue
-        jobs.append(Job(event, attempt))
+        jobs.append(Job(event, attempt, enqueued_at))
     if not jobs:
         return
+    batch_id = requests[0].id if requests else None
+    with log_context(batch_id=batch_id, model_version=_model_version()):
+        try:
+            outcomes = process_events(runtime(), jobs)
+        except Exception as exc:  # noqa: BLE001 - a bug must not lose the batch: every job goes back on the queue
+            log.exception("batch failed size=%d; requeueing every event", len(jobs))
+            outcomes = [Outcome(job, retry_reason=f"batch_error: {type(exc).__name__}: {exc}"[:200]) for job in jobs]
+        for outcome in outcomes:
+            if outcome.saved is None:
+                _retry_or_dead_letter(outcome)
+            elif not outcome.skipped:
+                log.info("verdict event_id=%s sha256=%s status=%s verdict=%s reused=%s", outcome.job.event.event_id,
+                         outcome.saved.sha256 or "-", outcome.saved.status, outcome.saved.verdict,
+                         outcome.saved.reused)
+
+
+def _epoch(value: object) -> float | None:
+    if value is None:
+        return None
+    seconds = float(value)  # type: ignore[arg-type]
+    return seconds if seconds > 0 else None
+
+
+def _model_version() -> str | None:
     try:
-        outcomes = process_events(runtime(), jobs)
-    except Exception as exc:  # noqa: BLE001 - a bug must not lose the batch: every job goes back on the queue
-        log.exception("batch failed size=%d; requeueing every event", len(jobs))
-        outcomes = [Outcome(job, retry_reason=f"batch_error: {type(exc).__name__}: {exc}"[:200]) for job in jobs]
-    for outcome in outcomes:
-        if outcome.saved is None:
-            _retry_or_dead_letter(outcome)
-        elif not outcome.skipped:
-            log.info("verdict event_id=%s status=%s verdict=%s reused=%s", outcome.job.event.event_id,
-                     outcome.saved.status, outcome.saved.verdict, outcome.saved.reused)
+        return runtime().screener.model_version
+    except Exception:  # noqa: BLE001 - the model failed to load: process_events will say so
+        return None
 
 
 def _retry_or_dead_letter(outcome: Outcome) -> None:
@@ -94,6 +122,7 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
         log.error("dead-letter event_id=%s attempts=%d reason=%s", job.event.event_id, job.attempt, reason)
         try:
             runtime().store.mark_failed(job.event, "failed", f"retries_exhausted: {reason}"[:200], job.attempt)
+            metrics.DEAD_LETTERS.labels(metrics.queue_of(job.event.priority), metrics.reason_class(reason)).inc()
             return
         except TRANSIENT_DB:
             log.exception("could not record dead-letter event_id=%s; requeueing", job.event.event_id)
@@ -104,7 +133,9 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
     delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** min(job.attempt - 1, 16))
     log.warning("retry event_id=%s attempt=%d in=%.1fs reason=%s", job.event.event_id, job.attempt + 1, delay, reason)
     try:
-        enqueue(app, job.event.model_dump(mode="json"), job.event.priority, attempt=job.attempt + 1, countdown=delay)
+        enqueue(app, job.event.model_dump(mode="json"), job.event.priority, attempt=job.attempt + 1, countdown=delay,
+                enqueued_at=job.enqueued_at)
+        metrics.RETRIES.labels(metrics.queue_of(job.event.priority), metrics.reason_class(reason)).inc()
     except Exception:  # noqa: BLE001
         # celery-batches acknowledges the whole batch when this task returns, even after an exception. If the
         # retry cannot be queued, the only way not to lose the event is to die before that acknowledgement:
