@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Queue
 
 from workers.settings import Settings, get_settings
@@ -23,6 +24,7 @@ from workers.settings import Settings, get_settings
 UPLOAD_QUEUE = "upload"
 RESCAN_QUEUE = "rescan"
 SCREEN_TASK = "deepscreen.screen"
+RETENTION_TASK = "deepscreen.retention"
 
 
 def create_app(settings: Settings) -> Celery:
@@ -48,6 +50,9 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_track_started=False,
     )
+    # retention once a day (workers/retention.py); beat runs it, any worker executes it
+    app.conf.beat_schedule = {"retention": {"task": RETENTION_TASK, "schedule": crontab(hour=3, minute=17),
+                                            "options": {"queue": UPLOAD_QUEUE}}}
     app.conf.deepscreen_settings = settings
     return app
 

@@ -365,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    from workers.ops_cli import add_operations_commands
+
+    add_operations_commands(sub)
     return parser
 
 

@@ -12,7 +12,7 @@ from celery_batches import Batches
 from pipeline.errors import InvalidEvent
 from pipeline.events import parse_event
 from workers import exporter, heartbeat, metrics
-from workers.app import SCREEN_TASK, app, enqueue
+from workers.app import RETENTION_TASK, SCREEN_TASK, app, enqueue
 from workers.logs import log_context
 from workers.processing import TRANSIENT_DB, Job, Outcome, Runtime, process_events
 
@@ -142,3 +142,15 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
         # the unacknowledged messages come back after the visibility timeout.
         log.critical("cannot requeue event_id=%s; exiting so the broker redelivers the batch", job.event.event_id)
         os._exit(75)
+
+
+@app.task(name=RETENTION_TASK, acks_late=True)
+def retention() -> dict:
+    """The daily retention pass (beat schedules it); idempotent, so a duplicate run changes nothing."""
+    from db.erasure_store import ErasureStore
+    from workers.retention import apply_retention
+
+    settings = app.conf.deepscreen_settings
+    rt = runtime()
+    return apply_retention(ErasureStore(rt.store.engine), rt.blobs, settings.retention_heatmap_days,
+                           settings.retention_verdict_days)
