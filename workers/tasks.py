@@ -30,12 +30,13 @@ def runtime() -> Runtime:
 
         _runtime = distributed_runtime(app.conf.deepscreen_settings)
         _runtime_pid = os.getpid()
+        metrics.WORKER_PROCESSES.labels(_runtime.screener.model_version).set(1)
     return _runtime
 
 
 @signals.worker_process_init.connect
 def _load_models(**_: object) -> None:
-    metrics.WORKER_PROCESSES.labels(runtime().screener.model_version).set(1)
+    runtime()
 
 
 @signals.worker_process_shutdown.connect
