@@ -78,6 +78,8 @@ class QueueCollector:
     """A Prometheus collector: deepscreen_queue_depth and deepscreen_queue_oldest_age_seconds per queue,
     read from Redis at scrape time. An unreachable Redis yields deepscreen_queue_up 0 and no depths."""
 
+    METRICS = ("deepscreen_queue_up", "deepscreen_queue_depth", "deepscreen_queue_oldest_age_seconds")
+
     def __init__(self, broker_url: str, queues: Iterable[str] = QUEUES) -> None:
         self.broker_url = broker_url
         self.queues = tuple(queues)
