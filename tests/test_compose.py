@@ -134,3 +134,29 @@ def test_every_deepscreen_command_in_compose_exists(services: dict[str, dict[str
         words = command_words(service)
         if words and words[0] == "deepscreen":
             parser.parse_args(words[1:])  # argparse exits (SystemExit) on an unknown subcommand or flag
+
+
+@pytest.mark.parametrize("name", ["worker", "api"])
+def test_long_running_roles_have_healthchecks_our_cli_can_run(services: dict[str, dict[str, Any]], name: str) -> None:
+    from review.cli import add_review_commands
+    from workers.cli import build_parser
+
+    test = services[name]["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "deepscreen"
+    parser = build_parser()
+    add_review_commands(parser)
+    args = parser.parse_args(test[2:])
+    assert args.command == "probe"
+    if name == "api":
+        assert args.url.endswith("/readyz")
+
+
+def test_worker_and_api_wait_for_healthy_stores(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("worker", "api"):
+        needs = depends_on(services[name])
+        for store in ("redis", "postgres", "minio"):
+            assert needs[store]["condition"] == "service_healthy", (name, store)
+
+
+def test_compose_logs_json() -> None:
+    assert environment(load(COMPOSE)["services"]["worker"])["DEEPSCREEN_LOG_FORMAT"] == "json"
