@@ -94,9 +94,9 @@ def _screen(requests) -> None:  # noqa: ANN001
             if outcome.saved is None:
                 _retry_or_dead_letter(outcome)
             elif not outcome.skipped:
-                log.info("verdict event_id=%s sha256=%s status=%s verdict=%s reused=%s", outcome.job.event.event_id,
-                         outcome.saved.sha256 or "-", outcome.saved.status, outcome.saved.verdict,
-                         outcome.saved.reused)
+                log.info("verdict event_id=%s sha256=%s status=%s verdict=%s reused=%s review_item_id=%s",
+                         outcome.job.event.event_id, outcome.saved.sha256 or "-", outcome.saved.status,
+                         outcome.saved.verdict, outcome.saved.reused, outcome.saved.review_item_id)
 
 
 def _epoch(value: object) -> float | None:
