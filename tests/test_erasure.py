@@ -198,3 +198,51 @@ def test_retention_deletes_old_heatmaps_then_old_decided_verdicts_idempotently(r
     assert again == dict.fromkeys(again, 0)  # idempotent: nothing left to do
     with review_ctx.store.engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM verdicts WHERE id = :v"), {"v": fresh.verdict_id}) == 1
+
+
+def test_embedded_sqlite_erasure_keeps_the_append_only_audit_log(tmp_path) -> None:  # noqa: ANN001
+    """The embedded mode (SQLite + a folder) erases too; the rebuilt audit_log is still append-only."""
+    import hashlib
+
+    import numpy as np
+    from sqlalchemy.exc import DatabaseError
+
+    from db.erasure_store import ErasureStore
+    from db.migrate import upgrade
+    from db.review_store import Actor, ReviewStore
+    from db.store import Store, connect
+    from pipeline.events import UploadEvent
+    from pipeline.screen import FaceVerdict
+    from pipeline.screen import Verdict as ScreenVerdict
+    from tests.test_review_support import jpeg, png
+    from workers.erasure import erase
+    from workers.processing import store_blobs
+    from workers.storage import LocalBlobStore
+
+    url = f"sqlite:///{tmp_path / 'e.sqlite3'}"
+    upgrade(url)
+    engine = connect(url)
+    store, reviews, blobs = Store(engine), ReviewStore(engine), LocalBlobStore(tmp_path / "blobs")
+    pixels = np.full((40, 40, 3), 77, np.uint8)
+    data = png(pixels)
+    sha = hashlib.sha256(data).hexdigest()
+    face = FaceVerdict(0, (1.0, 1.0, 30.0, 30.0), 0.99, 0.9, "fake", png(pixels), jpeg(pixels))
+    verdict = ScreenVerdict(key=sha, status="scored", model_version="m", sha256=sha, size_bytes=len(data),
+                            width=40, height=40, verdict="fake", fake_probability=0.9, faces=(face,),
+                            heatmap_png=png(pixels))
+    saved = store.save(UploadEvent(event_id="e1", image_uri="/x.png"), verdict, store_blobs(blobs, verdict))
+    ann = Actor("ann", "moderator")
+    reviews.claim(ann, saved.review_item_id, 60)
+    reviews.decide(ann, saved.review_item_id, "confirm_fake")
+    assert len(blobs.list_keys("heatmaps/")) == 3
+    report = erase(ErasureStore(engine), blobs, erased_by="dpo", actor_role="admin", reason="request", sha256=sha)
+    assert report.remaining == [] and blobs.list_keys("heatmaps/") == []
+    assert report.rows["review_items"] == 1 and report.rows["images"] == 1
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM audit_log WHERE review_item_id = :i"),
+                           {"i": saved.review_item_id}) == 2  # claim and decision stay
+        assert conn.scalar(text("SELECT count(*) FROM erasures WHERE sha256 = :s"), {"s": sha}) == 1
+    for statement in ("UPDATE audit_log SET actor = 'b'", "DELETE FROM audit_log"):
+        with pytest.raises(DatabaseError, match="append-only"), engine.begin() as conn:
+            conn.execute(text(statement))
+    engine.dispose()
