@@ -160,3 +160,18 @@ def test_worker_and_api_wait_for_healthy_stores(services: dict[str, dict[str, An
 
 def test_compose_logs_json() -> None:
     assert environment(load(COMPOSE)["services"]["worker"])["DEEPSCREEN_LOG_FORMAT"] == "json"
+
+
+def test_monitoring_profile_scrapes_the_worker_port_and_loads_the_rules(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    config = load(ROOT / "deploy" / "prometheus" / "prometheus.yml")
+    for rule_file in config["rule_files"]:
+        assert (ROOT / "deploy" / "prometheus" / rule_file).is_file()
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    worker_port = jobs["deepscreen-worker"]["dns_sd_configs"][0]["port"]
+    assert str(worker_port) in [str(p) for p in services["worker"]["expose"]]
+    from workers.settings import Settings
+
+    assert Settings().metrics_port == worker_port
+    assert jobs["deepscreen-api"]["static_configs"][0]["targets"] == ["api:8000"]

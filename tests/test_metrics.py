@@ -128,8 +128,8 @@ def test_prefork_worker_metrics_heartbeat_and_status(postgres_url, redis_url, s3
                             ("upload", "test-flag-all", "no_face", "none"): 1,
                             ("upload", "test-flag-all", "invalid_input", "none"): 1}
         assert total(rows, "deepscreen_source_verdicts_total", source="tenant-m", verdict="fake") == 1
-        assert total(rows, "deepscreen_retries_total", queue="upload", reason="storage") == 1
-        assert total(rows, "deepscreen_dead_letters_total", queue="upload", reason="storage") == 1
+        for name in ("deepscreen_retries_total", "deepscreen_dead_letters_total"):
+            assert total(rows, name, queue="upload", model_version="test-flag-all", reason="storage") == 1, name
         for since in ("upload", "enqueue"):
             assert total(rows, "deepscreen_event_latency_seconds_count", queue="upload", since=since,
                          model_version="test-flag-all") == 3

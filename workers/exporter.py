@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,12 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 def prepare_multiprocess_dir(folder: Path | None) -> Path:
     """Point prometheus-client at an empty folder (call before prometheus_client is imported anywhere).
 
-    A folder left by a previous run would add its counts to this one's, so it is wiped."""
+    Sample files a previous run left would add their counts to this one's, so they are removed (only
+    prometheus-client's own `*.db` files: a folder set by mistake to something else loses nothing)."""
     path = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="deepscreen-metrics-"))
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
     os.environ[MULTIPROC_ENV] = str(path)
     return path
 
@@ -48,7 +48,12 @@ def serve_exporter(port: int, folder: str | Path, addr: str = "0.0.0.0") -> None
     """The worker's one exporter: the sum of every pool child's samples, on http://addr:port/metrics."""
     from prometheus_client import start_http_server
 
-    start_http_server(port, addr=addr, registry=multiprocess_registry(folder))
+    try:
+        start_http_server(port, addr=addr, registry=multiprocess_registry(folder))
+    except OSError as exc:
+        # a taken port must not stop the screening: the missing scrape target alerts (DeepscreenNoWorkers)
+        log.error("metrics exporter not started port=%d error=%s", port, exc)
+        return
     log.info("metrics exporter port=%d multiproc_dir=%s", port, folder)
 
 

@@ -38,9 +38,10 @@ EVENT_LATENCY = Histogram(
     "deepscreen_event_latency_seconds",
     "Seconds from the event's upload (since=upload) or first enqueue (since=enqueue) to its terminal status",
     ["queue", "model_version", "since"], buckets=LATENCY_BUCKETS)
-RETRIES = Counter("deepscreen_retries_total", "Events re-queued for another try, by reason class", ["queue", "reason"])
+RETRIES = Counter("deepscreen_retries_total", "Events re-queued for another try, by reason class",
+                  ["queue", "model_version", "reason"])
 DEAD_LETTERS = Counter("deepscreen_dead_letters_total", "Events that exhausted their retries (status failed)",
-                       ["queue", "reason"])
+                       ["queue", "model_version", "reason"])
 WORKER_PROCESSES = Gauge("deepscreen_worker_processes", "Worker processes with a loaded model",
                          ["model_version"], multiprocess_mode="livesum")
 

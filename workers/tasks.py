@@ -123,7 +123,8 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
         log.error("dead-letter event_id=%s attempts=%d reason=%s", job.event.event_id, job.attempt, reason)
         try:
             runtime().store.mark_failed(job.event, "failed", f"retries_exhausted: {reason}"[:200], job.attempt)
-            metrics.DEAD_LETTERS.labels(metrics.queue_of(job.event.priority), metrics.reason_class(reason)).inc()
+            metrics.DEAD_LETTERS.labels(metrics.queue_of(job.event.priority), _model_version() or "unknown",
+                                        metrics.reason_class(reason)).inc()
             return
         except TRANSIENT_DB:
             log.exception("could not record dead-letter event_id=%s; requeueing", job.event.event_id)
@@ -136,7 +137,8 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
     try:
         enqueue(app, job.event.model_dump(mode="json"), job.event.priority, attempt=job.attempt + 1, countdown=delay,
                 enqueued_at=job.enqueued_at)
-        metrics.RETRIES.labels(metrics.queue_of(job.event.priority), metrics.reason_class(reason)).inc()
+        metrics.RETRIES.labels(metrics.queue_of(job.event.priority), _model_version() or "unknown",
+                               metrics.reason_class(reason)).inc()
     except Exception:  # noqa: BLE001
         # celery-batches acknowledges the whole batch when this task returns, even after an exception. If the
         # retry cannot be queued, the only way not to lose the event is to die before that acknowledgement:
