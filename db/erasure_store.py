@@ -78,8 +78,6 @@ class ErasureStore:
             for row_id, sha, uri in session.execute(query):
                 plan.images[row_id] = sha
                 plan.originals.add(uri)
-            if sha256 is not None and not plan.images:
-                plan.images = {}
             ids = list(plan.images)
             if ids:
                 self._collect(session, plan, ids)

@@ -21,8 +21,8 @@ class ApiMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("deepscreen_http_requests_total", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("deepscreen_http_request_seconds", "HTTP request latency by route and method",
-                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.latency = Histogram("deepscreen_http_request_seconds", "HTTP request latency by route, method and status",
+                                 ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry)
         if broker_url:
             from workers.queues import QueueCollector
 
@@ -57,5 +57,6 @@ class RequestMetrics:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "GET")
-            self.metrics.requests.labels(template, method, str(status["code"])).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+            code = str(status["code"])
+            self.metrics.requests.labels(template, method, code).inc()
+            self.metrics.latency.labels(template, method, code).observe(time.perf_counter() - started)

@@ -101,8 +101,8 @@ def test_api_metrics_by_route_and_status_and_the_queue_collector(postgres_url, s
         assert requests[("/healthz", "GET", "200")] == 3
         assert requests[("/v1/images/{image_id}", "GET", "401")] == 1  # the template, not the path
         assert requests[("unmatched", "GET", "404")] == 1
-        assert any(n == "deepscreen_http_request_seconds_count" and lab["route"] == "/healthz" and v == 3
-                   for n, lab, v in rows)
+        assert any(n == "deepscreen_http_request_seconds_count" and lab["route"] == "/healthz" and lab["status"] == "200"
+                   and v == 3 for n, lab, v in rows)
         depth = {lab["queue"]: v for n, lab, v in rows if n == "deepscreen_queue_depth"}
         assert depth == {"upload": 2, "rescan": 1}
         age = {lab["queue"]: v for n, lab, v in rows if n == "deepscreen_queue_oldest_age_seconds"}

@@ -111,6 +111,11 @@ def _model_version(model_dir: Path) -> str | None:
 _current: Heartbeat | None = None
 
 
+def _queues(consumer: Any) -> list[str]:
+    task_consumer = getattr(consumer, "task_consumer", None)
+    return sorted(q.name for q in (getattr(task_consumer, "queues", None) or []))
+
+
 def connect_signals() -> None:
     """Start beating when the consumer is ready (main process only), stop at shutdown."""
     from celery import signals
@@ -120,9 +125,7 @@ def connect_signals() -> None:
         global _current
         settings = sender.app.conf.deepscreen_settings
         hostname = getattr(sender, "hostname", None) or socket.gethostname()
-        queues = sorted(getattr(getattr(sender, "task_consumer", None), "queues", None) and
-                        [q.name for q in sender.task_consumer.queues] or [])
-        _current = Heartbeat(settings, hostname, queues)
+        _current = Heartbeat(settings, hostname, _queues(sender))
         _current.beat()
         timer = getattr(sender, "timer", None)
         if timer is not None:
