@@ -156,6 +156,13 @@ def test_prefork_worker_metrics_heartbeat_and_status(postgres_url, redis_url, s3
         text_report = subprocess.run([str(BIN / "deepscreen"), "status"], env=env, capture_output=True, text=True)
         assert "workers (1 live)" in text_report.stdout and "test-flag-all" in text_report.stdout
 
+        # the daily retention task, as beat sends it, runs in a worker (nothing is old enough to go)
+        from workers.app import RETENTION_TASK
+
+        assert celery_app.conf.beat_schedule["retention"]["task"] == RETENTION_TASK
+        celery_app.send_task(RETENTION_TASK, queue="upload")
+        wait_for(lambda: b"retention applied" in worker.log_path.read_bytes(), 60, what="retention ran")
+
         # JSON logs: the verdict line of the scored event carries its trace fields
         lines = [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
         verdict_lines = [x for x in lines if x.get("event_id") == "metrics-m-face.jpg" and "verdict" in x["message"]]

@@ -63,7 +63,8 @@ def screen(requests) -> None:  # noqa: ANN001 - celery-batches SimpleRequest lis
     # nothing may escape: each event is either saved, re-queued, dead-lettered, or (a malformed message that
     # has no event to record) logged.
     try:
-        _screen(requests)
+        with log_context(batch_id=requests[0].id if requests else None, model_version=_model_version()):
+            _screen(requests)
     except Exception:  # noqa: BLE001
         log.critical("batch handling failed outside the per-event paths; exiting so the broker redelivers",
                      exc_info=True)
@@ -83,20 +84,18 @@ def _screen(requests) -> None:  # noqa: ANN001
         jobs.append(Job(event, attempt, enqueued_at))
     if not jobs:
         return
-    batch_id = requests[0].id if requests else None
-    with log_context(batch_id=batch_id, model_version=_model_version()):
-        try:
-            outcomes = process_events(runtime(), jobs)
-        except Exception as exc:  # noqa: BLE001 - a bug must not lose the batch: every job goes back on the queue
-            log.exception("batch failed size=%d; requeueing every event", len(jobs))
-            outcomes = [Outcome(job, retry_reason=f"batch_error: {type(exc).__name__}: {exc}"[:200]) for job in jobs]
-        for outcome in outcomes:
-            if outcome.saved is None:
-                _retry_or_dead_letter(outcome)
-            elif not outcome.skipped:
-                log.info("verdict event_id=%s sha256=%s status=%s verdict=%s reused=%s review_item_id=%s",
-                         outcome.job.event.event_id, outcome.saved.sha256 or "-", outcome.saved.status,
-                         outcome.saved.verdict, outcome.saved.reused, outcome.saved.review_item_id)
+    try:
+        outcomes = process_events(runtime(), jobs)
+    except Exception as exc:  # noqa: BLE001 - a bug must not lose the batch: every job goes back on the queue
+        log.exception("batch failed size=%d; requeueing every event", len(jobs))
+        outcomes = [Outcome(job, retry_reason=f"batch_error: {type(exc).__name__}: {exc}"[:200]) for job in jobs]
+    for outcome in outcomes:
+        if outcome.saved is None:
+            _retry_or_dead_letter(outcome)
+        elif not outcome.skipped:
+            log.info("verdict event_id=%s sha256=%s status=%s verdict=%s reused=%s review_item_id=%s",
+                     outcome.job.event.event_id, outcome.saved.sha256 or "-", outcome.saved.status,
+                     outcome.saved.verdict, outcome.saved.reused, outcome.saved.review_item_id)
 
 
 def _epoch(value: object) -> float | None:
