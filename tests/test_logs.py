@@ -42,3 +42,4 @@ def test_tokens_and_long_payloads_never_reach_a_line() -> None:
         assert "[redacted]" in text
     huge = JsonFormatter().format(_record("oops %r", b"\xff\xd8" + b"\x00" * 100_000))
     assert len(huge) < 6000
+

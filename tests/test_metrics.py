@@ -71,6 +71,19 @@ def test_reason_classes_are_bounded() -> None:
     assert reason_class(None) == "unknown"
 
 
+def test_heartbeat_file_probe_reports_age(tmp_path) -> None:  # noqa: ANN001
+    from workers.heartbeat import check_file, write_file
+
+    path = tmp_path / "hb.json"
+    assert check_file(path, 60)[0] is False
+    write_file(path, {"at": 1000.0, "model_version": "m"})
+    assert check_file(path, 60, now=1030.0) == (True, "heartbeat 30s old, model_version=m")
+    ok, why = check_file(path, 60, now=1100.0)
+    assert not ok and "100s old" in why
+    path.write_text("{not json")
+    assert check_file(path, 60)[0] is False
+
+
 def _jpeg(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
@@ -140,7 +153,11 @@ def test_prefork_worker_metrics_heartbeat_and_status(postgres_url, redis_url, s3
         pids = {p.name.rsplit("_", 1)[-1] for p in (tmp_path / "multiproc").glob("gauge_livesum_*.db")}
         assert len(pids) == 2  # two children wrote their own files
 
-        probe = subprocess.run([str(BIN / "deepscreen"), "probe", "worker"], env=env, capture_output=True, text=True)
+        # the consumer loop rewrites the heartbeat every second (DEEPSCREEN_HEARTBEAT_SECONDS=1)
+        first = json.loads(heartbeat.read_text())["at"]
+        wait_for(lambda: json.loads(heartbeat.read_text())["at"] > first, 10, what="heartbeat rewritten")
+        probe = subprocess.run([str(BIN / "deepscreen"), "probe", "worker", "--max-age", "5"], env=env,
+                               capture_output=True, text=True)
         assert probe.returncode == 0, probe.stderr
         status = subprocess.run([str(BIN / "deepscreen"), "status", "--json"], env=env, capture_output=True,
                                 text=True)
