@@ -191,7 +191,8 @@ class AuditEntry(Base):
     actor: Mapped[str] = mapped_column(String(200), index=True)
     actor_role: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(40))
-    review_item_id: Mapped[int | None] = mapped_column(ForeignKey("review_items.id"), index=True)
+    # no foreign key since 0004: an entry outlives the item it names (erasure, retention)
+    review_item_id: Mapped[int | None] = mapped_column(BigId, index=True)
     previous_state: Mapped[str | None] = mapped_column(String(20))
     new_state: Mapped[str | None] = mapped_column(String(20))
     note: Mapped[str | None] = mapped_column(Text)
@@ -332,3 +333,18 @@ class CanaryResult(Base):
     canary_probability: Mapped[float | None] = mapped_column(Float)
     agree: Mapped[bool] = mapped_column()
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- operations (0004): erasure tombstones ------------------------------------------------------------------
+class Erasure(Base):
+    """A tombstone: this sha256 was erased, when, by whom and why. Nothing else of the image is kept."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    erased_by: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    selector: Mapped[str] = mapped_column(String(300))  # sha256=... | image_id=... | source=...
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # what was removed: counts, no content

@@ -44,6 +44,7 @@ class SavedResult:
     review_item_id: int | None
     reused: bool
     reason: str | None = None
+    sha256: str | None = None  # the screened bytes' hash, when known (logs)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from review import console
 from review.auth import AuthError, Public, route_access
 from review.context import ReviewContext
 from review.ratelimit import FailedAuthLimiter
-from review.routes import admin, events, images, rescans, review
+from review.routes import admin, events, images, ops, rescans, review
 from review.security import BodyLimit, SecurityHeaders
+from review.telemetry import ApiMetrics, RequestMetrics
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -41,8 +42,9 @@ def create_app(ctx: ReviewContext) -> FastAPI:
                   "Authenticate with `Authorization: Bearer <token>` (`deepscreen token create`).")
     app.state.ctx = ctx
     app.state.auth_failures = FailedAuthLimiter(ctx.settings.auth_failures_per_minute, 60.0)
+    app.state.metrics = ApiMetrics(ctx.settings.broker_url if ctx.celery_app is not None else None)
     for router in (events.router, images.router, review.router, review.bundles, admin.router, rescans.router,
-                   console.router):
+                   console.router, ops.router):
         _document_access(router.routes)
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -74,6 +76,7 @@ def create_app(ctx: ReviewContext) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(SecurityHeaders, hsts=ctx.settings.environment == "production")
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
 
 

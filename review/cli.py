@@ -8,13 +8,14 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import secrets
 import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from workers.cli import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, build_parser
+from workers.cli import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, build_parser, configure_logging
 
 log = logging.getLogger("deepscreen")
 
@@ -71,8 +72,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - a CLI reports service trouble as an exit code
         print(f"deepscreen serve: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    extra: dict[str, Any] = {}
+    if os.environ.get("DEEPSCREEN_LOG_FORMAT") == "json":
+        # uvicorn's own loggers (startup, access) go through the root logger's JSON formatter too
+        extra["log_config"] = None
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            logging.getLogger(name).setLevel(args.log_level.upper())
     uvicorn.run(create_app(ctx), host=args.host, port=args.port, log_level=args.log_level,
-                proxy_headers=args.proxy_headers, server_header=False)
+                proxy_headers=args.proxy_headers, server_header=False, **extra)
     return EXIT_OK
 
 
@@ -255,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "token_command", None) == "create" and not args.name:
         args.name = f"{args.role}-{secrets.token_hex(3)}"  # a distinct identity unless one is named
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    configure_logging(args)
     return int(args.func(args) or 0)
 
 

@@ -29,6 +29,8 @@ class Decided:
 
 def decide(ctx: ReviewContext, actor: Actor, item_id: int, decision: str, note: str | None) -> Decided:
     result = ctx.reviews.decide(actor, item_id, decision, note)
+    log.info("decision review_item_id=%s decision=%s new_state=%s actor=%s", item_id, decision, result.new_state,
+             actor.name)
     decided = Decided(result)
     if result.gold:
         return decided  # a gold check changes nothing and tells nobody

@@ -190,6 +190,7 @@ def service_env(postgres_url: str, redis_url: str, s3: S3Server, model_dir: Path
         "DEEPSCREEN_DETECT_MAX_SIDE": "640",
         "DEEPSCREEN_RETRY_BACKOFF_S": "0.5",
         "DEEPSCREEN_VISIBILITY_TIMEOUT": "60",
+        "DEEPSCREEN_METRICS_PORT": "0",  # no exporter unless a test asks (workers of concurrent runs share ports)
         "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
         "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
         "PYTHONUNBUFFERED": "1",

@@ -134,3 +134,44 @@ def test_every_deepscreen_command_in_compose_exists(services: dict[str, dict[str
         words = command_words(service)
         if words and words[0] == "deepscreen":
             parser.parse_args(words[1:])  # argparse exits (SystemExit) on an unknown subcommand or flag
+
+
+@pytest.mark.parametrize("name", ["worker", "api"])
+def test_long_running_roles_have_healthchecks_our_cli_can_run(services: dict[str, dict[str, Any]], name: str) -> None:
+    from review.cli import add_review_commands
+    from workers.cli import build_parser
+
+    test = services[name]["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "deepscreen"
+    parser = build_parser()
+    add_review_commands(parser)
+    args = parser.parse_args(test[2:])
+    assert args.command == "probe"
+    if name == "api":
+        assert args.url.endswith("/readyz")
+
+
+def test_worker_and_api_wait_for_healthy_stores(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("worker", "api"):
+        needs = depends_on(services[name])
+        for store in ("redis", "postgres", "minio"):
+            assert needs[store]["condition"] == "service_healthy", (name, store)
+
+
+def test_compose_logs_json() -> None:
+    assert environment(load(COMPOSE)["services"]["worker"])["DEEPSCREEN_LOG_FORMAT"] == "json"
+
+
+def test_monitoring_profile_scrapes_the_worker_port_and_loads_the_rules(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    config = load(ROOT / "deploy" / "prometheus" / "prometheus.yml")
+    for rule_file in config["rule_files"]:
+        assert (ROOT / "deploy" / "prometheus" / rule_file).is_file()
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    worker_port = jobs["deepscreen-worker"]["dns_sd_configs"][0]["port"]
+    assert str(worker_port) in [str(p) for p in services["worker"]["expose"]]
+    from workers.settings import Settings
+
+    assert Settings().metrics_port == worker_port
+    assert jobs["deepscreen-api"]["static_configs"][0]["targets"] == ["api:8000"]

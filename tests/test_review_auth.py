@@ -83,8 +83,18 @@ def _fresh_token(state: dict[str, Any], role: str) -> None:
 
 EVENT = json.dumps({"event_id": "auth-evt-{n}", "image_uri": "s3://uploads/t/x.jpg", "source": "auth"})
 
+def _image_to_erase(state: dict[str, Any], role: str) -> None:
+    item = make_item(state["ctx"]).review_item_id
+    state["erase_image"] = state["ctx"].reviews.item(item)["image"]["id"]
+
+
 TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/healthz"): Case(PUBLIC, _fixed("/healthz"), {200}),
+    ("GET", "/readyz"): Case(PUBLIC, _fixed("/readyz"), {200}),
+    ("GET", "/metrics"): Case(PUBLIC, _fixed("/metrics"), {200}),
+    ("DELETE", "/v1/images/{image_id}"): Case(
+        ADMIN, lambda s: (f"/v1/images/{s.get('erase_image', 10**9)}", {"params": {"reason": "auth table"}}), {200},
+        prepare=_image_to_erase),
     ("GET", "/"): Case(PUBLIC, _fixed("/"), {303}),
     ("GET", "/openapi.json"): Case(PUBLIC, _fixed("/openapi.json"), {200}),
     ("GET", "/static"): Case(PUBLIC, _fixed("/static/console.css"), {200}),

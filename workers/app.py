@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
@@ -26,6 +28,7 @@ SCREEN_TASK = "deepscreen.screen"
 RESCAN_TICK_TASK = "deepscreen.rescan_tick"
 RESCAN_NIGHTLY_TASK = "deepscreen.rescan_nightly"
 REQUEUE_STUCK_TASK = "deepscreen.requeue_stuck"
+RETENTION_TASK = "deepscreen.retention"
 
 
 def create_app(settings: Settings) -> Celery:
@@ -58,13 +61,16 @@ def create_app(settings: Settings) -> Celery:
 
 def beat_schedule(settings: Settings) -> dict:
     """Re-scan ticks (they expire when no worker takes them in time, so a busy fleet does not pile them up),
-    the stuck-event sweeper, and the nightly run."""
+    the stuck-event sweeper, the nightly run and the daily retention."""
     schedule: dict = {
         "rescan-tick": {"task": RESCAN_TICK_TASK, "schedule": settings.rescan_tick_s,
                         "options": {"queue": CONTROL_QUEUE, "expires": max(1.0, settings.rescan_tick_s)}},
     }
     schedule["requeue-stuck"] = {"task": REQUEUE_STUCK_TASK, "schedule": settings.stuck_check_s,
                                  "options": {"queue": CONTROL_QUEUE, "expires": settings.stuck_check_s}}
+    # retention once a day (workers/retention.py); beat runs it, any worker executes it
+    schedule["retention"] = {"task": RETENTION_TASK, "schedule": crontab(hour=3, minute=17),
+                             "options": {"queue": CONTROL_QUEUE}}
     if settings.rescan_cron:
         minute, hour, day, month, weekday = settings.rescan_cron.split()
         schedule["rescan-nightly"] = {"task": RESCAN_NIGHTLY_TASK, "options": {"queue": CONTROL_QUEUE},
@@ -73,16 +79,15 @@ def beat_schedule(settings: Settings) -> dict:
     return schedule
 
 
-def queue_depth(celery_app: Celery, queue: str) -> int:
-    """Messages waiting in a Redis queue (reserved-but-unacknowledged ones are not counted)."""
-    with celery_app.connection_for_read() as connection:
-        return int(connection.default_channel.client.llen(queue))
+def enqueue(celery_app: Celery, event: dict, priority: str, attempt: int = 1, countdown: float | None = None,
+            enqueued_at: float | None = None) -> None:
+    """Put one event on its queue by task name (producers need not import the worker's task module).
 
-
-def enqueue(celery_app: Celery, event: dict, priority: str, attempt: int = 1, countdown: float | None = None) -> None:
-    """Put one event on its queue by task name (producers need not import the worker's task module)."""
+    `enqueued_at` (epoch seconds of the first enqueue; a retry passes the original on) feeds the latency
+    metric and the queue collector's oldest-message age."""
     queue = RESCAN_QUEUE if priority == "rescan" else UPLOAD_QUEUE
-    celery_app.send_task(SCREEN_TASK, args=[event], kwargs={"attempt": attempt}, queue=queue, countdown=countdown)
+    kwargs = {"attempt": attempt, "enqueued_at": enqueued_at if enqueued_at is not None else time.time()}
+    celery_app.send_task(SCREEN_TASK, args=[event], kwargs=kwargs, queue=queue, countdown=countdown)
 
 
 app = create_app(get_settings())

@@ -142,6 +142,15 @@ def _read_event_file(path: str) -> list[Any]:
 
 # -- worker, migrate, model --------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    if settings.metrics_port:
+        from workers import exporter
+
+        # before anything imports prometheus_client: every pool child then counts into this folder
+        folder = exporter.prepare_multiprocess_dir(settings.metrics_dir)
+        exporter.serve_exporter(settings.metrics_port, folder)
     from workers.app import app
 
     argv = ["worker", f"--queues={args.queues}", f"--loglevel={args.loglevel}", "--without-gossip",
@@ -401,15 +410,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    from workers.ops_cli import add_operations_commands
+
+    add_operations_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    configure_logging(args)
     return int(args.func(args) or 0)
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    from workers.logs import configure_logging as configure
+
+    # read here, not through Settings: a bad setting must still be reported through a working logger
+    configure(logging.INFO if args.verbose else logging.WARNING, os.environ.get("DEEPSCREEN_LOG_FORMAT", "text"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -20,6 +20,7 @@ from pipeline.decode import OUT_OF_MEMORY
 from pipeline.errors import InvalidInput
 from pipeline.events import UploadEvent
 from pipeline.screen import Screener, ScreenItem, Verdict
+from workers import metrics
 from workers.rollout import Models, ModelSwitch, run_canary
 from workers.storage import BlobStore, InputReader, TransientError
 
@@ -45,6 +46,7 @@ class Runtime:
 class Job:
     event: UploadEvent
     attempt: int = 1  # 1 for the first delivery
+    enqueued_at: float | None = None  # epoch seconds of the first enqueue (the message says), for latency
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,10 @@ def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
             outcomes[index] = Outcome(job, SavedResult(job.event.event_id, status, None, None, None, True), skipped=True)
         else:
             pending.append(index)
+    stages: dict[str, float] = {}
+    fetch_started = time.perf_counter()
     fetched = _fetch(runtime, [jobs[i] for i in pending])
+    stages["fetch"] = time.perf_counter() - fetch_started
     to_screen: dict[str, list[int]] = {}  # sha256 (or a unique key for failures) -> job indexes
     items: dict[str, ScreenItem] = {}
     for index, result in zip(pending, fetched, strict=True):
@@ -96,24 +101,39 @@ def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
             elif key not in items:
                 existing = _existing(runtime, key)
                 if existing is not None:
-                    outcomes[index] = _link(runtime, job, existing)
+                    outcomes[index] = _link(runtime, job, existing, key)
                     continue
             items.setdefault(key, ScreenItem(key=key, data=result, expected_sha256=job.event.sha256))
         to_screen.setdefault(key, []).append(index)
     if items:
         verdicts = runtime.screener.screen_batch(list(items.values()))
+        stages.update(_stage_seconds(verdicts))
         if models is not None and models.canary is not None:
             _canary(runtime, models, list(items.values()), verdicts,
                     {key: jobs[indexes[0]].event.event_id for key, indexes in to_screen.items()})
+        store_started = time.perf_counter()
         for verdict in verdicts:
             keys = None
             for index in to_screen[verdict.key]:
                 job = jobs[index]
                 keys, outcome = _persist(runtime, job, verdict, keys)
                 outcomes[index] = outcome
+        stages["store"] = time.perf_counter() - store_started
     elapsed = time.perf_counter() - started
-    log.info("batch done size=%d screened=%d seconds=%.3f", len(jobs), len(items), elapsed)
-    return [outcomes[i] for i in range(len(jobs))]
+    ordered = [outcomes[i] for i in range(len(jobs))]
+    metrics.record_batch(list(jobs), ordered, stages, runtime.screener.model_version, time.time())
+    log.info("batch done size=%d screened=%d seconds=%.3f model_version=%s", len(jobs), len(items), elapsed,
+             runtime.screener.model_version)
+    return ordered
+
+
+def _stage_seconds(verdicts: Sequence[Verdict]) -> dict[str, float]:
+    """The batch's seconds per screen stage (screen_batch records each stage's time per image)."""
+    if not verdicts:
+        return {}
+    timings = verdicts[0].timings
+    size = timings.get("batch_size", float(len(verdicts)))
+    return {metrics.STAGE_OF_TIMING[k]: v * size for k, v in timings.items() if k in metrics.STAGE_OF_TIMING}
 
 
 def _canary(runtime: Runtime, models: Models, items: list[ScreenItem], verdicts: list[Verdict],
@@ -148,9 +168,9 @@ def _existing(runtime: Runtime, sha256: str):  # noqa: ANN202
         return None  # screen it; the save will hit the same outage and retry
 
 
-def _link(runtime: Runtime, job: Job, existing) -> Outcome:  # noqa: ANN001
+def _link(runtime: Runtime, job: Job, existing, sha256: str) -> Outcome:  # noqa: ANN001
     try:
-        return Outcome(job, runtime.store.link_existing(job.event, existing, job.attempt))
+        return Outcome(job, replace(runtime.store.link_existing(job.event, existing, job.attempt), sha256=sha256))
     except TRANSIENT_DB as exc:
         return Outcome(job, retry_reason=f"database: {type(exc).__name__}")
 
@@ -176,7 +196,7 @@ def _persist(runtime: Runtime, job: Job, verdict: Verdict, keys: BlobKeys | None
         if keys is None:
             keys = store_blobs(runtime.blobs, verdict)
         saved = runtime.store.save(job.event, verdict, keys, attempts=job.attempt)
-        return keys, Outcome(job, saved)
+        return keys, Outcome(job, replace(saved, sha256=verdict.sha256))
     except TransientError as exc:
         return None, Outcome(job, retry_reason=str(exc)[:200])
     except TRANSIENT_DB as exc:

@@ -112,10 +112,15 @@ def start_nightly(store: RescanStore, registry: ModelRegistry, model_dir: Path, 
 
 def celery_driver(celery_app: Any, store: RescanStore, tick_s: float, max_queued: int) -> RescanDriver:
     """A driver that enqueues on the Celery app's rescan queue and watches that queue's depth."""
-    from workers.app import RESCAN_QUEUE, enqueue, queue_depth
+    from workers.app import RESCAN_QUEUE, enqueue
+    from workers.queues import queue_states
 
     def send(events: list[UploadEvent]) -> None:
         for event in events:
             enqueue(celery_app, event.model_dump(mode="json"), "rescan")
 
-    return RescanDriver(store, send, lambda: queue_depth(celery_app, RESCAN_QUEUE), DriverConfig(tick_s, max_queued))
+    def depth() -> int:
+        with celery_app.connection_for_read() as connection:
+            return queue_states(connection.default_channel.client, [RESCAN_QUEUE])[0].depth
+
+    return RescanDriver(store, send, depth, DriverConfig(tick_s, max_queued))

@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     max_request_bytes: int = 1024 * 1024  # body limit of POST /v1/events
     gold_rate: float = 0.0  # share of claim-next calls that serve a gold item (0 = off)
     auth_failures_per_minute: int = 20  # failed authentications per client per minute before 429
+    # operations (workers/metrics.py, workers/heartbeat.py, workers/retention.py, workers/logs.py)
+    metrics_port: int = 9100  # the worker's Prometheus exporter (0 = off); serve exports on its own /metrics
+    metrics_dir: Path | None = None  # prometheus multiprocess folder, wiped at worker start (default: a temp dir)
+    heartbeat_file: Path = Path("/tmp/deepscreen-worker-heartbeat.json")
+    heartbeat_seconds: float = 10.0
+    heartbeat_max_age_s: float = 300.0  # `deepscreen probe worker` fails beyond this (must exceed a batch)
+    retention_heatmap_days: int = 90  # heatmaps are deleted after this many days
+    retention_verdict_days: int = 365  # verdicts, faces, crops and decided review items after this many
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("input_buckets", mode="before")
     @classmethod

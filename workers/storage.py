@@ -26,6 +26,7 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def locate(self, key: str) -> str: ...
+    def list_keys(self, prefix: str) -> list[str]: ...
 
 
 def _safe_key(key: str) -> str:
@@ -63,6 +64,12 @@ class LocalBlobStore:
 
     def locate(self, key: str) -> str:
         return str(self._path(key))
+
+    def list_keys(self, prefix: str) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith("."))
 
 
 def s3_client(endpoint_url: str | None, region: str):  # noqa: ANN201 - boto3 client type is dynamic
@@ -112,6 +119,10 @@ class S3BlobStore:
 
     def locate(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+    def list_keys(self, prefix: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 
 class InputReader:

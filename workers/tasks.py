@@ -11,7 +11,17 @@ from celery_batches import Batches
 
 from pipeline.errors import InvalidEvent
 from pipeline.events import parse_event
-from workers.app import REQUEUE_STUCK_TASK, RESCAN_NIGHTLY_TASK, RESCAN_TICK_TASK, SCREEN_TASK, app, enqueue
+from workers import exporter, heartbeat, metrics
+from workers.app import (
+    REQUEUE_STUCK_TASK,
+    RESCAN_NIGHTLY_TASK,
+    RESCAN_TICK_TASK,
+    RETENTION_TASK,
+    SCREEN_TASK,
+    app,
+    enqueue,
+)
+from workers.logs import log_context
 from workers.processing import TRANSIENT_DB, Job, Outcome, Runtime, process_events
 
 log = logging.getLogger(__name__)
@@ -28,12 +38,21 @@ def runtime() -> Runtime:
 
         _runtime = distributed_runtime(app.conf.deepscreen_settings)
         _runtime_pid = os.getpid()
+        metrics.WORKER_PROCESSES.labels(_runtime.screener.model_version).set(1)
     return _runtime
 
 
 @signals.worker_process_init.connect
 def _load_models(**_: object) -> None:
     runtime()
+
+
+@signals.worker_process_shutdown.connect
+def _process_gone(pid: int | None = None, **_: object) -> None:
+    exporter.mark_process_dead(pid or os.getpid())
+
+
+heartbeat.connect_signals()
 
 
 settings = app.conf.deepscreen_settings
@@ -52,7 +71,8 @@ def screen(requests) -> None:  # noqa: ANN001 - celery-batches SimpleRequest lis
     # nothing may escape: each event is either saved, re-queued, dead-lettered, or (a malformed message that
     # has no event to record) logged.
     try:
-        _screen(requests)
+        with log_context(batch_id=requests[0].id if requests else None, model_version=_model_version()):
+            _screen(requests)
     except Exception:  # noqa: BLE001
         log.critical("batch handling failed outside the per-event paths; exiting so the broker redelivers",
                      exc_info=True)
@@ -65,10 +85,11 @@ def _screen(requests) -> None:  # noqa: ANN001
         try:
             event = parse_event(request.args[0] if request.args else request.kwargs.get("event"))
             attempt = max(1, int(request.kwargs.get("attempt", 1)))
+            enqueued_at = _epoch(request.kwargs.get("enqueued_at"))
         except (InvalidEvent, TypeError, ValueError, RecursionError) as exc:
             log.error("dropping malformed message task_id=%s error=%s", request.id, str(exc)[:300])
             continue
-        jobs.append(Job(event, attempt))
+        jobs.append(Job(event, attempt, enqueued_at))
     if not jobs:
         return
     log.info("batch start size=%d event_ids=%s", len(jobs), ",".join(j.event.event_id for j in jobs))
@@ -123,6 +144,8 @@ def _dead_letter_crasher(job: Job, count: int) -> bool:
     log.error("dead-letter event_id=%s reason=%s", job.event.event_id, reason)
     try:
         runtime().store.mark_failed(job.event, "failed", reason, job.attempt)
+        metrics.DEAD_LETTERS.labels(metrics.queue_of(job.event.priority), _model_version() or "unknown",
+                                    metrics.reason_class(reason)).inc()
         return True
     except TRANSIENT_DB:
         log.exception("could not record dead-letter event_id=%s; screening it alone", job.event.event_id)
@@ -134,8 +157,23 @@ def _settle(outcomes: list[Outcome]) -> None:
         if outcome.saved is None:
             _retry_or_dead_letter(outcome)
         elif not outcome.skipped:
-            log.info("verdict event_id=%s status=%s verdict=%s reused=%s", outcome.job.event.event_id,
-                     outcome.saved.status, outcome.saved.verdict, outcome.saved.reused)
+            log.info("verdict event_id=%s sha256=%s status=%s verdict=%s reused=%s review_item_id=%s",
+                     outcome.job.event.event_id, outcome.saved.sha256 or "-", outcome.saved.status,
+                     outcome.saved.verdict, outcome.saved.reused, outcome.saved.review_item_id)
+
+
+def _epoch(value: object) -> float | None:
+    if value is None:
+        return None
+    seconds = float(value)  # type: ignore[arg-type]
+    return seconds if seconds > 0 else None
+
+
+def _model_version() -> str | None:
+    try:
+        return runtime().screener.model_version
+    except Exception:  # noqa: BLE001 - the model failed to load: process_events will say so
+        return None
 
 
 def _retry_or_dead_letter(outcome: Outcome) -> None:
@@ -148,6 +186,8 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
         log.error("dead-letter event_id=%s attempts=%d reason=%s", job.event.event_id, job.attempt, reason)
         try:
             runtime().store.mark_failed(job.event, "failed", f"retries_exhausted: {reason}"[:200], job.attempt)
+            metrics.DEAD_LETTERS.labels(metrics.queue_of(job.event.priority), _model_version() or "unknown",
+                                        metrics.reason_class(reason)).inc()
             return
         except TRANSIENT_DB:
             log.exception("could not record dead-letter event_id=%s; requeueing", job.event.event_id)
@@ -158,7 +198,10 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
     delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** min(job.attempt - 1, 16))
     log.warning("retry event_id=%s attempt=%d in=%.1fs reason=%s", job.event.event_id, job.attempt + 1, delay, reason)
     try:
-        enqueue(app, job.event.model_dump(mode="json"), job.event.priority, attempt=job.attempt + 1, countdown=delay)
+        enqueue(app, job.event.model_dump(mode="json"), job.event.priority, attempt=job.attempt + 1, countdown=delay,
+                enqueued_at=job.enqueued_at)
+        metrics.RETRIES.labels(metrics.queue_of(job.event.priority), _model_version() or "unknown",
+                               metrics.reason_class(reason)).inc()
     except Exception:  # noqa: BLE001
         # celery-batches acknowledges the whole batch when this task returns, even after an exception. If the
         # retry cannot be queued, the only way not to lose the event is to die before that acknowledgement:
@@ -204,3 +247,15 @@ def requeue_stuck() -> None:
 
     settings = app.conf.deepscreen_settings
     sweep(runtime().store, lambda e: enqueue(app, e.model_dump(mode="json"), e.priority), settings.stuck_after_s)
+
+
+@app.task(name=RETENTION_TASK, acks_late=True)
+def retention() -> dict:
+    """The daily retention pass (beat schedules it); idempotent, so a duplicate run changes nothing."""
+    from db.erasure_store import ErasureStore
+    from workers.retention import apply_retention
+
+    settings = app.conf.deepscreen_settings
+    rt = runtime()
+    return apply_retention(ErasureStore(rt.store.engine), rt.blobs, settings.retention_heatmap_days,
+                           settings.retention_verdict_days)

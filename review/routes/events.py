@@ -65,6 +65,7 @@ def _record_and_enqueue(ctx: ReviewContext, events: list[UploadEvent]) -> list[s
             if event.event_id in fresh:
                 enqueue(ctx.celery_app, event.model_dump(mode="json"), event.priority)
                 queued.append(event.event_id)
+                log.info("queued event_id=%s source=%s priority=%s", event.event_id, event.source, event.priority)
     except Exception as exc:  # noqa: BLE001 - the broker is down: unrecord the rest so the producer's retry queues them
         log.error("enqueue failed error=%s; %d events left for the producer to retry", type(exc).__name__,
                   len(fresh) - len(queued))

@@ -1,0 +1,43 @@
+"""The database's part of `deepscreen status`: recent throughput, the review backlog, the newest errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from db.schema import Event, ReviewItem
+
+ERROR_STATUSES = ("failed", "invalid_input")
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def status_summary(engine: Engine, window_s: float = 300.0, errors: int = 10,
+                   now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    since = now - timedelta(seconds=window_s)
+    with engine.connect() as conn:
+        finished = dict(conn.execute(select(Event.status, func.count()).where(Event.finished_at >= since)
+                                     .group_by(Event.status)).all())
+        backlog = dict(conn.execute(select(ReviewItem.state, func.count())
+                                    .where(ReviewItem.state.in_(("pending", "claimed")))
+                                    .group_by(ReviewItem.state)).all())
+        oldest = _aware(conn.scalar(select(func.min(ReviewItem.created_at)).where(ReviewItem.state == "pending")))
+        rows = conn.execute(select(Event.finished_at, Event.status, Event.reason, Event.event_id, Event.source)
+                            .where(Event.status.in_(ERROR_STATUSES), Event.reason.is_not(None))
+                            .order_by(Event.finished_at.desc()).limit(errors)).all()
+    total = sum(finished.values())
+    return {
+        "throughput": {"window_s": window_s, "finished": total, "per_second": round(total / window_s, 4),
+                       "by_status": finished},
+        "review_backlog": {"pending": backlog.get("pending", 0), "claimed": backlog.get("claimed", 0),
+                           "oldest_pending_age_s": round((now - oldest).total_seconds(), 1) if oldest else None},
+        "errors": [{"at": _aware(at).isoformat() if at else None, "status": status, "reason": reason,
+                    "event_id": event_id, "source": source} for at, status, reason, event_id, source in rows],
+    }

@@ -1,0 +1,116 @@
+"""/healthz, /readyz and the API's /metrics on real services; /readyz through a Postgres outage.
+
+The outage is on a throwaway Postgres cluster (tests/services.ThrowawayPostgres), never the machine's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.services import PrivateRedis, ThrowawayPostgres, wait_for
+
+pytestmark = pytest.mark.services
+
+
+def _client(db_url: str, redis_url: str, s3_endpoint: str, model_dir: Path, **overrides: object):  # noqa: ANN202
+    from fastapi.testclient import TestClient
+
+    from review.api import create_app
+    from review.context import distributed_context
+    from tests.test_review_support import review_settings
+    from workers.app import create_app as celery_app
+
+    settings = review_settings(db_url, s3_endpoint, broker_url=redis_url, model_dir=model_dir, **overrides)
+    ctx = distributed_context(settings, celery_app=celery_app(settings))
+    return TestClient(create_app(ctx)), ctx
+
+
+@pytest.fixture()
+def throwaway_pg():  # noqa: ANN201
+    from db.migrate import upgrade
+
+    pg = ThrowawayPostgres()
+    upgrade(pg.url)
+    yield pg
+    pg.destroy()
+
+
+@pytest.mark.chaos
+def test_readyz_goes_503_naming_postgres_when_it_stops_and_recovers(throwaway_pg, s3_server, tmp_model) -> None:  # noqa: ANN001
+    redis = PrivateRedis()
+    client, ctx = _client(throwaway_pg.url, redis.url, s3_server.endpoint, tmp_model)
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["failing"] == [] and set(ready.json()["checks"]) == {"postgres", "redis", "blob_store",
+                                                                                  "model"}
+        throwaway_pg.stop()
+        down = client.get("/readyz")
+        assert down.status_code == 503
+        assert down.json()["failing"] == ["postgres"]
+        assert "OperationalError" in down.json()["checks"]["postgres"]["detail"]
+        assert client.get("/healthz").status_code == 200  # alive, only not ready
+        throwaway_pg.start()
+        started = time.monotonic()
+        wait_for(lambda: client.get("/readyz").status_code == 200, 30, interval=0.5, what="readyz recovers")
+        assert time.monotonic() - started < 30
+        redis.stop()
+        assert client.get("/readyz").json()["failing"] == ["redis"]
+    finally:
+        ctx.close()
+        redis.destroy()
+
+
+def test_readyz_names_a_missing_bucket_and_a_missing_model(postgres_url, redis_url, s3_server, tmp_path) -> None:  # noqa: ANN001
+    client, ctx = _client(postgres_url, redis_url, s3_server.endpoint, tmp_path / "no-model", s3_bucket="no-such-bucket")
+    try:
+        body = client.get("/readyz")
+        assert body.status_code == 503
+        assert body.json()["failing"] == ["blob_store", "model"]
+    finally:
+        ctx.close()
+
+
+def _rows(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def test_api_metrics_by_route_and_status_and_the_queue_collector(postgres_url, s3_server, tmp_model) -> None:  # noqa: ANN001
+    from workers.app import create_app, enqueue
+    from workers.settings import Settings
+
+    redis = PrivateRedis()
+    try:
+        client, ctx = _client(postgres_url, redis.url, s3_server.endpoint, tmp_model)
+        queue_app = create_app(Settings(broker_url=redis.url))
+        an_hour_ago = time.time() - 3600
+        enqueue(queue_app, {"event_id": "q-old", "image_uri": "s3://uploads/x.jpg"}, "upload", enqueued_at=an_hour_ago)
+        enqueue(queue_app, {"event_id": "q-new", "image_uri": "s3://uploads/y.jpg"}, "upload")
+        enqueue(queue_app, {"event_id": "q-r", "image_uri": "s3://uploads/z.jpg"}, "rescan")
+        for _ in range(3):
+            assert client.get("/healthz").status_code == 200
+        assert client.get("/v1/images/12345").status_code == 401
+        assert client.get("/no/such/path").status_code == 404
+        rows = _rows(client.get("/metrics").text)
+        requests = {(lab["route"], lab["method"], lab["status"]): v for n, lab, v in rows
+                    if n == "deepscreen_http_requests_total"}
+        assert requests[("/healthz", "GET", "200")] == 3
+        assert requests[("/v1/images/{image_id}", "GET", "401")] == 1  # the template, not the path
+        assert requests[("unmatched", "GET", "404")] == 1
+        assert any(n == "deepscreen_http_request_seconds_count" and lab["route"] == "/healthz" and lab["status"] == "200"
+                   and v == 3 for n, lab, v in rows)
+        depth = {lab["queue"]: v for n, lab, v in rows if n == "deepscreen_queue_depth"}
+        assert depth == {"upload": 2, "rescan": 1}
+        age = {lab["queue"]: v for n, lab, v in rows if n == "deepscreen_queue_oldest_age_seconds"}
+        assert 3600 <= age["upload"] < 3700 and 0 <= age["rescan"] < 60
+        assert [v for n, _, v in rows if n == "deepscreen_queue_up"] == [1]
+        redis.stop()
+        rows = _rows(client.get("/metrics").text)
+        assert [v for n, _, v in rows if n == "deepscreen_queue_up"] == [0]  # the scrape still answers
+        ctx.close()
+    finally:
+        redis.destroy()
