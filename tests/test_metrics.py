@@ -163,7 +163,7 @@ def test_prefork_worker_metrics_heartbeat_and_status(postgres_url, redis_url, s3
                                 text=True)
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
-        assert [(w["model_version"], w["queues"]) for w in report["workers"]] == [("test-flag-all", ["rescan", "upload"])]
+        assert [(w["model_version"], w["queues"]) for w in report["workers"]] == [("test-flag-all", ["control", "rescan", "upload"])]
         assert {q["queue"] for q in report["queues"]} == {"upload", "rescan"}
         finished = report["database"]["throughput"]["by_status"]
         assert finished.get("scored", 0) >= 1 and finished.get("failed", 0) >= 1
