@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from db import known_fakes
 from db.schema import Event, FaceRow, Image, ReviewItem, Verdict
 from pipeline.decide import needs_review
 from pipeline.events import UploadEvent
@@ -141,6 +142,7 @@ class Store:
                 status, label = result.status, result.verdict
                 if result.faces:
                     session.execute(self._insert(FaceRow).values(_face_rows(verdict_id, result, keys)))
+                known_fakes.save_screening_rows(session, verdict_id, image_id, result)
             review_id = self._open_review(session, verdict_id, image_id, label, result, event.source)
             self._finish_event(session, event, status, result.reason, attempts, image_id, verdict_id)
         return SavedResult(event.event_id, status, verdict_id, label, review_id, reused, result.reason)
@@ -229,7 +231,8 @@ class Store:
             return None
         review_id = session.scalar(
             self._insert(ReviewItem)
-            .values(verdict_id=verdict_id, image_id=image_id, state="pending", reason=label,
+            .values(verdict_id=verdict_id, image_id=image_id, state="pending",
+                    reason=known_fakes.review_reason(result, label),
                     fake_probability=result.fake_probability, source=source,
                     created_at=datetime.now(UTC), updated_at=datetime.now(UTC))
             .on_conflict_do_nothing(index_elements=["verdict_id"])

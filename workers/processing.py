@@ -20,6 +20,7 @@ from pipeline.decode import OUT_OF_MEMORY
 from pipeline.errors import InvalidInput
 from pipeline.events import UploadEvent
 from pipeline.screen import Screener, ScreenItem, Verdict
+from workers.known_fakes import KnownFakeMemory
 from workers.storage import BlobStore, InputReader, TransientError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Runtime:
     blobs: BlobStore
     reader: InputReader
     fetch_threads: int = 8
+    known_fakes: KnownFakeMemory | None = None  # None: no bank matching
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
         to_screen.setdefault(key, []).append(index)
     if items:
         verdicts = runtime.screener.screen_batch(list(items.values()))
+        if runtime.known_fakes is not None:
+            verdicts = runtime.known_fakes.apply(verdicts)
         for verdict in verdicts:
             keys = None
             for index in to_screen[verdict.key]:

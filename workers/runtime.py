@@ -7,11 +7,13 @@ from pathlib import Path
 
 import torch
 
+from db.known_fakes import BankStore
 from db.migrate import upgrade
 from db.store import Store
 from pipeline.faces import FaceDetector
 from pipeline.model import load_classifier
 from pipeline.screen import Screener
+from workers.known_fakes import KnownFakeMemory
 from workers.processing import Runtime
 from workers.settings import Settings
 from workers.storage import InputReader, LocalBlobStore, S3BlobStore, s3_client
@@ -33,14 +35,22 @@ def build_screener(settings: Settings, crops: bool = False) -> Screener:
     return Screener(classifier, config, detector)
 
 
+def known_fake_memory(settings: Settings, store: Store, index_path: Path | None = None) -> KnownFakeMemory | None:
+    if not settings.known_fakes:
+        return None
+    return KnownFakeMemory(BankStore(store.engine), settings.known_fake_distance, settings.bank_refresh_s, index_path)
+
+
 def distributed_runtime(settings: Settings) -> Runtime:
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
+    store = Store.from_url(settings.database_url)
     return Runtime(
         screener=build_screener(settings),
-        store=Store.from_url(settings.database_url),
+        store=store,
         blobs=S3BlobStore(client, settings.s3_bucket),
         reader=InputReader(client, tuple(settings.input_buckets), allow_local=False, max_bytes=settings.max_image_bytes),
         fetch_threads=settings.fetch_threads,
+        known_fakes=known_fake_memory(settings, store),
     )
 
 
@@ -48,10 +58,12 @@ def embedded_runtime(settings: Settings, home: Path, crops: bool = False) -> Run
     home.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{(home / 'deepscreen.sqlite3').resolve()}"
     upgrade(url)
+    store = Store.from_url(url)
     return Runtime(
         screener=build_screener(settings, crops=crops),
-        store=Store.from_url(url),
+        store=store,
         blobs=LocalBlobStore(home / "blobs"),
         reader=InputReader(allow_local=True, max_bytes=settings.max_image_bytes),
         fetch_threads=settings.fetch_threads,
+        known_fakes=known_fake_memory(settings, store, index_path=home / "known_fakes_index.npz"),
     )

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = 60.0
     pool: Literal["solo", "prefork", "threads"] = "solo"
     concurrency: int = 1
+    # known-fake memory (PDQ hash banks)
+    known_fakes: bool = True  # hash every image and match it against the banks
+    known_fake_distance: int = Field(default=31, ge=0, le=128)  # Hamming bits of 256: PDQ's documented default
+    pdq_min_quality: int = Field(default=50, ge=0, le=100)  # hashes below this quality are never matched on
+    pdq_max_side: int = Field(default=512, ge=64)  # hashes are taken on a copy at most this long
+    bank_refresh_s: float = Field(default=60.0, gt=0)  # a worker sees bank changes within this many seconds
     # embedded mode
     home: Path = Path(".deepscreen")
     # review API and console (review/)
@@ -126,6 +132,9 @@ class Settings(BaseSettings):
             crops=crops,
             decode_threads=self.decode_threads,
             classify_batch=max(64, self.batch_size),
+            pdq=self.known_fakes,
+            pdq_max_side=self.pdq_max_side,
+            pdq_min_quality=self.pdq_min_quality,
         )
 
 
