@@ -356,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    from workers.bank_cli import add_bank_commands
+
+    add_bank_commands(sub)
     return parser
 
 

@@ -101,4 +101,6 @@ def result_row(runtime: Runtime, path: Path, outcome: Outcome) -> dict[str, Any]
                fake_probability=document["fake_probability"], faces=faces,
                heatmap=locate(document["heatmap"]) if document["heatmap"] else None,
                reason=document["reason"], model_version=document["model_version"])
+    if runtime.known_fakes is not None:
+        row["bank_matches"] = runtime.known_fakes.banks.matches_for_verdict(saved.verdict_id)
     return row
