@@ -84,7 +84,8 @@ def result_row(runtime: Runtime, path: Path, outcome: Outcome) -> dict[str, Any]
     saved = outcome.saved
     row: dict[str, Any] = {"source": str(path), "sha256": None, "status": "failed", "verdict": None,
                            "fake_probability": None, "faces": [], "heatmap": None,
-                           "reason": outcome.retry_reason, "model_version": runtime.screener.model_version}
+                           "reason": outcome.retry_reason, "model_version": runtime.screener.model_version,
+                           "bank_matches": []}
     if saved is None:
         return row
     if saved.verdict_id is None:
