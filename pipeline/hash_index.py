@@ -3,7 +3,8 @@
 An exhaustive scan is exact and, with faiss's popcount kernels, about 1 ms for a million hashes on one core
 of this CPU (bench/known_fakes.py), which beat multi-index hashing (IndexBinaryMultiHash) at the p99. Entries
 are added incrementally; a removal leaves a tombstone that searches skip, and the index compacts itself when
-a quarter of it is dead. Memory is 32 bytes per hash plus 9 bytes of id and label.
+a quarter of it is dead. Memory is 32 bytes per hash plus 10 bytes of id, label and liveness: no Python
+object per entry (a dict of a million ids alone would cost more than the codes).
 """
 
 from __future__ import annotations
@@ -35,43 +36,42 @@ class HashIndex:
         self._ids = np.zeros(0, dtype=np.int64)
         self._labels = np.zeros(0, dtype=np.int8)
         self._alive = np.zeros(0, dtype=bool)
-        self._position: dict[int, int] = {}
+        self._live = 0
         self.revision = 0  # the bank change the index reflects (the caller's bookkeeping)
 
     def __len__(self) -> int:
-        return len(self._position)
+        return self._live
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the codes, ids, labels and tombstones (the dict of positions not counted)."""
+        """Bytes held by the codes, ids, labels and tombstones."""
         return int(self._index.ntotal) * (HASH_BITS // 8) + self._ids.nbytes + self._labels.nbytes + self._alive.nbytes
 
     def add(self, entries: list[tuple[int, str, str]]) -> None:
         """Add (entry_id, hex hash, label) rows; an id already present is replaced."""
-        fresh = [(i, h, label) for i, h, label in entries]
-        self.remove([i for i, _, _ in fresh if i in self._position])
+        fresh = list(entries)
         if not fresh:
             return
+        self.remove([i for i, _, _ in fresh])  # an id already present is replaced
         codes = np.frombuffer(b"".join(hex_to_bytes(h) for _, h, _ in fresh), dtype=np.uint8).reshape(-1, HASH_BITS // 8)
         self.add_codes(np.array([i for i, _, _ in fresh], dtype=np.int64), codes,
                        np.array([LABELS[label] for _, _, label in fresh], dtype=np.int8))
 
     def add_codes(self, ids: np.ndarray, codes: np.ndarray, labels: np.ndarray) -> None:
         """The bulk path: ids (n,), packed codes (n, 32) uint8, labels (n,) 1 fake / 0 real."""
-        start = int(self._index.ntotal)
         self._index.add(np.ascontiguousarray(codes, dtype=np.uint8))
         self._ids = np.concatenate([self._ids, ids.astype(np.int64)])
         self._labels = np.concatenate([self._labels, labels.astype(np.int8)])
         self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
-        for offset, entry_id in enumerate(ids.tolist()):
-            self._position[int(entry_id)] = start + offset
+        self._live += len(ids)
 
     def remove(self, entry_ids: list[int]) -> None:
-        for entry_id in entry_ids:
-            position = self._position.pop(int(entry_id), None)
-            if position is not None:
-                self._alive[position] = False
-        dead = int(self._index.ntotal) - len(self._position)
+        if not entry_ids or not self._live:
+            return
+        gone = np.isin(self._ids, np.asarray(entry_ids, dtype=np.int64)) & self._alive
+        self._alive[gone] = False
+        self._live -= int(gone.sum())
+        dead = int(self._index.ntotal) - self._live
         if dead and dead * 4 >= int(self._index.ntotal):
             self._compact()
 
@@ -122,5 +122,5 @@ class HashIndex:
         self._ids = np.zeros(0, dtype=np.int64)
         self._labels = np.zeros(0, dtype=np.int8)
         self._alive = np.zeros(0, dtype=bool)
-        self._position = {}
+        self._live = 0
         self.add_codes(ids, codes, labels)
