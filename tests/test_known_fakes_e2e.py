@@ -16,6 +16,7 @@ from PIL import Image
 
 from db.known_fakes import CONFIRMED_FAKE, BankStore
 from tests.services import WorkerProcess, service_env, wait_for
+from tests.test_review_console import login
 from tests.test_review_support import (  # noqa: F401
     client,
     jpeg,
@@ -99,6 +100,9 @@ def test_a_confirmed_fake_catches_its_reencoded_copy_until_the_decision_is_rever
     assert match["bank"] == CONFIRMED_FAKE and 0 <= match["distance"] <= 31 and match["revoked"] is False
     listed = client.get("/v1/review/items", params={"verdict": "matched_known_fake"}, headers=moderator).json()
     assert [i["id"] for i in listed["items"]] == [copy_item["id"]]
+    console = login(client.app, tokens.moderator)  # the console says so, next to the one-key confirm
+    page = console.get(f"/console/items/{copy_item['id']}").text
+    assert "Matches a known fake" in page and f'href="/console/items/{original_item["id"]}"' in page
 
     assert client.post(f"/v1/review/items/{original_item['id']}/reverse", headers=moderator,
                        json={}).status_code == 403  # admins only
