@@ -175,7 +175,9 @@ def _images(max_crops: int) -> list[tuple[str, str, Image.Image]]:
                     break
     from skimage import data
 
-    for name in ("astronaut", "coffee", "chelsea", "camera", "rocket", "cat", "immunohistochemistry", "hubble_deep_field"):
+    # skimage.data.cat is chelsea under another name: not a distinct image
+    for name in ("astronaut", "coffee", "chelsea", "camera", "rocket", "coins", "clock", "brick", "immunohistochemistry",
+                 "hubble_deep_field"):
         pixels = getattr(data, name)()
         if pixels.ndim == 2:
             pixels = np.stack([pixels] * 3, axis=-1)
