@@ -85,6 +85,7 @@ class NearImage:
     verdict_id: int
     image_id: int
     distance: int
+    mirrored: bool = False  # the stored image's mirror is what is near
 
 
 def _insert_for(session: Session):  # noqa: ANN202
@@ -164,7 +165,8 @@ def save_screening_rows(session: Session, verdict_id: int, image_id: int, result
         return
     insert = _insert_for(session)
     session.execute(insert(PerceptualHashRow).values(
-        verdict_id=verdict_id, image_id=image_id, pdq=result.pdq.hex, quality=result.pdq.quality,
+        verdict_id=verdict_id, image_id=image_id, pdq=result.pdq.hex, pdq_mirror=result.pdq.mirror,
+        quality=result.pdq.quality,
         low_quality=result.pdq.low_quality).on_conflict_do_nothing(index_elements=["verdict_id"]))
     now = datetime.now(UTC)
     for match in result.matches:
@@ -172,7 +174,7 @@ def save_screening_rows(session: Session, verdict_id: int, image_id: int, result
                                 .join(HashBank, HashBank.id == BankEntry.bank_id)
                                 .where(BankEntry.id == match.entry_id)).first()
         values = {"verdict_id": verdict_id, "entry_id": match.entry_id if entry else None, "label": match.label,
-                  "distance": match.distance, "bank": entry.name if entry else "removed",
+                  "distance": match.distance, "mirrored": match.mirrored, "bank": entry.name if entry else "removed",
                   "matched_review_item_id": entry.review_item_id if entry else None,
                   "matched_image_id": entry.image_id if entry else None, "found_by": "upload", "created_at": now,
                   "revoked_at": None if entry else now}  # removed between the index refresh and this save
@@ -293,14 +295,15 @@ class BankStore:
 
     # -- the re-scan hook ----------------------------------------------------------------------------
     def near(self, pdq: str, max_distance: int, chunk: int = SCAN_CHUNK) -> list[NearImage]:
-        """Stored images (newest verdict each) whose usable hash is within `max_distance` of `pdq`."""
+        """Stored images (newest verdict each) whose usable hash, or its mirror's, is within `max_distance`."""
         query = np.frombuffer(hex_to_bytes(pdq), dtype=np.uint8)
         best: dict[int, NearImage] = {}
         last = 0
         while True:
             with self.sessions() as session:
                 rows = session.execute(
-                    select(PerceptualHashRow.verdict_id, PerceptualHashRow.image_id, PerceptualHashRow.pdq)
+                    select(PerceptualHashRow.verdict_id, PerceptualHashRow.image_id, PerceptualHashRow.pdq,
+                           PerceptualHashRow.pdq_mirror)
                     .where(PerceptualHashRow.verdict_id > last, PerceptualHashRow.low_quality.is_(False))
                     .order_by(PerceptualHashRow.verdict_id).limit(chunk)).all()
             if not rows:
@@ -308,9 +311,12 @@ class BankStore:
             last = rows[-1][0]
             codes = np.frombuffer(bytes.fromhex("".join(r[2] for r in rows)), dtype=np.uint8).reshape(-1, 32)
             distances = np.bitwise_count(codes ^ query).sum(axis=1)
-            for i in np.nonzero(distances <= max_distance)[0].tolist():
-                verdict_id, image_id, _ = rows[i]
-                found = NearImage(int(verdict_id), int(image_id), int(distances[i]))
+            mirrors = np.frombuffer(bytes.fromhex("".join(r[3] or r[2] for r in rows)), dtype=np.uint8).reshape(-1, 32)
+            mirror_distances = np.bitwise_count(mirrors ^ query).sum(axis=1)
+            for i in np.nonzero(np.minimum(distances, mirror_distances) <= max_distance)[0].tolist():
+                verdict_id, image_id, _, _ = rows[i]
+                mirrored = bool(mirror_distances[i] < distances[i])
+                found = NearImage(int(verdict_id), int(image_id), int(min(distances[i], mirror_distances[i])), mirrored)
                 if image_id not in best or best[image_id].verdict_id < verdict_id:
                     best[image_id] = found
         return sorted(best.values(), key=lambda n: (n.distance, n.verdict_id))
@@ -341,7 +347,8 @@ class BankStore:
         with self.sessions.begin() as session:
             insert = _insert_for(session)
             session.execute(insert(BankMatchRow).values(
-                verdict_id=near.verdict_id, entry_id=entry.id, label="fake", distance=near.distance, bank=bank_name,
+                verdict_id=near.verdict_id, entry_id=entry.id, label="fake", distance=near.distance,
+                mirrored=near.mirrored, bank=bank_name,
                 matched_review_item_id=entry.review_item_id, matched_image_id=entry.image_id, found_by="rescan",
                 created_at=now).on_conflict_do_nothing(index_elements=["verdict_id", "label"]))
             item = session.execute(select(ReviewItem.id, ReviewItem.state)
@@ -359,7 +366,8 @@ class BankStore:
 
 
 def match_dict(row: BankMatchRow) -> dict[str, Any]:
-    return {"label": row.label, "bank": row.bank, "distance": row.distance, "entry_id": row.entry_id,
+    return {"label": row.label, "bank": row.bank, "distance": row.distance, "mirrored": row.mirrored,
+            "entry_id": row.entry_id,
             "matched_review_item_id": row.matched_review_item_id, "matched_image_id": row.matched_image_id,
             "found_by": row.found_by, "revoked": row.revoked_at is not None}
 

@@ -259,6 +259,7 @@ class PerceptualHashRow(Base):
     verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"), primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     pdq: Mapped[str] = mapped_column(String(64))
+    pdq_mirror: Mapped[str | None] = mapped_column(String(64))  # the mirror image's hash
     quality: Mapped[int] = mapped_column(Integer)
     low_quality: Mapped[bool] = mapped_column(default=False)  # below the quality floor: never matched on
 
@@ -320,6 +321,7 @@ class BankMatchRow(Base):
     entry_id: Mapped[int | None] = mapped_column(ForeignKey("bank_entries.id", ondelete="SET NULL"), index=True)
     label: Mapped[str] = mapped_column(String(8))  # fake | real
     distance: Mapped[int] = mapped_column(Integer)
+    mirrored: Mapped[bool] = mapped_column(default=False)  # the mirror image matched (a flipped copy)
     bank: Mapped[str] = mapped_column(String(100))
     matched_review_item_id: Mapped[int | None] = mapped_column(ForeignKey("review_items.id", ondelete="SET NULL"))
     matched_image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))

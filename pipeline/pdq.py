@@ -19,8 +19,10 @@ HASH_HEX_CHARS = HASH_BITS // 4
 DEFAULT_MAX_DISTANCE = 31  # PDQ's documented match threshold, of 256 bits
 DEFAULT_MIN_QUALITY = 50  # below this PDQ's own docs call the hash too unreliable to match on
 DEFAULT_MAX_SIDE = 512
+# pdqhash's order. flip_y mirrors about the vertical axis (left-right): the flip uploads use.
 DIHEDRAL_NAMES = ("original", "rotate90", "rotate180", "rotate270", "flip_x", "flip_y", "flip_plus1",
                   "flip_minus1")
+MIRROR = DIHEDRAL_NAMES.index("flip_y")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class PerceptualHash:
     hex: str  # 64 lowercase hex characters
     quality: int  # 0-100, PDQ's gradient-based confidence
     min_quality: int = DEFAULT_MIN_QUALITY
+    mirror: str | None = None  # the hash of the left-right mirrored image (PDQ's dihedral hash, same cost)
 
     @property
     def low_quality(self) -> bool:
@@ -60,10 +63,14 @@ def normalize_hex(value: str) -> str:
     return hex_to_bytes(value).hex()
 
 
-def pdq_hash(pixels: np.ndarray, max_side: int = DEFAULT_MAX_SIDE,
-             min_quality: int = DEFAULT_MIN_QUALITY) -> PerceptualHash:
-    """The PDQ hash of an H x W x 3 uint8 RGB image."""
-    bits, quality = pdqhash.compute(_bounded(pixels, max_side))
+def pdq_hash(pixels: np.ndarray, max_side: int = DEFAULT_MAX_SIDE, min_quality: int = DEFAULT_MIN_QUALITY,
+             mirror: bool = False) -> PerceptualHash:
+    """The PDQ hash of an H x W x 3 uint8 RGB image; with `mirror`, also the hash of its mirror image."""
+    bounded = _bounded(pixels, max_side)
+    if mirror:
+        hashes, quality = pdqhash.compute_dihedral(bounded)
+        return PerceptualHash(bits_to_hex(hashes[0]), int(quality), min_quality, bits_to_hex(hashes[MIRROR]))
+    bits, quality = pdqhash.compute(bounded)
     return PerceptualHash(bits_to_hex(bits), int(quality), min_quality)
 
 

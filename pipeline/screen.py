@@ -46,6 +46,7 @@ class ScreenConfig:
     pdq: bool = True  # a PDQ hash of every decoded image, for the known-fake memory
     pdq_max_side: int = DEFAULT_MAX_SIDE
     pdq_min_quality: int = DEFAULT_MIN_QUALITY
+    pdq_mirror: bool = True  # also the mirror image's hash: a flipped re-upload defeats a plain PDQ hash
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class BankMatch:
     entry_id: int
     label: str
     distance: int
+    mirrored: bool = False  # the upload's mirror image matched
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,8 @@ class Screener:
                 work.error = exc
                 return
             if self.config.pdq:
-                work.pdq = pdq_hash(work.image.pixels, self.config.pdq_max_side, self.config.pdq_min_quality)
+                work.pdq = pdq_hash(work.image.pixels, self.config.pdq_max_side, self.config.pdq_min_quality,
+                                    mirror=self.config.pdq_mirror)
 
         threads = max(1, self.config.decode_threads)
         if threads == 1 or len(works) == 1:

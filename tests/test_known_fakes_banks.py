@@ -66,7 +66,7 @@ def _screened(pixels: np.ndarray, label: str, score: float) -> Verdict:
     face = FaceVerdict(0, (10.0, 10.0, 60.0, 60.0), 0.99, score, label)
     return Verdict(key=sha, status="scored", model_version="m1", sha256=sha, size_bytes=pixels.nbytes,
                    width=pixels.shape[1], height=pixels.shape[0], verdict=label, fake_probability=score,
-                   faces=(face,), pdq=pdq_hash(pixels))
+                   faces=(face,), pdq=pdq_hash(pixels, mirror=True))
 
 
 def _save(floor: Floor, verdict: Verdict, source: str = "tenant"):  # noqa: ANN202
@@ -126,6 +126,10 @@ def test_the_index_follows_bank_changes_within_refresh_s_and_matches_are_saved_w
     [matched] = memory.apply([copy])
     assert (matched.verdict, matched.reason, matched.fake_probability) == ("fake", MATCHED_KNOWN_FAKE, 0.05)
     assert matched.matches[0].label == "fake" and matched.matches[0].distance <= 31
+
+    [flipped] = memory.apply([_screened(_copy(np.ascontiguousarray(astronaut[:, ::-1]), 0.9, 70), "real", 0.1)])
+    assert flipped.reason == MATCHED_KNOWN_FAKE and flipped.matches[0].mirrored  # caught by its mirror hash
+    assert not matched.matches[0].mirrored
 
     saved = _save(floor, matched)
     assert saved.verdict == "fake" and saved.review_item_id is not None

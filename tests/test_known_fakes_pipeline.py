@@ -47,6 +47,8 @@ def test_a_reencoded_resized_copy_is_near_and_a_different_image_is_far(astronaut
     flipped = pdq_hash(np.ascontiguousarray(astronaut[:, ::-1]))
     assert hamming(original.hex, flipped.hex) > 31
     assert min(hamming(h, flipped.hex) for h in pdq_dihedral(astronaut).values()) <= 31
+    with_mirror = pdq_hash(astronaut, mirror=True)
+    assert with_mirror.hex == original.hex and hamming(with_mirror.mirror, flipped.hex) <= 31
 
 
 def test_a_flat_image_is_marked_low_quality() -> None:
@@ -90,6 +92,9 @@ def test_a_fake_hit_overrides_the_classifier_and_keeps_its_score(status: str) ->
     assert (out.status, out.verdict, out.reason) == ("scored", "fake", MATCHED_KNOWN_FAKE)
     assert out.fake_probability == (0.1 if status == "scored" else None)
     assert {(m.entry_id, m.label, m.distance) for m in out.matches} == {(6, "fake", 3), (9, "real", 20)}
+    via_mirror = apply_bank_hits(_verdict(status), [IndexHit(9, 20, "real")], [IndexHit(5, 12, "fake")])
+    assert via_mirror.reason == MATCHED_KNOWN_FAKE
+    assert {(m.entry_id, m.mirrored) for m in via_mirror.matches} == {(5, True), (9, False)}
 
 
 def test_a_real_hit_never_changes_the_verdict_and_low_quality_never_matches() -> None:

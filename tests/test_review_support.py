@@ -148,11 +148,10 @@ def test_production_refuses_the_placeholder_secret_and_never_echoes_a_secret() -
 
 def test_review_migration_runs_up_and_down_on_sqlite_and_makes_the_audit_log_append_only(tmp_path) -> None:  # noqa: ANN001
     from alembic import command
+    from alembic.script import ScriptDirectory
     from sqlalchemy.exc import DatabaseError
 
     from db.migrate import alembic_config, current, upgrade
-
-    from alembic.script import ScriptDirectory
 
     url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()  # later migrations follow 0002

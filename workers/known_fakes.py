@@ -71,8 +71,11 @@ class KnownFakeMemory:
         out = list(verdicts)
         chosen = [i for i, v in enumerate(out) if matchable(v)]
         hits = self.index.search_many([out[i].pdq.hex for i in chosen], self.max_distance)  # type: ignore[union-attr]
+        mirrored = [i for i in chosen if out[i].pdq.mirror]  # type: ignore[union-attr]
+        mirror_hits = dict(zip(mirrored, self.index.search_many([out[i].pdq.mirror for i in mirrored],  # type: ignore[union-attr,misc]
+                                                                self.max_distance), strict=True))
         for i, found in zip(chosen, hits, strict=True):
-            out[i] = apply_bank_hits(out[i], found)
+            out[i] = apply_bank_hits(out[i], found, mirror_hits.get(i, []))
         return out
 
     def _initial(self) -> HashIndex:

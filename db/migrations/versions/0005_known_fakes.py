@@ -1,8 +1,9 @@
-"""known-fake memory: PDQ hashes of screened images, hash banks and their change log, bank matches.
+"""known-fake memory: PDQ hashes of screened images (and of their mirror images), hash banks and their
+change log, bank matches.
 
 Revision ID: 5a11c0de0005
 Revises: 7e6a15964347
-Create Date: 2026-11-24 00:26:07.636052
+Create Date: 2026-11-24 00:37:34.607971
 """
 from alembic import op
 import sqlalchemy as sa
@@ -41,6 +42,7 @@ def upgrade() -> None:
     sa.Column('verdict_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('image_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('pdq', sa.String(length=64), nullable=False),
+    sa.Column('pdq_mirror', sa.String(length=64), nullable=True),
     sa.Column('quality', sa.Integer(), nullable=False),
     sa.Column('low_quality', sa.Boolean(), nullable=False),
     sa.ForeignKeyConstraint(['image_id'], ['images.id'], ondelete='CASCADE'),
@@ -80,6 +82,7 @@ def upgrade() -> None:
     sa.Column('entry_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('label', sa.String(length=8), nullable=False),
     sa.Column('distance', sa.Integer(), nullable=False),
+    sa.Column('mirrored', sa.Boolean(), nullable=False),
     sa.Column('bank', sa.String(length=100), nullable=False),
     sa.Column('matched_review_item_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('matched_image_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
