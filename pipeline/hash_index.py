@@ -99,8 +99,7 @@ class HashIndex:
     def save(self, path: Path) -> None:
         """Write the index (live entries only) to one .npz file, atomically."""
         alive = self._alive
-        codes = faiss.vector_to_array(self._index.xb).reshape(-1, HASH_BITS // 8)[alive] if len(alive) else \
-            np.zeros((0, HASH_BITS // 8), dtype=np.uint8)
+        codes = self._codes()[alive]
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, ids=self._ids[alive], codes=codes, labels=self._labels[alive],
                  revision=np.array([self.revision], dtype=np.int64))
@@ -114,9 +113,15 @@ class HashIndex:
             index.revision = int(data["revision"][0])
         return index
 
+    def _codes(self) -> np.ndarray:
+        total = int(self._index.ntotal)
+        if not total:
+            return np.zeros((0, HASH_BITS // 8), dtype=np.uint8)
+        return np.asarray(self._index.reconstruct_n(0, total), dtype=np.uint8).reshape(total, HASH_BITS // 8)
+
     def _compact(self) -> None:
         alive = self._alive
-        codes = faiss.vector_to_array(self._index.xb).reshape(-1, HASH_BITS // 8)[alive]
+        codes = self._codes()[alive]
         ids, labels = self._ids[alive], self._labels[alive]
         self._index = faiss.IndexBinaryFlat(HASH_BITS)
         self._ids = np.zeros(0, dtype=np.int64)
