@@ -2,7 +2,7 @@
 
     python -m bench.known_fakes lookup       # p50/p99 lookup and memory at 10k, 100k, 1M hashes
     python -m bench.known_fakes robustness   # match rate per transform at distance 31, false-match rate
-    python -m bench.known_fakes all --out bench-results/known_fakes.json
+    python -m bench.known_fakes all --out bench/results/known_fakes.json
 
 Lookup: the bank holds random 256-bit hashes, a tenth of them near-duplicates (1-31 bits flipped) of others;
 queries are half near-duplicates of a bank entry, half random. Each query is one `HashIndex.search` call on
@@ -149,7 +149,7 @@ def _screenshot(image: Image.Image) -> Image.Image:
 TRANSFORMS: dict[str, Any] = {
     **{f"jpeg_q{q}": partial(_jpeg, quality=q) for q in (30, 50, 70, 95)},
     **{f"resize_{s}x": partial(_resize, scale=s) for s in (0.25, 0.5, 1.5, 2.0)},
-    **{f"crop_{int(c * 100)}pct_per_side": partial(_crop, share=c) for c in (0.05, 0.1, 0.2)},
+    **{f"crop_{int(c * 100)}pct_per_side": partial(_crop, share=c) for c in (0.01, 0.02, 0.05, 0.1, 0.2)},
     "border_10px": _border,
     "caption_bar": _caption,
     "screenshot_rescale_sharpen": _screenshot,
