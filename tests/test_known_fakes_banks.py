@@ -206,3 +206,32 @@ def test_a_confirmed_real_match_is_served_last_but_never_overrides_a_fake(floor)
     newer = _save(floor, _screened(_image("coffee"), "fake", 0.9)).review_item_id
     assert floor.reviews.claim_next(MOD, 60).item_id == newer
     assert floor.reviews.claim_next(MOD, 60).item_id == older
+
+
+def test_a_flat_image_fills_no_bank_and_decided_items_are_not_requeued(floor) -> None:  # noqa: ANN001
+    flat = _save(floor, _screened(np.full((200, 200, 3), 120, np.uint8), "fake", 0.9))
+    assert _decide(floor, flat.review_item_id, "confirm_fake").bank_entry_id is None  # low quality: no entry
+    assert floor.banks.entries(CONFIRMED_FAKE) == []
+
+    astronaut = _image("astronaut")
+    decided_copy = _save(floor, _screened(_copy(astronaut, 0.5, 50), "uncertain", 0.5))
+    _decide(floor, decided_copy.review_item_id, "mark_real")
+    original = _save(floor, _screened(astronaut, "fake", 0.9))
+    entry_id = _decide(floor, original.review_item_id, "confirm_fake").bank_entry_id
+    assert floor.banks.rescan_entry(entry_id, 31) == []  # a moderator already decided the copy
+    assert floor.reviews.item(decided_copy.review_item_id)["state"] == "marked_real"
+    [match] = floor.banks.matches_for_verdict(decided_copy.verdict_id)  # but the resemblance is on record
+    assert match["found_by"] == "rescan" and match["matched_review_item_id"] == original.review_item_id
+
+
+def test_an_unreadable_index_file_is_rebuilt_from_the_banks(floor, tmp_path) -> None:  # noqa: ANN001
+    original = _save(floor, _screened(_image("astronaut"), "fake", 0.9))
+    entry_id = _decide(floor, original.review_item_id, "confirm_fake").bank_entry_id
+    path = tmp_path / "known_fakes_index.npz"
+    path.write_bytes(b"not an index")
+    memory = KnownFakeMemory(floor.banks, index_path=path)
+    [matched] = memory.apply([_screened(_copy(_image("astronaut")), "real", 0.1)])
+    assert matched.reason == MATCHED_KNOWN_FAKE and matched.matches[0].entry_id == entry_id
+    from pipeline.hash_index import HashIndex
+
+    assert len(HashIndex.load(path)) == 1  # and the rebuilt index was saved in its place
