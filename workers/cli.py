@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workers.bank_cli import add_bank_commands
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 log = logging.getLogger("deepscreen")
@@ -356,8 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
-
-    from workers.bank_cli import add_bank_commands
 
     add_bank_commands(sub)
     return parser
