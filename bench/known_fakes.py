@@ -3,6 +3,7 @@
     python -m bench.known_fakes lookup       # p50/p99 lookup and memory at 10k, 100k, 1M hashes
     python -m bench.known_fakes robustness   # match rate per transform at distance 31, false-match rate
     python -m bench.known_fakes all --out bench/results/known_fakes.json
+    python -m bench.known_fakes faces        # the same transforms on a hash of each face region (frames)
 
 Lookup: the bank holds random 256-bit hashes, a tenth of them near-duplicates (1-31 bits flipped) of others;
 queries are half near-duplicates of a bank entry, half random. Each query is one `HashIndex.search` call on
@@ -233,6 +234,48 @@ def bench_robustness(max_crops: int, max_distance: int = DEFAULT_MAX_DISTANCE) -
             "low_quality": low_quality, "hash_ms_p50": round(float(np.median(hash_ms)), 2)}
 
 
+def _face_hashes(detector: Any, image: Image.Image, margin: float = 0.3) -> list[str]:
+    """PDQ hashes of the square region around each detected face (a study: the pipeline does not do this)."""
+    from pipeline.faces import crop_face
+
+    pixels = np.ascontiguousarray(np.asarray(image))
+    [faces] = detector.detect([pixels])
+    return [pdq_hash(crop_face(pixels, face.box, margin, 256)).hex for face in faces]
+
+
+def bench_faces(max_distance: int = DEFAULT_MAX_DISTANCE) -> dict[str, Any]:
+    """Match rates when each face region is hashed instead of the whole frame: a copy matches when any of
+    its face hashes is within the distance of any of the original's; false matches across distinct frames."""
+    import torch
+
+    from pipeline.faces import FaceDetector
+
+    torch.set_num_threads(1)
+    detector = FaceDetector()
+    frames = [(name, image) for kind, name, image in _images(0) if kind == "frames"]
+    originals = {name: _face_hashes(detector, image) for name, image in frames}
+    rates: dict[str, Any] = {}
+    for transform, fn in TRANSFORMS.items():
+        matched = found = 0
+        for name, image in frames:
+            if not originals[name]:
+                continue
+            copies = _face_hashes(detector, fn(image))
+            found += bool(copies)
+            matched += any(hamming(a, b) <= max_distance for a in originals[name] for b in copies)
+        with_face = sum(1 for v in originals.values() if v)
+        rates[transform] = {"frames_with_face": with_face, "copies_with_face": found,
+                            "match_rate": round(matched / max(1, with_face), 4)}
+        print(json.dumps({transform: rates[transform]}), file=sys.stderr)
+    names = [n for n in originals if originals[n]]
+    pairs = close = 0
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            pairs += 1
+            close += any(hamming(a, b) <= max_distance for a in originals[names[i]] for b in originals[names[j]])
+    return {"frames": len(frames), "transforms": rates, "false_match": {"frame_pairs": pairs, "matches": close}}
+
+
 def _markdown(results: dict[str, Any]) -> str:
     lines = []
     if "lookup" in results:
@@ -254,12 +297,19 @@ def _markdown(results: dict[str, Any]) -> str:
         lines += ["", f"False matches at distance {rob['max_distance']}: {fm['matches']} of {fm['pairs']:,} pairs of "
                   f"distinct images ({fm['rate']:.4%}).",
                   *(f"- {p['a']} ~ {p['b']}: {p['distance']} bits" for p in fm["matched_pairs"][:30])]
+    if "faces" in results:
+        faces = results["faces"]
+        lines += ["| transform | face-region hash: match rate | copies with a face found |", "| --- | --- | --- |"]
+        for transform, row in faces["transforms"].items():
+            lines.append(f"| {transform} | {row['match_rate']:.0%} | {row['copies_with_face']} of {row['frames_with_face']} |")
+        fm = faces["false_match"]
+        lines += ["", f"False matches between distinct frames (any face pair): {fm['matches']} of {fm['frame_pairs']} pairs."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.known_fakes", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["lookup", "robustness", "all"])
+    parser.add_argument("what", choices=["lookup", "robustness", "all", "faces"])
     parser.add_argument("--sizes", default="10000,100000,1000000", help="bank sizes for lookup")
     parser.add_argument("--queries", type=int, default=2000, help="lookups per size")
     parser.add_argument("--crops", type=int, default=100, help="DFDC face crops in the robustness study (one per group)")
@@ -271,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         results["lookup"] = bench_lookup([int(s) for s in args.sizes.split(",")], args.queries)
     if args.what in ("robustness", "all"):
         results["robustness"] = bench_robustness(args.crops)
+    if args.what == "faces":
+        results["faces"] = bench_faces()
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
