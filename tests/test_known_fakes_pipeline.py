@@ -105,3 +105,11 @@ def test_a_real_hit_never_changes_the_verdict_and_low_quality_never_matches() ->
     assert apply_bank_hits(low, [IndexHit(5, 0, "fake")]) == low
     broken = Verdict(key="k", status="invalid_input", model_version="m", reason="truncated")
     assert apply_bank_hits(broken, [IndexHit(5, 0, "fake")]) == broken
+
+
+def test_the_lookup_bench_runs_and_finds_every_near_duplicate() -> None:
+    from bench.known_fakes import bench_lookup
+
+    [row] = bench_lookup([2000], queries=100)
+    assert row["hashes"] == 2000 and row["queries"] == 100 and row["recall_near"] == 1.0
+    assert 0 < row["p50_ms"] <= row["p99_ms"] and row["index_mb"] > 0
