@@ -17,7 +17,8 @@ from sqlalchemy import Engine, and_, case, exists, func, or_, select, true, upda
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.schema import AuditEntry, FaceRow, GoldAnswer, Image, ReviewItem, Verdict
+from db import known_fakes
+from db.schema import AuditEntry, BankMatchRow, FaceRow, GoldAnswer, Image, ReviewItem, Verdict
 
 DECISIONS: dict[str, str] = {
     "confirm_fake": "confirmed_fake",
@@ -73,6 +74,7 @@ class DecisionResult:
     previous_state: str
     new_state: str
     gold: bool = False
+    bank_entry_id: int | None = None  # the known-fake memory entry the decision made (confirm_fake, mark_real)
 
 
 @dataclass(frozen=True)
@@ -163,11 +165,14 @@ class ReviewStore:
                               "heatmap_key": verdict.heatmap_key, "created_at": aware(verdict.created_at)}
             doc["faces"] = [face_dict(f) for f in faces]
             doc["history"] = self._history(session, item_id)
+            doc["bank_matches"] = [known_fakes.match_dict(m) for m in session.scalars(
+                select(BankMatchRow).where(BankMatchRow.verdict_id == item.verdict_id).order_by(BankMatchRow.label))]
             gold = self._open_gold(session, item_id, viewer.name) if viewer is not None else None
             if gold is not None:
                 lease = aware(gold.served_at) + timedelta(seconds=self.lease_seconds)  # type: ignore[operator]
                 doc.update(state="claimed", claimed_by=viewer.name, lease_expires_at=lease,  # type: ignore[union-attr]
-                           decision=None, decided_by=None, decided_at=None, history=[], gold_label=None)
+                           decision=None, decided_by=None, decided_at=None, history=[], gold_label=None,
+                           bank_matches=[])
             elif viewer is not None and viewer.role != "admin":
                 doc["gold_label"] = None
             return doc
@@ -190,7 +195,7 @@ class ReviewStore:
                                                    AuditEntry.actor == actor.name, AuditEntry.action == "skip")
                     candidate = session.scalar(
                         select(ReviewItem.id).where(_claimable(now), ~skipped_by_me)
-                        .order_by(ReviewItem.skips, ReviewItem.created_at, ReviewItem.id)
+                        .order_by(ReviewItem.skips, _matches_confirmed_real(), ReviewItem.created_at, ReviewItem.id)
                         .limit(1).with_for_update(skip_locked=True)
                     )
                     if candidate is None:
@@ -255,8 +260,34 @@ class ReviewStore:
             )
             if result.rowcount != 1:
                 raise self._why_not(session, actor, item_id)
-            _audit(session, actor, decision, item_id, "claimed", new_state, note=note, now=now)
-            return DecisionResult(item_id, decision, "claimed", new_state)
+            entry = _audit(session, actor, decision, item_id, "claimed", new_state, note=note, now=now)
+            session.flush()
+            bank_entry_id = known_fakes.on_decision(session, item_id, decision, entry.id, actor.name)
+            return DecisionResult(item_id, decision, "claimed", new_state, bank_entry_id=bank_entry_id)
+
+    def reverse(self, actor: Actor, item_id: int, note: str | None = None) -> DecisionResult:
+        """Undo a decision: the item goes back to the queue, and the bank entries it made are removed."""
+        with self.sessions.begin() as session:
+            now = now_utc()
+            row = session.execute(select(ReviewItem.state, ReviewItem.decision)
+                                  .where(ReviewItem.id == item_id).with_for_update()).first()
+            if row is None:
+                raise ItemNotFound("no_such_item", str(item_id))
+            state, decision = row
+            if state not in DECIDED_STATES:
+                raise ClaimConflict("not_decided", state)
+            result = session.execute(
+                update(ReviewItem).where(ReviewItem.id == item_id, ReviewItem.state == state)
+                .values(state="pending", decision=None, decided_by=None, decided_at=None, claimed_by=None,
+                        lease_expires_at=None, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                raise ClaimConflict("changed_meanwhile")
+            removed = known_fakes.on_reversal(session, item_id)
+            _audit(session, actor, "reverse", item_id, state, "pending", note=note,
+                   details={"reversed_decision": decision, "bank_entries_removed": removed}, now=now)
+            return DecisionResult(item_id, "reverse", state, "pending")
 
     # -- gold --------------------------------------------------------------------------------------
     def set_gold(self, actor: Actor, item_id: int, label: str | None) -> None:
@@ -377,10 +408,18 @@ class ReviewStore:
 
 def _audit(session: Session, actor: Actor, action: str, item_id: int | None, previous: str | None,
            new: str | None, note: str | None = None, details: dict[str, Any] | None = None,
-           now: datetime | None = None) -> None:
-    session.add(AuditEntry(at=now or now_utc(), actor=actor.name, actor_role=actor.role, action=action,
-                           review_item_id=item_id, previous_state=previous, new_state=new,
-                           note=(note or None) and note[:4000], details=details or {}))
+           now: datetime | None = None) -> AuditEntry:
+    entry = AuditEntry(at=now or now_utc(), actor=actor.name, actor_role=actor.role, action=action,
+                       review_item_id=item_id, previous_state=previous, new_state=new,
+                       note=(note or None) and note[:4000], details=details or {})
+    session.add(entry)
+    return entry
+
+
+def _matches_confirmed_real():  # noqa: ANN202 - a SQL expression
+    """1 when the item's image matched a confirmed_real entry: such items are served after the others."""
+    return case((exists().where(BankMatchRow.verdict_id == ReviewItem.verdict_id, BankMatchRow.label == "real",
+                                BankMatchRow.revoked_at.is_(None)), 1), else_=0)
 
 
 def item_dict(item: ReviewItem, sha256: str, now: datetime) -> dict[str, Any]:

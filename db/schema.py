@@ -348,3 +348,83 @@ class Erasure(Base):
     reason: Mapped[str] = mapped_column(Text)
     selector: Mapped[str] = mapped_column(String(300))  # sha256=... | image_id=... | source=...
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # what was removed: counts, no content
+
+
+# -- known-fake memory (0005): perceptual hashes, hash banks, their change log, bank matches ----------------
+class PerceptualHashRow(Base):
+    """The PDQ hash of a verdict's image, computed in the batch that screened it."""
+
+    __tablename__ = "perceptual_hashes"
+
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    pdq: Mapped[str] = mapped_column(String(64))
+    pdq_mirror: Mapped[str | None] = mapped_column(String(64))  # the mirror image's hash
+    quality: Mapped[int] = mapped_column(Integer)
+    low_quality: Mapped[bool] = mapped_column(default=False)  # below the quality floor: never matched on
+
+
+class HashBank(Base):
+    """A named set of hashes: confirmed_fake and confirmed_real (filled by decisions), or an imported bank."""
+
+    __tablename__ = "hash_banks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # decisions | imported
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BankEntry(Base):
+    """One hash in a bank. An entry a decision put there names its review item and the decision's audit row;
+    reversing the decision deletes it."""
+
+    __tablename__ = "bank_entries"
+    __table_args__ = (UniqueConstraint("bank_id", "review_item_id", name="uq_bank_entry_item"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    bank_id: Mapped[int] = mapped_column(ForeignKey("hash_banks.id", ondelete="CASCADE"), index=True)
+    pdq: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(8))  # fake | real
+    quality: Mapped[int | None] = mapped_column(Integer)
+    review_item_id: Mapped[int | None] = mapped_column(ForeignKey("review_items.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+    audit_id: Mapped[int | None] = mapped_column(ForeignKey("audit_log.id"))
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BankChange(Base):
+    """Append-only log of bank entries added and removed; its id is the revision a worker's index follows."""
+
+    __tablename__ = "bank_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    entry_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    op: Mapped[str] = mapped_column(String(8))  # add | remove
+    pdq: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(8))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BankMatchRow(Base):
+    """A verdict whose image was within the distance of a bank entry (at screening, or found by the re-scan
+    hook when the entry arrived later). `revoked_at` is set when the entry is removed."""
+
+    __tablename__ = "bank_matches"
+    __table_args__ = (UniqueConstraint("verdict_id", "label", name="uq_bank_match_verdict_label"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"), index=True)
+    entry_id: Mapped[int | None] = mapped_column(ForeignKey("bank_entries.id", ondelete="SET NULL"), index=True)
+    label: Mapped[str] = mapped_column(String(8))  # fake | real
+    distance: Mapped[int] = mapped_column(Integer)
+    mirrored: Mapped[bool] = mapped_column(default=False)  # the mirror image matched (a flipped copy)
+    bank: Mapped[str] = mapped_column(String(100))
+    matched_review_item_id: Mapped[int | None] = mapped_column(ForeignKey("review_items.id", ondelete="SET NULL"))
+    matched_image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+    found_by: Mapped[str] = mapped_column(String(12), default="upload")  # upload | rescan
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

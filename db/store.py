@@ -16,6 +16,7 @@ from sqlalchemy import Engine, case, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from db import known_fakes
 from db.rescan_store import review_for_rescan
 from db.schema import Event, FaceRow, Image, ReviewItem, Verdict
 from pipeline.decide import needs_review
@@ -189,6 +190,7 @@ class Store:
                 status, label = result.status, result.verdict
                 if result.faces:
                     session.execute(self._insert(FaceRow).values(_face_rows(verdict_id, result, keys)))
+                known_fakes.save_screening_rows(session, verdict_id, image_id, result)
             if event.rescan_run is not None and not reused:
                 review_id = review_for_rescan(
                     session, self._insert, run_id=event.rescan_run, verdict_id=verdict_id, image_id=image_id,
@@ -283,7 +285,8 @@ class Store:
             return None
         review_id = session.scalar(
             self._insert(ReviewItem)
-            .values(verdict_id=verdict_id, image_id=image_id, state="pending", reason=label,
+            .values(verdict_id=verdict_id, image_id=image_id, state="pending",
+                    reason=known_fakes.review_reason(result, label),
                     fake_probability=result.fake_probability, source=source,
                     created_at=datetime.now(UTC), updated_at=datetime.now(UTC))
             .on_conflict_do_nothing(index_elements=["verdict_id"])

@@ -26,6 +26,7 @@ from pipeline.errors import InvalidInput
 from pipeline.explain import annotate, gradcam, overlay, png_bytes
 from pipeline.faces import Box, DetectorConfig, Face, FaceDetector, crop_face, resize_square
 from pipeline.model import Classifier
+from pipeline.pdq import DEFAULT_MAX_SIDE, DEFAULT_MIN_QUALITY, PerceptualHash, pdq_hash
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ class ScreenConfig:
     decode_threads: int = 2
     classify_batch: int = 64
     annotate_max_side: int = 1280
+    pdq: bool = True  # a PDQ hash of every decoded image, for the known-fake memory
+    pdq_max_side: int = DEFAULT_MAX_SIDE
+    pdq_min_quality: int = DEFAULT_MIN_QUALITY
+    pdq_mirror: bool = True  # also the mirror image's hash: a flipped re-upload defeats a plain PDQ hash
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,16 @@ class FaceVerdict:
 
 
 @dataclass(frozen=True)
+class BankMatch:
+    """A hit in a hash bank: the entry, its label (fake | real) and the Hamming distance in bits."""
+
+    entry_id: int
+    label: str
+    distance: int
+    mirrored: bool = False  # the upload's mirror image matched
+
+
+@dataclass(frozen=True)
 class Verdict:
     key: str
     status: Status
@@ -80,6 +95,8 @@ class Verdict:
     heatmap_png: bytes | None = None  # the image with boxes and heat painted in place
     reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    pdq: PerceptualHash | None = None  # None when the image could not be decoded
+    matches: tuple[BankMatch, ...] = ()  # set by the known-fake memory (pipeline/known_fakes.py)
 
 
 @dataclass
@@ -91,6 +108,7 @@ class _Work:
     faces: list[Face] = field(default_factory=list)
     crops: list[np.ndarray] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
+    pdq: PerceptualHash | None = None
 
 
 class Screener:
@@ -143,6 +161,10 @@ class Screener:
                 work.image = decode_image(item.data, self.config.decode)
             except InvalidInput as exc:
                 work.error = exc
+                return
+            if self.config.pdq:
+                work.pdq = pdq_hash(work.image.pixels, self.config.pdq_max_side, self.config.pdq_min_quality,
+                                    mirror=self.config.pdq_mirror)
 
         threads = max(1, self.config.decode_threads)
         if threads == 1 or len(works) == 1:
@@ -201,7 +223,7 @@ class Screener:
         if work.image is None:
             error = work.error or InvalidInput("corrupt")
             return Verdict(status="invalid_input", reason=error.reason, **base)
-        base.update(width=work.image.width, height=work.image.height)
+        base.update(width=work.image.width, height=work.image.height, pdq=work.pdq)
         if not work.faces:
             return Verdict(status="no_face", reason="no_face", **base)
         faces = []

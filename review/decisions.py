@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from db.known_fakes import BankStore
 from db.review_store import Actor, DecisionResult
 from review import webhooks
 from review.bundles import create_bundle
@@ -34,6 +35,10 @@ def decide(ctx: ReviewContext, actor: Actor, item_id: int, decision: str, note: 
     decided = Decided(result)
     if result.gold:
         return decided  # a gold check changes nothing and tells nobody
+    if decision == "confirm_fake" and result.bank_entry_id is not None:
+        entry_id, distance = result.bank_entry_id, ctx.settings.known_fake_distance
+        # the re-scan hook: stored images near the newly confirmed fake go to the queue (after the response)
+        decided.followups.append(lambda: BankStore(ctx.store.engine).rescan_entry(entry_id, distance))
     config = webhooks.config_from(ctx.settings)
     if decision == "escalate":
         try:
@@ -51,6 +56,11 @@ def decide(ctx: ReviewContext, actor: Actor, item_id: int, decision: str, note: 
                    "new_state": result.new_state, "at": datetime.now(UTC)}
         decided.followups.append(lambda: webhooks.deliver(config, ctx.escalations, topic, payload))
     return decided
+
+
+def reverse(ctx: ReviewContext, actor: Actor, item_id: int, note: str | None) -> DecisionResult:
+    """Undo a decision: back to the queue; the bank entries it made (and their matches) are gone."""
+    return ctx.reviews.reverse(actor, item_id, note)
 
 
 def rebuild_bundle(ctx: ReviewContext, actor: Actor, item_id: int) -> dict[str, Any]:

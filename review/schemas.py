@@ -103,6 +103,7 @@ class ItemDetail(ItemSummary):
     faces: list[dict[str, Any]]
     history: list[AuditOut]
     bundles: list[dict[str, Any]] = []
+    bank_matches: list[dict[str, Any]] = []  # known-fake memory: the nearest fake and real bank hits
 
 
 class ClaimOut(BaseModel):
@@ -112,6 +113,10 @@ class ClaimOut(BaseModel):
 
 class DecisionIn(BaseModel):
     decision: Decision
+    note: str | None = Field(default=None, max_length=4000)
+
+
+class ReverseIn(BaseModel):
     note: str | None = Field(default=None, max_length=4000)
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO.parent / "shared" / "data" / "examples"
-FIELDS = {"source", "sha256", "status", "verdict", "fake_probability", "faces", "heatmap", "reason", "model_version"}
+FIELDS = {"source", "sha256", "status", "verdict", "fake_probability", "faces", "heatmap", "reason", "model_version",
+          "bank_matches"}
 
 
 def _run(args: list[str], model_dir: Path, **env: str) -> subprocess.CompletedProcess:

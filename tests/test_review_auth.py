@@ -121,6 +121,8 @@ TABLE: dict[tuple[str, str], Case] = {
                                                          {204}, prepare=_claim_for),
     ("POST", "/v1/review/items/{item_id}/bundles"): Case(REVIEW, _fixed("/v1/review/items/{claimed_item}/bundles"),
                                                          {201}, prepare=_escalated_for),
+    ("POST", "/v1/review/items/{item_id}/reverse"): Case(ADMIN, _fixed("/v1/review/items/{claimed_item}/reverse",
+                                                                json={}), {200}, prepare=_escalated_for),
     ("GET", "/v1/bundles/{bundle_id}"): Case(REVIEW, _fixed("/v1/bundles/{bundle_id}"), {200}),
     ("GET", "/v1/admin/tokens"): Case(ADMIN, _fixed("/v1/admin/tokens"), {200}),
     ("POST", "/v1/admin/tokens"): Case(ADMIN, _fixed("/v1/admin/tokens", json={"name": "new", "role": "service"}),

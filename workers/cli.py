@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workers.bank_cli import add_bank_commands
 from workers.rescan_commands import add_registry_parsers, add_rescan_parser
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -414,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     from workers.ops_cli import add_operations_commands
 
     add_operations_commands(sub)
+    add_bank_commands(sub)
     return parser
 
 

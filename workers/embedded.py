@@ -84,7 +84,8 @@ def result_row(runtime: Runtime, path: Path, outcome: Outcome) -> dict[str, Any]
     saved = outcome.saved
     row: dict[str, Any] = {"source": str(path), "sha256": None, "status": "failed", "verdict": None,
                            "fake_probability": None, "faces": [], "heatmap": None,
-                           "reason": outcome.retry_reason, "model_version": runtime.screener.model_version}
+                           "reason": outcome.retry_reason, "model_version": runtime.screener.model_version,
+                           "bank_matches": []}
     if saved is None:
         return row
     if saved.verdict_id is None:
@@ -101,4 +102,6 @@ def result_row(runtime: Runtime, path: Path, outcome: Outcome) -> dict[str, Any]
                fake_probability=document["fake_probability"], faces=faces,
                heatmap=locate(document["heatmap"]) if document["heatmap"] else None,
                reason=document["reason"], model_version=document["model_version"])
+    if runtime.known_fakes is not None:
+        row["bank_matches"] = runtime.known_fakes.banks.matches_for_verdict(saved.verdict_id)
     return row

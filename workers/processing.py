@@ -21,6 +21,7 @@ from pipeline.errors import InvalidInput
 from pipeline.events import UploadEvent
 from pipeline.screen import Screener, ScreenItem, Verdict
 from workers import metrics
+from workers.known_fakes import KnownFakeMemory
 from workers.rollout import Models, ModelSwitch, run_canary
 from workers.storage import BlobStore, InputReader, TransientError
 
@@ -40,6 +41,7 @@ class Runtime:
     reader: InputReader
     fetch_threads: int = 8
     models: ModelSwitch | None = None  # distributed: follow the registry's active/canary versions per batch
+    known_fakes: KnownFakeMemory | None = None  # None: no bank matching
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
         if models is not None and models.canary is not None:
             _canary(runtime, models, list(items.values()), verdicts,
                     {key: jobs[indexes[0]].event.event_id for key, indexes in to_screen.items()})
+        if runtime.known_fakes is not None:
+            verdicts = runtime.known_fakes.apply(verdicts)
         store_started = time.perf_counter()
         for verdict in verdicts:
             keys = None

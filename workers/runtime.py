@@ -9,12 +9,14 @@ from pathlib import Path
 import torch
 from sqlalchemy import Engine
 
+from db.known_fakes import BankStore
 from db.migrate import upgrade
 from db.model_registry import ModelRegistry, RegistryError
 from db.store import Store
 from pipeline.faces import FaceDetector
 from pipeline.model import load_classifier
 from pipeline.screen import Screener
+from workers.known_fakes import KnownFakeMemory
 from workers.processing import Runtime
 from workers.rollout import ModelSwitch
 from workers.settings import Settings
@@ -60,6 +62,12 @@ def model_switch(settings: Settings, engine: Engine, screener: Screener) -> Mode
     return ModelSwitch(registry, build, screener)
 
 
+def known_fake_memory(settings: Settings, store: Store, index_path: Path | None = None) -> KnownFakeMemory | None:
+    if not settings.known_fakes:
+        return None
+    return KnownFakeMemory(BankStore(store.engine), settings.known_fake_distance, settings.bank_refresh_s, index_path)
+
+
 def distributed_runtime(settings: Settings) -> Runtime:
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
     store = Store.from_url(settings.database_url)
@@ -71,6 +79,7 @@ def distributed_runtime(settings: Settings) -> Runtime:
         reader=InputReader(client, tuple(settings.input_buckets), allow_local=False, max_bytes=settings.max_image_bytes),
         fetch_threads=settings.fetch_threads,
         models=model_switch(settings, store.engine, screener),
+        known_fakes=known_fake_memory(settings, store),
     )
 
 
@@ -78,10 +87,12 @@ def embedded_runtime(settings: Settings, home: Path, crops: bool = False) -> Run
     home.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{(home / 'deepscreen.sqlite3').resolve()}"
     upgrade(url)
+    store = Store.from_url(url)
     return Runtime(
         screener=build_screener(settings, crops=crops),
-        store=Store.from_url(url),
+        store=store,
         blobs=LocalBlobStore(home / "blobs"),
         reader=InputReader(allow_local=True, max_bytes=settings.max_image_bytes),
         fetch_threads=settings.fetch_threads,
+        known_fakes=known_fake_memory(settings, store, index_path=home / "known_fakes_index.npz"),
     )

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     rescan_tick_s: float = 5.0  # how often beat moves runs forward
     rescan_max_queued: int = 2000  # a run waits while the re-scan queue holds this many messages
     rescan_cron: str = "0 2 * * *"  # nightly run (minute hour day month weekday, UTC); "" = no nightly run
+    # known-fake memory (PDQ hash banks)
+    known_fakes: bool = True  # hash every image and match it against the banks
+    known_fake_distance: int = Field(default=31, ge=0, le=128)  # Hamming bits of 256: PDQ's documented default
+    pdq_min_quality: int = Field(default=50, ge=0, le=100)  # hashes below this quality are never matched on
+    pdq_max_side: int = Field(default=512, ge=64)  # hashes are taken on a copy at most this long
+    bank_refresh_s: float = Field(default=60.0, gt=0)  # a worker sees bank changes within this many seconds
     # embedded mode
     home: Path = Path(".deepscreen")
     # review API and console (review/)
@@ -159,6 +165,9 @@ class Settings(BaseSettings):
             crops=crops,
             decode_threads=self.decode_threads,
             classify_batch=max(64, self.batch_size),
+            pdq=self.known_fakes,
+            pdq_max_side=self.pdq_max_side,
+            pdq_min_quality=self.pdq_min_quality,
         )
 
 

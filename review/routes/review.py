@@ -9,9 +9,18 @@ from fastapi.responses import JSONResponse, Response
 
 from db.review_store import QueueFilter, ReviewError
 from review import decisions
-from review.auth import BundleReader, Reviewer
+from review.auth import Admin, BundleReader, Reviewer
 from review.context import ReviewContext
-from review.schemas import BundleOut, ClaimOut, DecisionIn, DecisionOut, Error, ItemDetail, QueuePage
+from review.schemas import (
+    BundleOut,
+    ClaimOut,
+    DecisionIn,
+    DecisionOut,
+    Error,
+    ItemDetail,
+    QueuePage,
+    ReverseIn,
+)
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 ERRORS = {404: {"model": Error}, 409: {"model": Error}}
@@ -30,7 +39,7 @@ def bundle_out(bundle: dict[str, Any]) -> dict[str, Any]:
 def list_items(
     request: Request, principal: Reviewer,
     state: Literal["pending", "claimed", "confirmed_fake", "marked_real", "escalated", "any"] = "pending",
-    verdict: Literal["fake", "uncertain"] | None = None,
+    verdict: Literal["fake", "uncertain", "matched_known_fake"] | None = None,
     min_score: float | None = Query(None, ge=0, le=1), max_score: float | None = Query(None, ge=0, le=1),
     source: str | None = Query(None, max_length=200),
     min_age_s: float | None = Query(None, ge=0), max_age_s: float | None = Query(None, ge=0),
@@ -94,6 +103,19 @@ def decide(request: Request, principal: Reviewer, item_id: int, body: DecisionIn
     result = decided.result
     return {"item_id": item_id, "decision": result.decision, "previous_state": result.previous_state,
             "new_state": result.new_state, "bundle_id": decided.bundle["id"] if decided.bundle else None}
+
+
+@router.post("/items/{item_id}/reverse", response_model=DecisionOut, responses=ERRORS)
+def reverse(request: Request, principal: Admin, item_id: int, body: ReverseIn) -> Any:
+    """Reverse a decided item's decision (admins): it goes back to the queue, and the known-fake memory
+    entry the decision made is removed, with every match it made."""
+    ctx: ReviewContext = request.app.state.ctx
+    try:
+        result = decisions.reverse(ctx, principal.actor, item_id, body.note)
+    except ReviewError as exc:
+        return review_error(exc)
+    return {"item_id": item_id, "decision": result.decision, "previous_state": result.previous_state,
+            "new_state": result.new_state}
 
 
 @router.post("/items/{item_id}/release", status_code=204, response_class=Response, responses=ERRORS)
