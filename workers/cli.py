@@ -143,9 +143,11 @@ def _read_event_file(path: str) -> list[Any]:
 
 # -- worker, migrate, model --------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.memory import ensure_arena_limit
     from workers.settings import get_settings
 
     settings = get_settings()
+    ensure_arena_limit(settings.malloc_arena_max)  # re-executes once, before torch or the model are loaded
     if settings.metrics_port:
         from workers import exporter
 

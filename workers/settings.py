@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     max_deliveries: int = 3  # a message that was in hand this many times when a worker died is dead-lettered
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 60.0
+    malloc_arena_max: int = 2  # glibc malloc arenas per worker process (0: glibc's default); see workers/memory.py
+    malloc_trim: bool = True  # hand freed heap back to the system after each batch
     pool: Literal["solo", "prefork", "threads"] = "solo"
     concurrency: int = 1
     # re-scans (workers/rescan.py) and model roll-outs

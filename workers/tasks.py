@@ -22,6 +22,7 @@ from workers.app import (
     enqueue,
 )
 from workers.logs import log_context
+from workers.memory import release_free_memory
 from workers.processing import TRANSIENT_DB, Job, Outcome, Runtime, process_events
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ def screen(requests) -> None:  # noqa: ANN001 - celery-batches SimpleRequest lis
     try:
         with log_context(batch_id=requests[0].id if requests else None, model_version=_model_version()):
             _screen(requests)
+        if app.conf.deepscreen_settings.malloc_trim:
+            release_free_memory()
     except Exception:  # noqa: BLE001
         log.critical("batch handling failed outside the per-event paths; exiting so the broker redelivers",
                      exc_info=True)
