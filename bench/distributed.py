@@ -1,7 +1,7 @@
 """The distributed path, measured: N events -> Redis -> one Celery worker -> Postgres + moto S3.
 
-Reports images/s from the first submit to the last verdict, and the worker's RSS after the first
-`--rss-early` and after all N images (Grad-CAM hooks and caches must not leak). Every image is distinct
+Reports images/s from submit to last verdict, and the worker's RSS, idle, after the first `--rss-early`
+and after all N images (Grad-CAM hooks and caches must not leak). Every image is distinct
 (a face with per-image noise), so nothing is answered from the sha256 reuse path.
 
     python -m bench.distributed --events 2000 --rss-early 200
@@ -46,20 +46,7 @@ def face_images(count: int, side: int, seed: int = 0):  # noqa: ANN201
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sqlalchemy import create_engine, func, select
-
-    from db.schema import Event
-    from pipeline.events import UploadEvent
-    from tests.services import (
-        PrivateRedis,
-        WorkerProcess,
-        fresh_database,
-        service_env,
-        start_moto,
-    )
-    from workers.app import create_app
-    from workers.settings import Settings, default_model_dir
-    from workers.submit import submit
+    from bench.services import bench_services
 
     parser = argparse.ArgumentParser(prog="bench.distributed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,18 +60,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
 
-    broker = PrivateRedis()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    s3 = start_moto()
-    database = fresh_database("deepscreen_bench")
-    db_url = database.__enter__()
-    redis_url = broker.url
+    with bench_services("deepscreen_bench") as svc:
+        return _run(args, svc)
+
+
+def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services.BenchServices
+    from sqlalchemy import create_engine, func, select
+
+    from bench.services import start_worker
+    from db.schema import Event
+    from pipeline.events import UploadEvent
+    from tests.services import service_env
+    from workers.app import create_app
+    from workers.settings import Settings, default_model_dir
+    from workers.submit import submit
+
+    db_url, redis_url, s3 = svc.database_url, svc.broker_url, svc.s3
+    client = s3.client()
     worker = None
     try:
-        client = s3.client()
-        for bucket in ("deepscreen", "uploads"):
-            client.create_bucket(Bucket=bucket)
         total = args.events + args.latency_events
         print(f"uploading {total} images...", file=sys.stderr)
         events = []
@@ -101,12 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                           DEEPSCREEN_BATCH_WAIT_MS="250", DEEPSCREEN_HEATMAPS=args.heatmaps,
                           DEEPSCREEN_DETECT_MAX_SIDE="960")
         log_path = Path(tempfile.mkdtemp(prefix="bench-worker-")) / "worker.log"
-        worker = WorkerProcess(env, log_path)
-        deadline = time.monotonic() + 180
-        while not worker.ready():
-            if time.monotonic() > deadline:
-                raise RuntimeError("worker did not start: " + log_path.read_text()[-2000:])
-            time.sleep(0.5)
+        worker = start_worker(env, log_path)
         celery_app = create_app(Settings(broker_url=redis_url))
         engine = create_engine(db_url)
 
@@ -114,19 +103,24 @@ def main(argv: list[str] | None = None) -> int:
             with engine.connect() as conn:
                 return int(conn.scalar(select(func.count()).select_from(Event).where(Event.status != "queued")) or 0)
 
-        started = time.perf_counter()
-        submit(events, celery_app=celery_app)
-        rss_early = None
-        early_at = None
-        done = 0
-        while done < args.events:
-            time.sleep(0.5)
-            done = finished()
-            if rss_early is None and done >= args.rss_early:
-                rss_early, early_at = rss_mb(worker.process.pid), done
-            if worker.process.poll() is not None:
-                raise RuntimeError("worker died: " + log_path.read_text()[-2000:])
-        seconds = time.perf_counter() - started
+        # Two phases, so both RSS readings are taken with the worker idle (between batches the heap is trimmed,
+        # so a reading in the middle of a batch would measure the batch, not a leak).
+        def phase(batch: list) -> float:
+            began = time.perf_counter()
+            submit(batch, celery_app=celery_app)
+            target = finished() + len(batch)
+            while finished() < target:
+                time.sleep(0.5)
+                if worker.process.poll() is not None:
+                    raise RuntimeError("worker died: " + log_path.read_text()[-2000:])
+            return time.perf_counter() - began
+
+        early_at = min(args.rss_early, args.events)
+        seconds = phase(events[:early_at])
+        time.sleep(2)
+        rss_early = rss_mb(worker.process.pid)
+        seconds += phase(events[early_at:]) if early_at < args.events else 0.0
+        time.sleep(2)
         rss_final = rss_mb(worker.process.pid)
         result: dict[str, Any] = {
             "events": args.events, "seconds": round(seconds, 2), "images_per_s": round(args.events / seconds, 2),
@@ -152,9 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if worker is not None:
             worker.stop()
-        s3.process.terminate()
-        broker.destroy()
-        database.__exit__(None, None, None)
     return 0
 
 

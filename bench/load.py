@@ -23,15 +23,8 @@ from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sqlalchemy import create_engine, func, select
 
-    from bench.distributed import face_images, rss_mb
-    from db.schema import Event, ReviewItem, Verdict
-    from pipeline.events import UploadEvent
-    from tests.services import PrivateRedis, WorkerProcess, fresh_database, service_env, start_moto
-    from workers.app import create_app
-    from workers.settings import Settings, default_model_dir
-    from workers.submit import submit
+    from bench.services import bench_services
 
     parser = argparse.ArgumentParser(prog="bench.load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,17 +37,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
 
-    broker = PrivateRedis()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    s3 = start_moto()
-    database = fresh_database("deepscreen_load")
-    url = database.__enter__()
+    with bench_services("deepscreen_load") as svc:
+        return _run(args, svc)
+
+
+def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services.BenchServices
+    from sqlalchemy import create_engine, func, select
+
+    from bench.distributed import face_images, rss_mb
+    from bench.services import start_worker
+    from db.schema import Event, ReviewItem, Verdict
+    from pipeline.events import UploadEvent
+    from tests.services import service_env
+    from workers.app import create_app
+    from workers.settings import Settings, default_model_dir
+    from workers.submit import submit
+
+    url, broker_url, s3 = svc.database_url, svc.broker_url, svc.s3
+    client = s3.client()
     worker = None
     try:
-        client = s3.client()
-        for bucket in ("deepscreen", "uploads"):
-            client.create_bucket(Bucket=bucket)
         bodies = list(face_images(args.distinct, args.side, seed=11))
         print(f"uploading {args.events} objects ({args.distinct} distinct images)...", file=sys.stderr)
         events = []
@@ -63,19 +65,16 @@ def main(argv: list[str] | None = None) -> int:
             client.put_object(Bucket="uploads", Key=key, Body=bodies[i % args.distinct])
             events.append(UploadEvent(event_id=f"load-{i}", image_uri=f"s3://uploads/{key}", source="load"))
         extra = dict(item.split("=", 1) for item in args.worker_env)
-        env = service_env(url, broker.url, s3, Path(os.environ.get("DEEPSCREEN_MODEL_DIR", default_model_dir())),
+        env = service_env(url, broker_url, s3, Path(os.environ.get("DEEPSCREEN_MODEL_DIR", default_model_dir())),
                           DEEPSCREEN_TORCH_THREADS=str(args.threads), DEEPSCREEN_BATCH_SIZE="32",
                           DEEPSCREEN_BATCH_WAIT_MS="250", DEEPSCREEN_VISIBILITY_TIMEOUT="3600", **extra)
-        app = create_app(Settings(broker_url=broker.url))
+        app = create_app(Settings(broker_url=broker_url))
         burst_at = time.time()
         submit(events, celery_app=app)
         queued_s = time.time() - burst_at
         print(f"burst of {args.events} queued in {queued_s:.1f} s; starting the worker", file=sys.stderr)
-        worker = WorkerProcess(env, Path(tempfile.mkdtemp(prefix="bench-load-")) / "worker.log")
-        while not worker.ready():  # the clock starts when the worker can take work (model loaded)
-            if worker.process.poll() is not None:
-                raise RuntimeError("worker died: " + worker.log_path.read_text()[-3000:])
-            time.sleep(0.2)
+        # the clock starts when the worker can take work (its model loaded)
+        worker = start_worker(env, Path(tempfile.mkdtemp(prefix="bench-load-")) / "worker.log")
         engine = create_engine(url)
         started = time.time()
         samples: list[dict[str, float]] = []
@@ -124,9 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if worker is not None:
             worker.stop()
-        s3.process.terminate()
-        broker.destroy()
-        database.__exit__(None, None, None)
 
 
 if __name__ == "__main__":

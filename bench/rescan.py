@@ -28,19 +28,7 @@ from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sqlalchemy import create_engine, func, select
-
-    from bench.distributed import face_images, latency_run
-    from db.model_registry import ModelRegistry
-    from db.rescan_store import RescanSelector, RescanStore
-    from db.schema import Event
-    from pipeline.events import UploadEvent
-    from pipeline.model import METADATA_FILE, read_metadata
-    from tests.services import PrivateRedis, WorkerProcess, fresh_database, service_env, start_moto
-    from workers.app import create_app
-    from workers.rescan import celery_driver
-    from workers.settings import Settings, default_model_dir
-    from workers.submit import submit
+    from bench.services import bench_services
 
     parser = argparse.ArgumentParser(prog="bench.rescan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,18 +41,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
 
-    broker = PrivateRedis()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    s3 = start_moto()
-    database = fresh_database("deepscreen_bench_rescan")
-    db_url = database.__enter__()
+    with bench_services("deepscreen_bench_rescan") as svc:
+        return _run(args, svc)
+
+
+def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001, C901 - bench.services.BenchServices
+    from sqlalchemy import create_engine, func, select
+
+    from bench.distributed import face_images, latency_run
+    from bench.services import start_worker
+    from db.model_registry import ModelRegistry
+    from db.rescan_store import RescanSelector, RescanStore
+    from db.schema import Event
+    from pipeline.events import UploadEvent
+    from pipeline.model import METADATA_FILE, read_metadata
+    from tests.services import service_env
+    from workers.app import create_app
+    from workers.rescan import celery_driver
+    from workers.settings import Settings, default_model_dir
+    from workers.submit import submit
+
+    db_url, s3 = svc.database_url, svc.s3
+    client = s3.client()
     worker = None
     scratch = Path(tempfile.mkdtemp(prefix="bench-rescan-"))
     try:
-        client = s3.client()
-        for bucket in ("deepscreen", "uploads"):
-            client.create_bucket(Bucket=bucket)
         probes = 3 * args.latency_events
         print(f"uploading {args.images + probes} images...", file=sys.stderr)
         events = []
@@ -74,15 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             events.append(UploadEvent(event_id=f"rb-{i}", image_uri=f"s3://uploads/{key}", source="bench"))
         stored, probe_events = events[: args.images], events[args.images:]
         model_dir = Path(os.environ.get("DEEPSCREEN_MODEL_DIR", default_model_dir()))
-        env = service_env(db_url, broker.url, s3, model_dir, DEEPSCREEN_TORCH_THREADS=str(args.threads),
+        env = service_env(db_url, svc.broker_url, s3, model_dir, DEEPSCREEN_TORCH_THREADS=str(args.threads),
                           DEEPSCREEN_BATCH_SIZE="32", DEEPSCREEN_BATCH_WAIT_MS="250", DEEPSCREEN_DETECT_MAX_SIDE="960")
-        worker = WorkerProcess(env, scratch / "worker.log")
-        deadline = time.monotonic() + 180
-        while not worker.ready():
-            if time.monotonic() > deadline:
-                raise RuntimeError("worker did not start: " + (scratch / "worker.log").read_text()[-2000:])
-            time.sleep(0.5)
-        app = create_app(Settings(broker_url=broker.url))
+        worker = start_worker(env, scratch / "worker.log")
+        app = create_app(Settings(broker_url=svc.broker_url))
         engine = create_engine(db_url)
 
         def finished(ids: list[str]) -> int:
@@ -145,9 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if worker is not None:
             worker.stop()
-        s3.process.terminate()
-        broker.destroy()
-        database.__exit__(None, None, None)
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
