@@ -1,5 +1,8 @@
 """The model registry: versions by sha256 and folder, which one is active, and an optional canary.
 
+A partial unique index (migration 0003) allows one `active` and one `canary` row at most, so two concurrent
+`activate` calls cannot both win: the second fails with an IntegrityError and can be repeated.
+
 Workers read `roles()` at each batch (one small query), so `activate` reaches every worker at its next batch
 without a restart.
 """
@@ -63,7 +66,8 @@ class ModelRegistry:
                 if row.sha256 != sha256:
                     raise RegistryError(f"version {version} is registered with sha256 {row.sha256[:12]}, "
                                         f"not {sha256[:12]}: give the new weights a new version")
-                row.folder = folder
+                if by != "worker":  # a worker's own path may exist only in its container: an admin's stands
+                    row.folder = folder
             else:
                 row = ModelRecord(version=version, sha256=sha256, folder=folder, role="registered",
                                   canary_fraction=0.0, registered_at=datetime.now(UTC), registered_by=by)

@@ -1,21 +1,24 @@
 """Re-scan runs in the database: selection by keyset cursor, chunk bookkeeping, progress and the report.
 
 A run pages through `images` by id (`WHERE images.id > cursor ORDER BY images.id LIMIT n`, never OFFSET).
-The driver enqueues a chunk first and then, in one transaction, records the chunk's items and events and
-moves the cursor past it. A crash between the two re-selects the same chunk, whose event ids are the same
-(`rescan-r<run>-i<image>`), so the worker's idempotency turns the second delivery into a no-op: no gap, no
-duplicate verdict.
+Event ids are `rescan-r<run>-i<image>`: a message sent twice is screened once (the worker's idempotency).
 
 Review semantics of a re-scan verdict (`review_for_rescan`, called inside the verdict's transaction):
 - fake/uncertain and the image has no open item: a new review item;
 - fake/uncertain and an item is already pending or claimed: a note on that item, no second item;
 - any verdict while a decided item exists: a note, and the decision stands unless the run asked to reopen;
 - real (or no face) while an item is pending: a note on it; the item stays for a moderator.
+
+Ordering against the queue: a chunk's items, queued events and the cursor are committed first, and the chunk is
+sent after. A crash (or a broker failure) in between leaves recorded events that were never sent; they are
+`queued` rows, and the stuck-event sweeper (workers/requeue.py) sends them. So every selected image has its
+item before any worker can screen it, and the report sees every verdict the run caused.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -181,9 +184,10 @@ class RescanStore:
             rows = session.scalars(select(RescanRun).order_by(RescanRun.id.desc()).limit(limit)).all()
             return [_view(r) for r in rows]
 
-    def active_runs(self) -> list[int]:
+    def active_runs(self, include_paused: bool = False) -> list[int]:
+        states = (*ACTIVE_STATES, "paused") if include_paused else ACTIVE_STATES
         with self.sessions() as session:
-            return list(session.scalars(select(RescanRun.id).where(RescanRun.state.in_(ACTIVE_STATES))
+            return list(session.scalars(select(RescanRun.id).where(RescanRun.state.in_(states))
                                         .order_by(RescanRun.id)))
 
     def set_state(self, run_id: int, action: str) -> RunView:
@@ -212,7 +216,7 @@ class RescanStore:
         return run if run is not None and run.state in ACTIVE_STATES else None
 
     def record_chunk(self, session: Session, run: RescanRun, rows: list[ChunkRow], now: datetime) -> None:
-        """After the chunk is enqueued: its items and queued events, and the cursor past it (one transaction)."""
+        """A chunk's items and queued events, and the cursor past it, in the tick's transaction (before sending)."""
         if not rows:
             return
         items = [{"run_id": run.id, "image_id": r.image_id, "event_id": r.event_id(run.id),
@@ -244,7 +248,7 @@ class RescanStore:
         if run.state != "draining":
             return False
         progress = self._progress(session, run.id)
-        if progress["done"] < run.enqueued:
+        if progress["done"] < progress["enqueued"]:  # items, not run.enqueued: an erased image takes its item along
             return False
         run.report = self._report(session, run, now)
         run.state, run.finished_at = "finished", now
@@ -307,33 +311,29 @@ class RescanStore:
         return None
 
 
-def review_for_rescan(session: Session, insert: Any, *, run_id: int, verdict_id: int, image_id: int,
-                      label: str | None, fake_probability: float | None, model_version: str, source: str,
-                      needs_review: bool) -> int | None:
-    """The review side of one new re-scan verdict (see the module docstring). Returns the open item's id."""
+def review_for_rescan(session: Session, *, run_id: int, verdict_id: int, image_id: int, label: str | None,
+                      fake_probability: float | None, model_version: str, needs_review: bool,
+                      open_item: Callable[[], int | None]) -> int | None:
+    """The review side of one new re-scan verdict (see the module docstring). `open_item` opens the verdict's
+    own item the way every verdict does. Returns the open item's id."""
     run = session.get(RescanRun, run_id)
     reopen = bool(run and run.reopen_decided)
     items = session.scalars(select(ReviewItem).where(ReviewItem.image_id == image_id, ReviewItem.verdict_id != verdict_id)
                             .order_by(ReviewItem.id.desc())).all()
-    open_item = next((i for i in items if i.state in OPEN_STATES), None)
+    open_item_row = next((i for i in items if i.state in OPEN_STATES), None)
     decided = next((i for i in items if i.state in DECIDED_STATES), None)
     summary = f"re-scan run {run_id} with model {model_version}: now {label or 'no verdict'}" + (
         f" (fake probability {fake_probability:.3f})" if fake_probability is not None else "")
-    if open_item is not None:
-        _note(session, run_id, open_item, summary + ("; this item stays open for a decision" if not needs_review else ""))
-        return open_item.id if needs_review else None
+    if open_item_row is not None:
+        _note(session, run_id, open_item_row,
+              summary + ("; this item stays open for a decision" if not needs_review else ""))
+        return open_item_row.id if needs_review else None
     if decided is not None and not (reopen and needs_review):
         _note(session, run_id, decided, summary + f"; the decision ({decided.state}) stands")
         return None
     if not needs_review:
         return None
-    now = datetime.now(UTC)
-    item_id = session.scalar(
-        insert(ReviewItem).values(verdict_id=verdict_id, image_id=image_id, state="pending", reason=label,
-                                  fake_probability=fake_probability, source=source, created_at=now, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["verdict_id"]).returning(ReviewItem.id))
-    if item_id is None:
-        item_id = session.scalar(select(ReviewItem.id).where(ReviewItem.verdict_id == verdict_id))
+    item_id = open_item()
     if decided is not None:  # reopened on request: say so on the old item
         _note(session, run_id, decided, summary + f"; reopened as review item {item_id} (the run asked to reopen)")
     return item_id

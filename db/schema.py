@@ -275,6 +275,11 @@ class ModelRecord(Base):
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+Index("uq_models_one_per_role", ModelRecord.role, unique=True,
+      postgresql_where=ModelRecord.role.in_(("active", "canary")),
+      sqlite_where=ModelRecord.role.in_(("active", "canary")))
+
+
 class RescanRun(Base):
     """One re-scan run: what it selects, how far it has enqueued (keyset cursor on images.id), and its state.
 

@@ -6,7 +6,6 @@ The same code runs on Postgres (distributed) and SQLite (embedded `deepscreen sc
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from db import known_fakes
 from db.rescan_store import review_for_rescan
-from db.schema import Event, FaceRow, Image, ReviewItem, Verdict
+from db.schema import Event, FaceRow, Image, RescanItem, ReviewItem, Verdict
 from pipeline.decide import needs_review
 from pipeline.events import UploadEvent
 from pipeline.screen import Verdict as ScreenVerdict
@@ -127,14 +126,17 @@ class Store:
                                    .where(Event.event_id.in_(list(wanted)), Event.status.not_in(TERMINAL)))
             return {event_id: (count if attempt == wanted[event_id] else 0) for event_id, attempt, count in rows}
 
-    def stuck_events(self, older_than: datetime, limit: int = 1000) -> list[UploadEvent]:
-        """Events still `queued` since before `older_than` (and not requeued since): the API may have died
-        between recording them and enqueueing them, or Redis may have lost them."""
+    def stuck_events(self, older_than: datetime, limit: int = 1000) -> list[tuple[UploadEvent, int]]:
+        """Events still `queued` since before `older_than` (and not requeued since), with the attempt their
+        last message carried: the API may have died between recording them and enqueueing them, a re-scan
+        chunk may have been recorded and never sent, or Redis may have lost them."""
         since = func.coalesce(Event.requeued_at, Event.received_at)
         with self.sessions() as session:
-            rows = session.scalars(select(Event).where(Event.status == "queued", since < older_than)
+            rows = session.execute(select(Event, RescanItem.run_id)
+                                   .outerjoin(RescanItem, RescanItem.event_id == Event.event_id)
+                                   .where(Event.status == "queued", since < older_than)
                                    .order_by(Event.received_at).limit(limit)).all()
-            return [_event_from_row(r) for r in rows]
+            return [(_event_from_row(event, run_id), max(1, event.delivery_attempt)) for event, run_id in rows]
 
     def mark_requeued(self, event_ids: Sequence[str], at: datetime) -> None:
         with self.sessions.begin() as session:
@@ -191,11 +193,14 @@ class Store:
                 if result.faces:
                     session.execute(self._insert(FaceRow).values(_face_rows(verdict_id, result, keys)))
                 known_fakes.save_screening_rows(session, verdict_id, image_id, result)
-            if event.rescan_run is not None and not reused:
+            if event.rescan_run is not None and reused:  # the verdict came from elsewhere: its item (if any) stands
+                review_id = session.scalar(select(ReviewItem.id).where(ReviewItem.verdict_id == verdict_id))
+            elif event.rescan_run is not None:
                 review_id = review_for_rescan(
-                    session, self._insert, run_id=event.rescan_run, verdict_id=verdict_id, image_id=image_id,
-                    label=label, fake_probability=result.fake_probability, model_version=result.model_version,
-                    source=event.source, needs_review=needs_review(label))
+                    session, run_id=event.rescan_run, verdict_id=verdict_id, image_id=image_id, label=label,
+                    fake_probability=result.fake_probability, model_version=result.model_version,
+                    needs_review=needs_review(label),
+                    open_item=lambda: self._open_review(session, verdict_id, image_id, label, result, event.source))
             else:
                 review_id = self._open_review(session, verdict_id, image_id, label, result, event.source)
             self._finish_event(session, event, status, result.reason, attempts, image_id, verdict_id)
@@ -317,14 +322,10 @@ def _event_row(event: UploadEvent) -> dict[str, Any]:
     }
 
 
-_RESCAN_EVENT = re.compile(r"^rescan-r(\d+)-i\d+$")
-
-
-def _event_from_row(row: Event) -> UploadEvent:
-    run = _RESCAN_EVENT.match(row.event_id)
+def _event_from_row(row: Event, rescan_run: int | None) -> UploadEvent:
     return UploadEvent(event_id=row.event_id, image_uri=row.image_uri, sha256=row.expected_sha256, source=row.source,
                        uploaded_at=row.uploaded_at, priority="rescan" if row.priority == "rescan" else "upload",
-                       rescan_run=int(run.group(1)) if run and row.priority == "rescan" else None)
+                       rescan_run=rescan_run if row.priority == "rescan" else None)
 
 
 def _verdict_row(image_id: int, result: ScreenVerdict, keys: BlobKeys, attempts: int) -> dict[str, Any]:

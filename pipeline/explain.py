@@ -43,12 +43,14 @@ def gradcam(classifier: Classifier, crops: Sequence[np.ndarray]) -> list[np.ndar
     # bf16, so the target layer's output is cast to float32 by a hook registered before grad-cam's own: hooks
     # run in order, and grad-cam then sees (and takes gradients of) the float32 tensor.
     to_float = layer.register_forward_hook(lambda _m, _a, out: out.float()) if classifier.precision != "fp32" else None
-    cam = GradCAM(model=classifier.net, target_layers=[layer])
+    cam = None
     try:
+        cam = GradCAM(model=classifier.net, target_layers=[layer])
         with classifier.autocast():
             maps = cam(input_tensor=tensor, targets=[_FakeLogit()] * len(crops))
     finally:  # the library's context manager swallows some errors; release explicitly instead
-        cam.activations_and_grads.release()
+        if cam is not None:
+            cam.activations_and_grads.release()
         if to_float is not None:
             to_float.remove()
         classifier.net.zero_grad(set_to_none=True)

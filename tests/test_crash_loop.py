@@ -118,12 +118,14 @@ def test_an_event_recorded_but_never_enqueued_is_requeued_and_screened(s3_server
             session.execute(update(Event).where(Event.event_id == "stuck-1")
                             .values(received_at=datetime.now(UTC) - timedelta(hours=2)))
         app = create_app(Settings(broker_url=redis.url))
-        send = lambda e: enqueue(app, e.model_dump(mode="json"), e.priority)  # noqa: E731
+        send = lambda e, attempt: enqueue(app, e.model_dump(mode="json"), e.priority, attempt=attempt)  # noqa: E731
         assert requeue_stuck(store, send, 1800, dry_run=True) == ["stuck-1"]
         assert requeue_stuck(store, send, 1800) == ["stuck-1"]
         assert requeue_stuck(store, send, 1800) == [], "not again until another stuck_after_s has passed"
         later = datetime.now(UTC) + timedelta(hours=1)
-        assert requeue_stuck(store, lambda e: None, 1800, now=later, dry_run=True) == ["stuck-1", "stuck-2"]
+        assert requeue_stuck(store, lambda e, attempt: None, 1800, now=later, dry_run=True) == ["stuck-1", "stuck-2"]
+        assert requeue_stuck(store, lambda e, attempt: None, 1800, now=later, dry_run=True, backlog_age_s=7200) == [], \
+            "while the queues hold a two-hour backlog, an hour-old queued event is waiting, not lost"
         worker = WorkerProcess(service_env(url, redis.url, s3_server, flagging_model), tmp_path / "worker.log")
         try:
             wait_for(worker.ready, 120, what="worker ready")

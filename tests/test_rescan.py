@@ -8,7 +8,6 @@ exactly which image had which verdict from which model.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -110,7 +109,9 @@ def test_selectors_pick_exactly_the_images_they_name(db: Store) -> None:
     assert picked(source="tenant-a", verdicts=("fake", "real")) == {1}
 
 
-def test_keyset_paging_resumes_after_a_crash_with_no_gap_and_no_duplicate(db: Store) -> None:
+def test_keyset_paging_records_before_sending_and_a_failed_send_is_swept_not_skipped(db: Store) -> None:
+    from workers.requeue import requeue_stuck
+
     rescans = RescanStore(db.engine)
     for n in range(1, 38):
         _screen(db, n, OLD, "real")
@@ -118,31 +119,35 @@ def test_keyset_paging_resumes_after_a_crash_with_no_gap_and_no_duplicate(db: St
     sent = Recorder()
     driver = RescanDriver(rescans, sent, config=DriverConfig(tick_s=1.0))
     t = NOW
-    for tick in range(40):
+    failed: list[str] = []
+    for tick in range(12):
         t += timedelta(seconds=1)
-        if tick in (2, 5):
-            sent.fail_next = True  # the broker fails: nothing may be recorded, the cursor must not move
+        if tick in (2, 5):  # the broker fails (or the driver dies) after the chunk was recorded
+            sent.fail_next = True
+            before = set(e.event_id for e in sent.events)
             with pytest.raises(ConnectionError):
                 driver.tick_run(run.id, t)
-            continue
-        if tick == 4:  # the "process" dies after enqueueing but before the cursor moved: a fresh driver resumes
-            rows = rescans.next_chunk(run.id, 5)
-            sent(_events_for(run.id, rows))
-            driver = RescanDriver(rescans, sent, config=DriverConfig(tick_s=1.0))
+            with db.sessions() as session:
+                recorded = set(session.scalars(select(RescanItem.event_id).where(RescanItem.run_id == run.id)))
+            failed += sorted(recorded - before - set(failed) - {e.event_id for e in sent.events})
+            driver = RescanDriver(rescans, sent, config=DriverConfig(tick_s=1.0))  # a fresh driver resumes
             continue
         driver.tick_run(run.id, t)
     ids = [e.event_id for e in sent.events]
-    counts = Counter(ids)
-    duplicated = {k for k, v in counts.items() if v > 1}
-    assert len(duplicated) == 5, "only the chunk sent before the crash goes out twice (the worker dedups it)"
-    assert len(set(ids)) == 37, "every selected image was enqueued"
+    assert len(ids) == len(set(ids)) == 27 and len(failed) == 10, "each chunk sent once; two never sent"
     with db.sessions() as session:
         items = session.scalars(select(RescanItem.event_id).where(RescanItem.run_id == run.id)).all()
-    assert sorted(items) == sorted(set(ids)), "one rescan item per image, none missing, none twice"
+        statuses = dict(session.execute(select(Event.event_id, Event.status).where(Event.event_id.in_(failed))).all())
+    assert sorted(items) == sorted(set(ids) | set(failed)), "one rescan item per image, none missing, none twice"
+    assert set(statuses.values()) == {"queued"}, "the unsent chunks wait as queued events"
+    by_sha = {_sha(n): n for n in range(1, 38)}
+    for event in list(sent.events):  # a worker screens what was sent
+        db.save(event, _verdict(by_sha[event.sha256 or ""], NEW, "real"), BlobKeys())
+    swept = requeue_stuck(db, lambda e, attempt: sent([e]), stuck_after_s=60, now=NOW + timedelta(days=1))
+    assert sorted(swept) == sorted(failed) and sent.events[-1].rescan_run == run.id
     view = rescans.get(run.id)
     assert view.enqueued == 37 and view.state == "draining"
-    image_ids = [int(e.split("-i")[1]) for e in dict.fromkeys(ids)]
-    assert image_ids == sorted(image_ids), "keyset order: ascending image id"
+    assert len({int(e.split("-i")[1]) for e in items}) == 37
 
 
 def _events_for(run_id: int, rows):  # noqa: ANN001, ANN202
@@ -177,6 +182,36 @@ def test_rate_limit_backlog_cap_pause_resume_cancel(db: Store) -> None:
     assert driver.tick(NOW + timedelta(seconds=650)) == {}
     assert len(sent.events) == 20 + 8 + 40 + 5 + 40 == rescans.get(run.id).enqueued
     assert all(e.priority == "rescan" and e.rescan_run == run.id for e in sent.events)
+
+
+def test_slow_rates_carry_fractions_and_a_model_switch_pauses_the_run(db: Store) -> None:
+    rescans = RescanStore(db.engine)
+    for n in range(1, 6):
+        _screen(db, n, OLD, "real")
+    run = rescans.create(RescanSelector(), NEW, rate_per_s=0.05, chunk_size=10)  # one image per 20 s
+    sent = Recorder()
+    active = {"version": NEW}
+    driver = RescanDriver(rescans, sent, config=DriverConfig(tick_s=5.0), active_version=lambda: active["version"])
+    got = [driver.tick_run(run.id, NOW + timedelta(seconds=t)) for t in range(0, 100, 5)]
+    assert sum(got) == 5 and max(got) == 1, f"0.05/s, first tick credited one tick (5 s): 100 s = 5 images ({got})"
+    active["version"] = "model-c"
+    assert driver.tick_run(run.id, NOW + timedelta(seconds=200)) == 0
+    assert rescans.get(run.id).state == "paused", "another model became active: the run pauses, not mixes"
+
+
+def test_changes_csv_neutralises_spreadsheet_formulas() -> None:
+    import csv
+    import io
+
+    from workers.rescan import write_changes_csv
+
+    buffer = io.StringIO()
+    write_changes_csv(buffer, [{"image_id": 1, "sha256": "ab", "source": "=HYPERLINK(\"http://x\")",
+                                "old_verdict": "fake", "old_fake_probability": 0.9, "new_verdict": "real",
+                                "new_fake_probability": 0.1, "model_version": "m", "event_id": "@e",
+                                "review_item_id": None}])
+    row = next(csv.DictReader(io.StringIO(buffer.getvalue())))
+    assert row["source"].startswith("'=") and row["event_id"] == "'@e" and row["sha256"] == "ab"
 
 
 def test_transition_report_and_review_semantics(db: Store) -> None:

@@ -216,12 +216,13 @@ def cmd_requeue_stuck(args: argparse.Namespace) -> int:
     try:
         store = Store.from_url(args.database_url or settings.database_url)
         if args.dry_run:
-            ids = requeue_stuck(store, lambda e: None, args.older_than or settings.stuck_after_s, args.limit,
-                                dry_run=True)
+            ids = requeue_stuck(store, lambda e, attempt: None, args.older_than or settings.stuck_after_s,
+                                args.limit, dry_run=True)
         else:
             from workers.app import app, enqueue
 
-            ids = requeue_stuck(store, lambda e: enqueue(app, e.model_dump(mode="json"), e.priority),
+            ids = requeue_stuck(store, lambda e, attempt: enqueue(app, e.model_dump(mode="json"), e.priority,
+                                                                  attempt=attempt),
                                 args.older_than or settings.stuck_after_s, args.limit)
     except Exception as exc:  # noqa: BLE001
         print(f"deepscreen requeue-stuck: {type(exc).__name__}: {exc}", file=sys.stderr)

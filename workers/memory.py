@@ -27,7 +27,7 @@ def ensure_arena_limit(arena_max: int) -> None:
     os.environ[_REEXEC_MARK] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+    os.execv(sys.executable, list(sys.orig_argv))  # exactly as started: `-m`, interpreter flags and all
 
 
 def _libc() -> ctypes.CDLL | None:

@@ -5,17 +5,19 @@ Ticks come from beat (`deepscreen.rescan_tick` on the control queue, every DEEPS
 drivers never enqueue the same chunk at once; if they did, event ids repeat and the worker's idempotency
 makes the second delivery a no-op.
 
-The run enqueues at most `rate_per_s` images per second of wall time (unused time is not banked beyond two
-ticks), and nothing while the re-scan queue already holds `max_queued` messages, so a paused or cancelled run
-stops within one queue's worth, and fresh uploads (polled first by every worker) keep their latency.
+The run enqueues at most `rate_per_s` images per second of wall time (fractions carry over; idle time is not
+banked beyond two ticks), and nothing while the re-scan queue already holds `max_queued` messages, so a paused
+or cancelled run stops within one queue's worth. If another model becomes active mid-run, the run pauses
+rather than mix versions.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +39,12 @@ class DriverConfig:
 
 class RescanDriver:
     def __init__(self, store: RescanStore, send: Send, queue_depth: Callable[[], int] | None = None,
-                 config: DriverConfig | None = None) -> None:
+                 config: DriverConfig | None = None, active_version: Callable[[], str | None] | None = None) -> None:
         self.store = store
         self.send = send
         self.queue_depth = queue_depth
         self.config = config or DriverConfig()
+        self.active_version = active_version  # a run whose model is no longer active is paused, not mixed
 
     def tick(self, now: datetime | None = None) -> dict[int, int]:
         """Advance every running or draining run once; returns images enqueued per run."""
@@ -49,6 +52,8 @@ class RescanDriver:
         return {run_id: self.tick_run(run_id, now) for run_id in self.store.active_runs()}
 
     def tick_run(self, run_id: int, now: datetime | None = None) -> int:
+        """Record the next chunk (items, queued events, cursor) and commit; then send it. A send that fails
+        leaves recorded `queued` events, which the stuck-event sweeper sends later: nothing is skipped."""
         now = now or datetime.now(UTC)
         with self.store.sessions.begin() as session:
             run = self.store.lock_for_tick(session, run_id)
@@ -57,24 +62,41 @@ class RescanDriver:
             if run.state == "draining":
                 self.store.finish_if_done(session, run, now)
                 return 0
-            last = run.last_tick_at.replace(tzinfo=UTC) if run.last_tick_at and not run.last_tick_at.tzinfo \
-                else run.last_tick_at
-            elapsed = (now - last).total_seconds() if last else self.config.tick_s
-            budget = min(run.chunk_size, int(run.rate_per_s * min(max(elapsed, 0.0), 2 * self.config.tick_s)))
+            active = self.active_version() if self.active_version is not None else None
+            if active is not None and active != run.model_version:
+                run.state = "paused"
+                log.warning("rescan run paused run_id=%d: its model %s is no longer the active one (%s); "
+                            "resume it after activating it again, or cancel it", run.id, run.model_version, active)
+                return 0
+            credit_s = self._credit(run.last_tick_at, run.rate_per_s, now)
+            budget = min(run.chunk_size, int(run.rate_per_s * credit_s))
             if self.queue_depth is not None:
                 budget = min(budget, self.config.max_queued - self.queue_depth())
             if budget < 1:
-                return 0  # last_tick_at stays: the time not used is credited to the next tick
+                if run.last_tick_at is None:  # start the clock, so a slow rate accumulates to a whole image
+                    run.last_tick_at = now - timedelta(seconds=credit_s)
+                return 0  # otherwise last_tick_at stays: the time not used is credited to a later tick
             rows = self.store.chunk(session, run, budget)
-            run.last_tick_at = now
             if not rows:
+                run.last_tick_at = now
                 run.state = "draining"
                 self.store.finish_if_done(session, run, now)
                 return 0
-            self.send([rescan_event(run.id, row, now) for row in rows])  # enqueued first, then the cursor moves
             self.store.record_chunk(session, run, rows, now)
+            # what was not spent (a fraction of an image, or a short chunk) carries over to the next tick
+            run.last_tick_at = now - timedelta(seconds=max(0.0, credit_s - len(rows) / run.rate_per_s))
+            events = [rescan_event(run.id, row, now) for row in rows]
             log.info("rescan chunk run_id=%d images=%d cursor=%d", run.id, len(rows), run.cursor)
-            return len(rows)
+        self.send(events)
+        return len(events)
+
+    def _credit(self, last: datetime | None, rate_per_s: float, now: datetime) -> float:
+        """Seconds of rate this tick may spend: since the last tick, capped at two ticks (or one image)."""
+        if last is None:
+            return self.config.tick_s
+        last = last if last.tzinfo else last.replace(tzinfo=UTC)
+        cap = max(2 * self.config.tick_s, 1.0 / rate_per_s)
+        return min(max((now - last).total_seconds(), 0.0), cap)
 
 
 def rescan_event(run_id: int, row: ChunkRow, now: datetime) -> UploadEvent:
@@ -99,8 +121,8 @@ def start_nightly(store: RescanStore, registry: ModelRegistry, model_dir: Path, 
                   chunk_size: int) -> RunView | None:
     """The scheduled run: every image without a verdict from the active model. Skipped while a run is going
     (a slow night must not stack runs) and when there is nothing to do."""
-    if store.active_runs():
-        log.info("nightly rescan skipped: a run is still going")
+    if store.active_runs(include_paused=True):
+        log.info("nightly rescan skipped: a run is still going (or paused)")
         return None
     version = target_version(registry, model_dir)
     selector = RescanSelector()
@@ -123,4 +145,24 @@ def celery_driver(celery_app: Any, store: RescanStore, tick_s: float, max_queued
         with celery_app.connection_for_read() as connection:
             return queue_states(connection.default_channel.client, [RESCAN_QUEUE])[0].depth
 
-    return RescanDriver(store, send, depth, DriverConfig(tick_s, max_queued))
+    registry = ModelRegistry(store.engine)
+
+    def active_version() -> str | None:
+        active = registry.roles().active
+        return active.version if active else None
+
+    return RescanDriver(store, send, depth, DriverConfig(tick_s, max_queued), active_version)
+
+
+CHANGE_FIELDS = ["image_id", "sha256", "source", "old_verdict", "old_fake_probability", "new_verdict",
+                 "new_fake_probability", "model_version", "event_id", "review_item_id"]
+
+
+def write_changes_csv(handle: Any, rows: list[dict[str, Any]]) -> None:
+    """A run's changed images as CSV. Text a spreadsheet would run as a formula (=, +, -, @ first) gets a `'`."""
+    def cell(value: Any) -> Any:
+        return f"'{value}" if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
+
+    writer = csv.DictWriter(handle, fieldnames=CHANGE_FIELDS)
+    writer.writeheader()
+    writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -81,7 +80,7 @@ def _date(text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date: {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)  # stored times are UTC
 
 
 def _settings_and_engine(args: argparse.Namespace):  # noqa: ANN202
@@ -206,13 +205,11 @@ def _show(store: Any, args: argparse.Namespace) -> int:
     run = store.get(args.run_id)
     progress = store.progress(run.id)
     if args.csv:
+        from workers.rescan import write_changes_csv
+
         rows = store.changes(run.id, only_changed=not args.all)
         with args.csv.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["image_id", "sha256", "source", "old_verdict",
-                                                        "old_fake_probability", "new_verdict", "new_fake_probability",
-                                                        "model_version", "event_id", "review_item_id"])
-            writer.writeheader()
-            writer.writerows(rows)
+            write_changes_csv(handle, rows)
         print(f"{len(rows)} rows written to {args.csv}", file=sys.stderr)
     if args.json:
         print(json.dumps({**run.as_json(), "progress": progress}))

@@ -2,13 +2,16 @@
 
 Each batch starts with one small registry query. A version seen for the first time is loaded once per process
 (its sha256 checked against the registry's); versions no longer active or canary are dropped, so a process
-holds at most two models. If the registry cannot be read, or a new version fails to load, the process keeps
-screening with the model it has and says so in the log: a roll-out problem never stops screening.
+holds at most three models (the one it started with, the active one and the canary). If the registry cannot
+be read, or a new version fails to load, the process keeps screening with the model it has and says so in the
+log: a roll-out problem never stops screening. A failed load is retried after `RETRY_FAILED_LOAD_S`, not at
+every batch.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ from pipeline.screen import Screener, ScreenItem, Verdict
 log = logging.getLogger(__name__)
 
 BuildScreener = Callable[[Path, bool], Screener]  # (model folder, canary?) -> a screener
+RETRY_FAILED_LOAD_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class ModelSwitch:
         self.fallback = fallback  # the model the process started with (settings): used while none is active
         self._loaded: dict[tuple[str, bool], Screener] = {(fallback.classifier.version, False): fallback}
         self._current = Models(fallback)
+        self._failed: dict[tuple[str, str, bool], float] = {}  # (version, sha256, canary) -> monotonic time
 
     def current(self) -> Models:
         try:
@@ -65,6 +70,9 @@ class ModelSwitch:
         screener = self._loaded.get(key)
         if screener is not None:
             return screener
+        failed_at = self._failed.get((model.version, model.sha256, canary))
+        if failed_at is not None and time.monotonic() - failed_at < RETRY_FAILED_LOAD_S:
+            return None
         try:
             screener = self.build(Path(model.folder), canary)
             if screener.classifier.meta.sha256 != model.sha256:
@@ -74,7 +82,9 @@ class ModelSwitch:
                 raise ModelLoadError(f"{model.folder} holds version {screener.classifier.version}, "
                                      f"the registry says {model.version}")
         except Exception as exc:  # noqa: BLE001 - a bad roll-out must not stop screening
-            log.error("cannot load model version=%s from %s: %s", model.version, model.folder, exc)
+            log.error("cannot load model version=%s from %s: %s (retry in %.0f s)", model.version, model.folder, exc,
+                      RETRY_FAILED_LOAD_S)
+            self._failed[(model.version, model.sha256, canary)] = time.monotonic()
             return None
         log.info("model loaded for %s version=%s", "canary" if canary else "active", model.version)
         self._loaded[key] = screener

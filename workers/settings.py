@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     # reliability
     visibility_timeout: int = 3600  # seconds a reserved, unacknowledged message waits before redelivery
     max_attempts: int = 8  # per-event failures; 2+4+...+60 s of backoff rides out a few minutes of S3 trouble
-    stuck_after_s: float = 1800.0  # an event still `queued` after this long is put on its queue again
+    stuck_after_s: float = 7200.0  # an event still `queued` this long is put on its queue again (> visibility_timeout)
     stuck_check_s: float = 300.0  # how often beat looks for such events
     max_deliveries: int = 3  # a message that was in hand this many times when a worker died is dead-lettered
     retry_backoff_s: float = 2.0

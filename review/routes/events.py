@@ -39,9 +39,10 @@ async def post_events(request: Request, principal: Ingest) -> JSONResponse:
         events = parse_payload(b"".join(chunks))
     except InvalidEvent as exc:
         return JSONResponse({"error": "invalid_event", "detail": str(exc)[:2000]}, status_code=422)
-    if any(e.rescan_run is not None for e in events):  # only the re-scan driver attaches events to a run
-        return JSONResponse({"error": "invalid_event", "detail": "rescan_run is set by deepscreen's re-scan runs, "
-                             "not by producers"}, status_code=422)
+    # only the re-scan driver attaches events to a run, and its event ids are reserved
+    if any(e.rescan_run is not None or e.event_id.startswith("rescan-") for e in events):
+        return JSONResponse({"error": "invalid_event", "detail": "rescan_run and event ids starting with 'rescan-' "
+                             "belong to deepscreen's re-scan runs, not to producers"}, status_code=422)
     if not events:
         return JSONResponse({"accepted": [], "duplicates": []}, status_code=202)
     if ctx.celery_app is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from typing import Any
 
@@ -14,10 +13,9 @@ from db.rescan_store import RescanError, RescanStore
 from review.auth import Admin
 from review.context import ReviewContext
 from review.schemas import Error
+from workers.rescan import write_changes_csv
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-CSV_FIELDS = ["image_id", "sha256", "source", "old_verdict", "old_fake_probability", "new_verdict",
-              "new_fake_probability", "model_version", "event_id", "review_item_id"]
 
 
 def rescans(request: Request) -> RescanStore:
@@ -51,9 +49,7 @@ def run_changes(request: Request, principal: Admin, run_id: int, all: bool = Fal
     except RescanError as exc:
         return JSONResponse({"error": "not_found", "detail": str(exc)}, status_code=404)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows(store.changes(run_id, only_changed=not all))
+    write_changes_csv(buffer, store.changes(run_id, only_changed=not all))
     return Response(buffer.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="rescan-{run_id}-changes.csv"'})
 

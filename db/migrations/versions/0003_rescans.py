@@ -45,6 +45,10 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('version')
     )
     op.create_index(op.f('ix_models_role'), 'models', ['role'], unique=False)
+    # one active and one canary at most, even under concurrent `model activate` calls
+    op.create_index('uq_models_one_per_role', 'models', ['role'], unique=True,
+                    postgresql_where=sa.text("role IN ('active', 'canary')"),
+                    sqlite_where=sa.text("role IN ('active', 'canary')"))
     op.create_table('rescan_runs',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('selector', sa.JSON(), nullable=False),
@@ -100,6 +104,7 @@ def downgrade() -> None:
     op.drop_table('rescan_items')
     op.drop_index(op.f('ix_rescan_runs_state'), table_name='rescan_runs')
     op.drop_table('rescan_runs')
+    op.drop_index('uq_models_one_per_role', table_name='models')
     op.drop_index(op.f('ix_models_role'), table_name='models')
     op.drop_table('models')
     op.drop_index(op.f('ix_canary_results_canary_version'), table_name='canary_results')
