@@ -37,3 +37,12 @@ def current(url: str) -> str | None:
 def revision(url: str, message: str) -> None:
     """Autogenerate a new revision against an up-to-date database; review it before committing."""
     command.revision(alembic_config(url), message=message, autogenerate=True)
+
+
+def home_database(home: Path | str) -> str:
+    """The embedded mode's database: `HOME/deepscreen.sqlite3`, created and migrated; returns its URL."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{(home / 'deepscreen.sqlite3').resolve()}"
+    upgrade(url)
+    return url

@@ -30,18 +30,12 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _token_store(args: argparse.Namespace):  # noqa: ANN202
-    from db.migrate import upgrade
+    from db.migrate import home_database
     from db.review_store import ReviewStore
     from db.store import connect
     from db.token_store import TokenStore
 
-    if args.home:
-        home = Path(args.home)
-        home.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{(home / 'deepscreen.sqlite3').resolve()}"
-        upgrade(url)
-    else:
-        url = _settings(args).database_url
+    url = home_database(args.home) if args.home else _settings(args).database_url
     engine = connect(url)
     return TokenStore(engine), ReviewStore(engine)
 

@@ -114,12 +114,9 @@ def distributed_context(settings: Settings, celery_app: Any = None) -> ReviewCon
 
 def embedded_context(settings: Settings, home: Path) -> ReviewContext:
     """SQLite + a local folder (the `deepscreen scan` home): the console over local results; no queue."""
-    from db.migrate import upgrade
+    from db.migrate import home_database
 
-    home.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{(home / 'deepscreen.sqlite3').resolve()}"
-    upgrade(url)
-    engine = connect(url)
+    engine = connect(home_database(home))
     store = Store(engine)
     blobs = LocalBlobStore(home / "blobs")
     reader = InputReader(allow_local=True, max_bytes=settings.max_image_bytes)

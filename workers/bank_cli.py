@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -14,17 +13,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 def _bank_store(args: argparse.Namespace):  # noqa: ANN202
     from db.known_fakes import BankStore
-    from db.migrate import upgrade
+    from db.migrate import home_database
     from db.store import connect
     from workers.settings import Settings
 
-    if args.home:
-        home = Path(args.home)
-        home.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{(home / 'deepscreen.sqlite3').resolve()}"
-        upgrade(url)
-    else:
-        url = args.database_url or Settings().database_url
+    url = home_database(args.home) if args.home else args.database_url or Settings().database_url
     return BankStore(connect(url))
 
 

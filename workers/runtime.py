@@ -10,7 +10,7 @@ import torch
 from sqlalchemy import Engine
 
 from db.known_fakes import BankStore
-from db.migrate import upgrade
+from db.migrate import home_database
 from db.model_registry import ModelRegistry, RegistryError
 from db.store import Store
 from pipeline.faces import FaceDetector
@@ -84,10 +84,7 @@ def distributed_runtime(settings: Settings) -> Runtime:
 
 
 def embedded_runtime(settings: Settings, home: Path, crops: bool = False) -> Runtime:
-    home.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{(home / 'deepscreen.sqlite3').resolve()}"
-    upgrade(url)
-    store = Store.from_url(url)
+    store = Store.from_url(home_database(home))
     return Runtime(
         screener=build_screener(settings, crops=crops),
         store=store,
