@@ -265,6 +265,35 @@ def test_make_pair_batch(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_random_batches_switch_off_pairing(tmp_path: Path) -> None:
+    """The pair-aware lever off: the reals come from other pairs, each with its own augmentation draw, while
+    each fake's mask target still comes from its own real."""
+    root = make_dataset(tmp_path / "data")
+    pairs = read_pairs(root, read_manifest(root))[:3]
+    others = pairs[1:] + pairs[:1]
+    cfg = AugmentConfig(window=96)
+    batch = make_pair_batch(root, pairs, np.random.default_rng(7), cfg, mask_grid=4, reals=others)
+    assert batch.labels.tolist() == [0.0, 1.0] * 3
+    for index, (pair, other) in enumerate(zip(pairs, others, strict=True)):
+        real_params, fake_params = batch.params[2 * index], batch.params[2 * index + 1]
+        assert real_params != fake_params  # two independent draws
+        np.testing.assert_array_equal(batch.images[2 * index], apply_params(load_crop(root, other.real), real_params, 96))
+        np.testing.assert_array_equal(batch.images[2 * index + 1], apply_params(load_crop(root, pair.fake), fake_params, 96))
+        assert batch.masks[2 * index + 1].max() > 0.5  # against its own real: the inverted centre
+
+
+def test_source_side_downscales_before_the_window(tmp_path: Path) -> None:
+    """The native-resolution lever off: windows are cut from the crop resized to source_side."""
+    root = make_dataset(tmp_path / "data", train=1, val=0)
+    pairs = read_pairs(root, read_manifest(root))
+    cfg = AugmentConfig(window=64, window_scale=(1.0, 1.125))
+    batch = make_pair_batch(root, pairs, np.random.default_rng(3), cfg, mask_grid=4, source_side=72)
+    params = batch.params[0]
+    left, top, right, bottom = params.box
+    assert right <= 72 and bottom <= 72 and right - left >= 64
+    np.testing.assert_array_equal(batch.images[0], apply_params(load_crop(root, pairs[0].real, 72), params, 64))
+
+
 def test_make_pair_batch_self_blend(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "data", train=1, val=0)
     pairs = read_pairs(root, read_manifest(root))

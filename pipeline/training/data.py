@@ -90,22 +90,35 @@ def make_pair_batch(
     cfg: AugmentConfig,
     mask_grid: int,
     sbi_fraction: float = 0.0,
+    source_side: int = SOURCE_SIDE,
+    reals: list[Pair] | None = None,
 ) -> PairBatch:
+    """A batch of real/fake pairs: each fake with its own real, one draw of augmentation for both.
+
+    `source_side` below 224 downscales the crop before the window is cut (the "native resolution" lever
+    switched off). `reals`, when given, switches the pair-aware lever off: the batch's reals are those pairs'
+    reals, each with its own augmentation draw, so a real and its own fake rarely share a batch. The fakes'
+    mask targets still come from their own reals.
+    """
     images: list[np.ndarray] = []
     labels: list[float] = []
     masks: list[np.ndarray] = []
     params: list[AugmentParams] = []
-    for pair in pairs:
-        real = load_crop(root, pair.real)
+    for index, pair in enumerate(pairs):
+        real = load_crop(root, pair.real, source_side)
         use_sbi = pair.fake is None or rng.random() < sbi_fraction
-        fake = self_blend(real, rng) if use_sbi else load_crop(root, pair.fake)  # type: ignore[arg-type]
-        p = draw_params(rng, SOURCE_SIDE, cfg)
-        real_aug = apply_params(real, p, cfg.window, real=True)
+        fake = self_blend(real, rng) if use_sbi else load_crop(root, pair.fake, source_side)  # type: ignore[arg-type]
+        p = draw_params(rng, source_side, cfg)
         fake_aug = apply_params(fake, p, cfg.window)
+        # The mask is the manipulation only: against the real WITHOUT its real-only extra blur.
+        reference = apply_params(real, p, cfg.window)
+        if reals is None:
+            q, real_aug = p, (apply_params(real, p, cfg.window, real=True) if p.real_blur_sigma > 0 else reference)
+        else:
+            q = draw_params(rng, source_side, cfg)
+            real_aug = apply_params(load_crop(root, reals[index].real, source_side), q, cfg.window, real=True)
         images += [real_aug, fake_aug]
         labels += [0.0, 1.0]
-        # The mask is the manipulation only: against the real WITHOUT its real-only extra blur.
-        reference = apply_params(real, p, cfg.window) if p.real_blur_sigma > 0 else real_aug
         masks += [np.zeros((mask_grid, mask_grid), np.float32), difference_mask(reference, fake_aug, mask_grid)]
-        params += [p, p]
+        params += [q, p]
     return PairBatch(images, np.asarray(labels, np.float32), np.stack(masks), params)

@@ -58,6 +58,9 @@ class TrainConfig:
     max_miss: float = 0.05  # real threshold: at most this share of val fakes cleared
     version: str = ""
     init_from: str = ""  # a shipped model folder to start from (warm start across sessions); "" = random init
+    # Lever switches for ablations: both default to the levers on.
+    pair_batches: bool = True  # False: each batch's reals come from other pairs, with their own augmentation
+    source_side: int = 224  # train crops are resized to this before the window is cut; 224 = native scale
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod
@@ -196,14 +199,17 @@ class Trainer:
         while self.state["epoch"] < cfg.epochs:
             epoch = self.state["epoch"]
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.pairs))
+            other = np.random.default_rng([cfg.seed, epoch, 1]).permutation(len(self.pairs))
             bar = tqdm(range(self.state["step"], self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not self.progress, initial=self.state["step"], total=self.steps_per_epoch)
             running = None
             started = time.time()
             for step in bar:
-                chosen = [self.pairs[i] for i in order[step * cfg.pairs_per_batch : (step + 1) * cfg.pairs_per_batch]]
+                window = slice(step * cfg.pairs_per_batch, (step + 1) * cfg.pairs_per_batch)
+                chosen = [self.pairs[i] for i in order[window]]
+                reals = None if cfg.pair_batches else [self.pairs[i] for i in other[window]]
                 torch.manual_seed(hash((cfg.seed, epoch, step)) & 0x7FFFFFFF)  # dropout too replays on resume
-                loss = self._train_step(chosen, np.random.default_rng([cfg.seed, epoch, step]), grid)
+                loss = self._train_step(chosen, np.random.default_rng([cfg.seed, epoch, step]), grid, reals)
                 running = loss if running is None else 0.98 * running + 0.02 * loss
                 self.state["step"] = step + 1
                 self.state["global_step"] += 1
@@ -215,9 +221,9 @@ class Trainer:
             bar.close()
         return self.finish()
 
-    def _train_step(self, chosen: list[Pair], rng: np.random.Generator, grid: int) -> float:
+    def _train_step(self, chosen: list[Pair], rng: np.random.Generator, grid: int, reals: list[Pair] | None = None) -> float:
         cfg = self.cfg
-        batch = make_pair_batch(self.root, chosen, rng, cfg.augment, grid, cfg.sbi_fraction)
+        batch = make_pair_batch(self.root, chosen, rng, cfg.augment, grid, cfg.sbi_fraction, cfg.source_side, reals)
         x = crops_to_tensor(batch.images, self.meta, size=cfg.augment.window).to(self.device)
         y = torch.from_numpy(batch.labels).to(self.device)
         for group in self.opt.param_groups:
