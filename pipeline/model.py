@@ -73,27 +73,31 @@ class DeepfakeNet(nn.Module):
         self.backbone = InceptionResnetV1(classify=True, num_classes=1, dropout_prob=dropout)
         self.mask_head = nn.Conv2d(896, 1, kernel_size=1) if mask_head else None
 
+    # The backbone's layers in forward order, up to the pooled features; the head follows.
+    STAGES = ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a", "conv2d_4b",
+              "repeat_1", "mixed_6a", "repeat_2", "mixed_7a", "repeat_3", "block8", "avgpool_1a")
+
     def forward_with_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mask = None
+        for name in self.STAGES:
+            x = getattr(self.backbone, name)(x)
+            if name == "repeat_2" and self.mask_head is not None:
+                mask = self.mask_head(x)
+        return self._head(x), mask
+
+    def forward_from(self, stage: str, x: torch.Tensor) -> torch.Tensor:
+        """The logits from the output of `stage` (a name in STAGES): the network's tail alone. Grad-CAM uses
+        it to explain a face from the activations its classification forward already computed."""
+        for name in self.STAGES[self.STAGES.index(stage) + 1 :]:
+            x = getattr(self.backbone, name)(x)
+        return self._head(x)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
         b = self.backbone
-        x = b.conv2d_1a(x)
-        x = b.conv2d_2a(x)
-        x = b.conv2d_2b(x)
-        x = b.maxpool_3a(x)
-        x = b.conv2d_3b(x)
-        x = b.conv2d_4a(x)
-        x = b.conv2d_4b(x)
-        x = b.repeat_1(x)
-        x = b.mixed_6a(x)
-        x = b.repeat_2(x)
-        mask = self.mask_head(x) if self.mask_head is not None else None
-        x = b.mixed_7a(x)
-        x = b.repeat_3(x)
-        x = b.block8(x)
-        x = b.avgpool_1a(x)
         x = b.dropout(x)
         x = b.last_linear(x.flatten(1))
         x = b.last_bn(x)
-        return b.logits(x), mask
+        return b.logits(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N, 1)."""
@@ -157,16 +161,49 @@ class Classifier:
             out = self.net(batch.to(self.device, non_blocking=True))
         return out.float().squeeze(1).cpu()
 
+    @property
+    def split_stage(self) -> str | None:
+        """The backbone stage named by `gradcam_layer` when the network can be resumed from it
+        (DeepfakeNet.forward_from), else None: Grad-CAM then needs a full forward of its own."""
+        prefix, _, stage = self.meta.gradcam_layer.partition(".")
+        if prefix == "backbone" and stage in DeepfakeNet.STAGES and isinstance(self.net, DeepfakeNet):
+            return stage
+        return None
+
     def fake_probability(self, crops: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Calibrated P(fake) for each crop, in one forward pass per `batch_size` crops."""
+        return self.fake_probability_with_features(crops, batch_size, keep=False)[0]
+
+    def fake_probability_with_features(
+        self, crops: Sequence[np.ndarray], batch_size: int = 64, keep: bool = True
+    ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """P(fake) for each crop, plus (when `keep` and the network can be split) the activations of the
+        Grad-CAM layer from the same forward, (N, C, h, w) on the CPU, for `explain.gradcam_from_features`."""
         if not crops:
-            return np.zeros(0, dtype=np.float64)
-        outs = [
-            self.logits(crops_to_tensor(crops[i : i + batch_size], self.meta))
-            for i in range(0, len(crops), batch_size)
-        ]
+            return np.zeros(0, dtype=np.float64), None
+        stage = self.split_stage if keep else None
+        captured: list[torch.Tensor] = []
+        hook = None
+        if stage is not None:
+            def grab(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
+                captured.append(out.detach().to("cpu", copy=True))
+
+            hook = self.layer(self.meta.gradcam_layer).register_forward_hook(grab)
+        try:
+            outs = [
+                self.logits(crops_to_tensor(crops[i : i + batch_size], self.meta))
+                for i in range(0, len(crops), batch_size)
+            ]
+        finally:
+            if hook is not None:
+                hook.remove()
         logits = torch.cat(outs).double()
-        return torch.sigmoid(logits / self.meta.temperature).numpy()
+        probs = torch.sigmoid(logits / self.meta.temperature).numpy()
+        if stage is None:
+            return probs, None
+        with torch.inference_mode(False):
+            features = torch.cat([c.clone() for c in captured])  # a normal tensor: autograd may use it
+        return probs, features
 
     def layer(self, dotted: str) -> nn.Module:
         module: nn.Module = self.net

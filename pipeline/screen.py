@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from PIL import Image
 
 from pipeline.decide import Thresholds, decide, image_score
 from pipeline.decode import DecodedImage, DecodeLimits, decode_image
 from pipeline.errors import InvalidInput
-from pipeline.explain import annotate, gradcam, overlay, png_bytes
+from pipeline.explain import annotate, gradcam, gradcam_from_features, overlay, png_bytes
 from pipeline.faces import Box, DetectorConfig, Face, FaceDetector, crop_face, resize_square
 from pipeline.model import Classifier
 from pipeline.pdq import DEFAULT_MAX_SIDE, DEFAULT_MIN_QUALITY, PerceptualHash, pdq_hash
@@ -108,6 +109,7 @@ class _Work:
     faces: list[Face] = field(default_factory=list)
     crops: list[np.ndarray] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
+    features: Any = None  # the Grad-CAM layer's activations of each crop (a tensor), when kept
     pdq: PerceptualHash | None = None
 
 
@@ -192,11 +194,15 @@ class Screener:
 
     def _classify(self, live: list[_Work]) -> None:
         crops = [crop for w in live for crop in w.crops]
-        probs = self.classifier.fake_probability(crops, batch_size=max(1, self.config.classify_batch))
+        keep = self.config.heatmaps != "none"  # the activations Grad-CAM resumes from
+        probs, features = self.classifier.fake_probability_with_features(
+            crops, batch_size=max(1, self.config.classify_batch), keep=keep)
         cursor = 0
         for work in live:
-            work.probabilities = [float(p) for p in probs[cursor : cursor + len(work.crops)]]
-            cursor += len(work.crops)
+            end = cursor + len(work.crops)
+            work.probabilities = [float(p) for p in probs[cursor:end]]
+            work.features = features[cursor:end] if features is not None else None
+            cursor = end
 
     def _explain(self, live: list[_Work]) -> dict[tuple[int, int], np.ndarray]:
         mode = self.config.heatmaps
@@ -211,7 +217,10 @@ class Screener:
         step = max(1, self.config.classify_batch)
         for start in range(0, len(chosen), step):
             part = chosen[start : start + step]
-            maps = gradcam(self.classifier, [live[w].crops[f] for w, f in part])
+            if all(live[w].features is not None for w, _ in part):
+                maps = gradcam_from_features(self.classifier, torch.stack([live[w].features[f] for w, f in part]))
+            else:  # a network that cannot be resumed from its Grad-CAM layer: a forward and backward of its own
+                maps = gradcam(self.classifier, [live[w].crops[f] for w, f in part])
             for (w, f), cam in zip(part, maps, strict=True):
                 cams[(id(live[w]), f)] = cam
         return cams

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.explain import VERDICT_COLOURS, annotate, gradcam, heat_colours, overlay, png_bytes
+from pipeline.explain import VERDICT_COLOURS, annotate, gradcam, gradcam_from_features, heat_colours, overlay, png_bytes
 from pipeline.model import Classifier
 
 
@@ -109,6 +109,55 @@ def test_gradcam_under_bf16_autocast_matches_fp32_and_leaves_no_hook(astronaut: 
 
 def test_gradcam_of_nothing(classifier: Classifier) -> None:
     assert gradcam(classifier, []) == []
+
+
+def test_gradcam_from_features_equals_the_full_gradcam(inverted: Classifier, astronaut: np.ndarray) -> None:
+    """Resuming from the classification forward's activations gives the maps of a full Grad-CAM pass, and
+    the probabilities of that forward are the plain ones."""
+    crops = _crops(astronaut)
+    probs, features = inverted.fake_probability_with_features(crops)
+    assert features is not None and features.shape[0] == len(crops) and not features.requires_grad
+    np.testing.assert_allclose(probs, inverted.fake_probability(crops), atol=1e-9)
+    full = gradcam(inverted, crops)
+    resumed = gradcam_from_features(inverted, features)
+    assert full[0].std() > 0.01, "a map with structure to compare"
+    for a, b in zip(full, resumed, strict=True):
+        assert b.shape == a.shape and b.dtype == np.float32
+        np.testing.assert_allclose(b, a, atol=1e-4)
+    assert _hooks(inverted.net) == 0
+    assert all(p.grad is None for p in inverted.net.parameters())
+
+
+def test_gradcam_from_features_under_bf16_matches_fp32(astronaut: np.ndarray) -> None:
+    """On the shipped model, with the bf16 classification forward's activations: the fp32 maps, up to rounding."""
+    import dataclasses
+
+    from PIL import ImageFilter
+
+    from pipeline.model import load_classifier
+    from workers.settings import SHIPPED_MODEL
+
+    shipped = load_classifier(SHIPPED_MODEL, precision="fp32")
+    face = np.ascontiguousarray(astronaut[40:200, 140:300])
+    crops = [np.asarray(Image.fromarray(face).filter(ImageFilter.GaussianBlur(2))), face]
+    bf16 = dataclasses.replace(shipped, precision="bf16")
+    _, features = bf16.fake_probability_with_features(crops)
+    assert features is not None
+    full, resumed = gradcam(shipped, crops), gradcam_from_features(bf16, features)
+    assert full[0].std() > 0.05, "a map with structure to compare"
+    assert np.corrcoef(full[0].ravel(), resumed[0].ravel())[0, 1] > 0.99
+    for a, b in zip(full, resumed, strict=True):
+        assert np.abs(a - b).max() < 0.05
+
+
+def test_features_are_not_kept_for_a_layer_that_cannot_be_resumed(classifier: Classifier) -> None:
+    import dataclasses
+
+    other = dataclasses.replace(classifier, meta=dataclasses.replace(classifier.meta, gradcam_layer="backbone.repeat_3.0"))
+    probs, features = other.fake_probability_with_features([np.full((224, 224, 3), 90, np.uint8)])
+    assert features is None and probs.shape == (1,)
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        gradcam_from_features(other, torch.zeros(1, 1792, 5, 5))
 
 
 # -- colours and overlay ------------------------------------------------------------------------------
