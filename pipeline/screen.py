@@ -9,7 +9,6 @@ terminal status: scored, no_face or invalid_input. Nothing in here raises for a 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,12 +18,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pipeline.decide import Thresholds, decide, image_score
 from pipeline.decode import DecodedImage, DecodeLimits, decode_image
 from pipeline.errors import InvalidInput
-from pipeline.explain import annotate, gradcam, gradcam_from_features, overlay, png_bytes
+from pipeline.explain import annotate, gradcam, gradcam_from_features, jpeg_bytes, overlay
 from pipeline.faces import Box, DetectorConfig, Face, FaceDetector, crop_face, resize_square
 from pipeline.model import Classifier
 from pipeline.pdq import DEFAULT_MAX_SIDE, DEFAULT_MIN_QUALITY, PerceptualHash, pdq_hash
@@ -67,7 +65,7 @@ class FaceVerdict:
     detection_probability: float | None  # None in crops mode
     fake_probability: float
     verdict: str
-    heatmap_png: bytes | None = None  # the Grad-CAM overlay on the crop
+    heatmap_jpeg: bytes | None = None  # the Grad-CAM overlay on the crop
     crop_jpeg: bytes | None = None  # the crop the classifier saw (kept with explained faces)
 
 
@@ -93,7 +91,7 @@ class Verdict:
     verdict: str | None = None
     fake_probability: float | None = None
     faces: tuple[FaceVerdict, ...] = ()
-    heatmap_png: bytes | None = None  # the image with boxes and heat painted in place
+    heatmap_jpeg: bytes | None = None  # the image with boxes and heat painted in place
     reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     pdq: PerceptualHash | None = None  # None when the image could not be decoded
@@ -244,8 +242,8 @@ class Screener:
                 index=index, box=face.box,
                 detection_probability=None if self.config.crops else face.detection_probability,
                 fake_probability=prob, verdict=decide(prob, self.thresholds),
-                heatmap_png=png_bytes(overlay(crop, cam)) if cam is not None else None,
-                crop_jpeg=_jpeg(crop) if cam is not None else None,
+                heatmap_jpeg=jpeg_bytes(overlay(crop, cam)) if cam is not None else None,
+                crop_jpeg=jpeg_bytes(crop, quality=92) if cam is not None else None,
             ))
         score = image_score([f.fake_probability for f in faces])
         assert score is not None
@@ -253,15 +251,9 @@ class Screener:
         if any(c is not None for c in face_cams):
             drawn = annotate(work.image.pixels, [(f.box, f.verdict, f.fake_probability) for f in faces],
                              face_cams, self.classifier.meta.crop_margin, self.config.annotate_max_side)
-            heatmap = png_bytes(drawn)
+            heatmap = jpeg_bytes(drawn)
         return Verdict(status="scored", verdict=decide(score, self.thresholds), fake_probability=score,
-                       faces=tuple(faces), heatmap_png=heatmap, **base)
-
-
-def _jpeg(pixels: np.ndarray, quality: int = 92) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+                       faces=tuple(faces), heatmap_jpeg=heatmap, **base)
 
 
 class _timed:

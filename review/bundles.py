@@ -13,6 +13,7 @@ import json
 import logging
 import zipfile
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 from pipeline.errors import InvalidInput
@@ -44,6 +45,11 @@ def sign(secret: str, data: bytes) -> str:
     return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
 
 
+def _suffix(key: str | None) -> str:
+    """A stored key's file suffix (".jpg"), or "" for a missing key."""
+    return PurePosixPath(key).suffix if key else ""
+
+
 def _extension(data: bytes) -> str:
     if data.startswith(b"\x89PNG"):
         return "png"
@@ -63,9 +69,10 @@ def collect_files(ctx: ReviewContext, item: dict[str, Any]) -> tuple[list[tuple[
         files.append((f"original.{_extension(data)}", data))
     except (InvalidInput, OSError) as exc:
         missing.append(f"original ({getattr(exc, 'reason', type(exc).__name__)})")
-    keys = [("heatmap.png", item["verdict"]["heatmap_key"])]
+    # heatmaps are JPEG; verdicts written before that change point at PNGs, so the name follows the key
+    keys = [(f"heatmap{_suffix(item['verdict']['heatmap_key'])}", item["verdict"]["heatmap_key"])]
     for face in item["faces"]:
-        keys.append((f"faces/face-{face['index']}-heatmap.png", face["heatmap_key"]))
+        keys.append((f"faces/face-{face['index']}-heatmap{_suffix(face['heatmap_key'])}", face["heatmap_key"]))
         keys.append((f"faces/face-{face['index']}-crop.jpg", face["crop_key"]))
     for name, key in keys:
         if not key:

@@ -69,7 +69,7 @@ def test_scan_json_gives_one_stable_row_per_input(inputs: Path, model_dir: Path,
     assert len(face["faces"]) >= 1
     assert set(face["faces"][0]) == {"box", "detection_probability", "fake_probability"}
     assert face["fake_probability"] == max(f["fake_probability"] for f in face["faces"])
-    assert Path(face["heatmap"]).is_file() and Path(face["heatmap"]).read_bytes()[:4] == b"\x89PNG"
+    assert Path(face["heatmap"]).is_file() and Path(face["heatmap"]).read_bytes()[:3] == b"\xff\xd8\xff"
     assert rows["wall.png"]["status"] == "no_face" and rows["wall.png"]["verdict"] is None
     assert (rows["page.jpg"]["status"], rows["page.jpg"]["reason"]) == ("invalid_input", "not_an_image")
     assert (rows["zero.jpg"]["status"], rows["zero.jpg"]["reason"]) == ("invalid_input", "empty")

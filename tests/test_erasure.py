@@ -226,10 +226,10 @@ def test_embedded_sqlite_erasure_keeps_the_append_only_audit_log(tmp_path) -> No
     pixels = np.full((40, 40, 3), 77, np.uint8)
     data = png(pixels)
     sha = hashlib.sha256(data).hexdigest()
-    face = FaceVerdict(0, (1.0, 1.0, 30.0, 30.0), 0.99, 0.9, "fake", png(pixels), jpeg(pixels))
+    face = FaceVerdict(0, (1.0, 1.0, 30.0, 30.0), 0.99, 0.9, "fake", jpeg(pixels), jpeg(pixels))
     verdict = ScreenVerdict(key=sha, status="scored", model_version="m", sha256=sha, size_bytes=len(data),
                             width=40, height=40, verdict="fake", fake_probability=0.9, faces=(face,),
-                            heatmap_png=png(pixels))
+                            heatmap_jpeg=jpeg(pixels))
     saved = store.save(UploadEvent(event_id="e1", image_uri="/x.png"), verdict, store_blobs(blobs, verdict))
     ann = Actor("ann", "moderator")
     reviews.claim(ann, saved.review_item_id, 60)

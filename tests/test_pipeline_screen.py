@@ -31,8 +31,8 @@ def _thresholds(classifier: Classifier) -> Thresholds:
     return Thresholds(fake=classifier.meta.threshold_fake, real=classifier.meta.threshold_real)
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    assert data[:3] == b"\xff\xd8\xff"
     image = Image.open(io.BytesIO(data))
     image.load()
     return image.size
@@ -128,10 +128,10 @@ def test_image_score_is_the_max_over_two_faces(mixed: list[Verdict]) -> None:
 
 def test_all_heatmaps(mixed: list[Verdict]) -> None:
     for verdict in (mixed[0], mixed[5]):
-        assert _png_size(verdict.heatmap_png) == (verdict.width, verdict.height)
+        assert _jpeg_size(verdict.heatmap_jpeg) == (verdict.width, verdict.height)
         for face in verdict.faces:
-            assert face.heatmap_png is not None and face.crop_jpeg is not None
-            assert _png_size(face.heatmap_png) == (224, 224)
+            assert face.heatmap_jpeg is not None and face.crop_jpeg is not None
+            assert _jpeg_size(face.heatmap_jpeg) == (224, 224)
             assert Image.open(io.BytesIO(face.crop_jpeg)).format == "JPEG"
 
 
@@ -140,7 +140,7 @@ def test_no_face_and_invalid_verdicts(mixed: list[Verdict], corpus: dict[str, by
     assert blank.reason == "no_face"
     assert (blank.width, blank.height) == (320, 240)
     assert blank.faces == () and blank.fake_probability is None and blank.verdict is None
-    assert blank.heatmap_png is None
+    assert blank.heatmap_jpeg is None
     html, gone = mixed[2], mixed[4]
     assert html.sha256 == hashlib.sha256(corpus["html"]).hexdigest()
     assert html.size_bytes == len(corpus["html"])
@@ -152,8 +152,8 @@ def test_no_heatmaps(classifier: Classifier, detector: FaceDetector, corpus: dic
     screener = Screener(classifier, ScreenConfig(heatmaps="none"), detector=detector)
     [verdict] = screener.screen_batch([ScreenItem("face.jpg", corpus["face"])])
     assert verdict.status == "scored" and verdict.faces
-    assert verdict.heatmap_png is None
-    assert all(f.heatmap_png is None and f.crop_jpeg is None for f in verdict.faces)
+    assert verdict.heatmap_jpeg is None
+    assert all(f.heatmap_jpeg is None and f.crop_jpeg is None for f in verdict.faces)
 
 
 def test_flagged_heatmaps_follow_the_verdict(
@@ -163,11 +163,11 @@ def test_flagged_heatmaps_follow_the_verdict(
     everything_fake = Screener(_with_thresholds(classifier, 0.01, 0.0), ScreenConfig(), detector=detector)
     [flagged] = everything_fake.screen_batch(items)
     assert flagged.verdict == "fake"
-    assert flagged.heatmap_png is not None and all(f.heatmap_png is not None for f in flagged.faces)
+    assert flagged.heatmap_jpeg is not None and all(f.heatmap_jpeg is not None for f in flagged.faces)
     everything_real = Screener(_with_thresholds(classifier, 1.0, 0.999), ScreenConfig(), detector=detector)
     [cleared] = everything_real.screen_batch(items)
     assert cleared.verdict == "real"
-    assert cleared.heatmap_png is None and all(f.heatmap_png is None for f in cleared.faces)
+    assert cleared.heatmap_jpeg is None and all(f.heatmap_jpeg is None for f in cleared.faces)
     assert cleared.fake_probability == pytest.approx(flagged.fake_probability, abs=1e-6)
 
 
@@ -187,7 +187,7 @@ def test_crops_mode(classifier: Classifier, corpus: dict[str, bytes]) -> None:
         [face] = verdict.faces
         assert face.detection_probability is None
         assert face.box == (0.0, 0.0, float(verdict.width), float(verdict.height))
-        assert face.heatmap_png is not None
+        assert face.heatmap_jpeg is not None
         pixels = decode_image(corpus[key]).pixels
         expected = classifier.fake_probability([resize_square(pixels, classifier.meta.input_size)])[0]
         assert face.fake_probability == pytest.approx(expected, abs=1e-4)

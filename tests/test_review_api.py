@@ -137,7 +137,7 @@ def test_verdicts_by_id_and_sha256_with_presigned_and_proxied_links(client, toke
         assert fetched.content == s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     # the proxied routes serve the same bytes, only with a token
     proxied = client.get(f"/v1/media/verdicts/{verdict['verdict_id']}/faces/1/heatmap", headers=headers)
-    assert proxied.status_code == 200 and proxied.headers["content-type"] == "image/png"
+    assert proxied.status_code == 200 and proxied.headers["content-type"] == "image/jpeg"
     assert client.get(f"/v1/media/verdicts/{verdict['verdict_id']}/faces/1/heatmap").status_code == 401
     thumb = client.get(f"/v1/media/images/{image_id}/thumbnail", headers=headers)
     assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"

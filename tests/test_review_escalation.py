@@ -109,8 +109,8 @@ def test_escalation_bundle_is_signed_complete_and_tamper_evident(review_ctx, cli
     assert [h["action"] for h in manifest["history"]] == ["claim", "escalate"]
     assert manifest["history"][1]["note"] == "looks synthetic"
     names = {f["name"] for f in manifest["files"]}
-    assert names == {"original.jpg", "heatmap.png", "faces/face-0-heatmap.png", "faces/face-0-crop.jpg",
-                     "faces/face-1-heatmap.png", "faces/face-1-crop.jpg"} and manifest["missing"] == []
+    assert names == {"original.jpg", "heatmap.jpg", "faces/face-0-heatmap.jpg", "faces/face-0-crop.jpg",
+                     "faces/face-1-heatmap.jpg", "faces/face-1-crop.jpg"} and manifest["missing"] == []
     with zipfile.ZipFile(io.BytesIO(archive)) as bundle:
         original = bundle.read("original.jpg")
         assert hashlib.sha256(original).hexdigest() == doc["sha256"]

@@ -121,11 +121,11 @@ def make_item(ctx: Any, source: str = "tenant-a", score: float = 0.93, faces: in
     face_verdicts = tuple(
         FaceVerdict(index=i, box=(10.0 + 40 * i, 20.0, 40.0 + 40 * i, 60.0), detection_probability=0.99,
                     fake_probability=score - 0.1 * i, verdict=label if i == 0 else "uncertain",
-                    heatmap_png=png(crop), crop_jpeg=jpeg(crop))
+                    heatmap_jpeg=jpeg(crop), crop_jpeg=jpeg(crop))
         for i in range(faces))
     verdict = Verdict(key=sha256, status="scored", model_version="test-model-1", sha256=sha256,
                       size_bytes=len(original), width=160, height=120, verdict=label, fake_probability=score,
-                      faces=face_verdicts, heatmap_png=png(pixels))
+                      faces=face_verdicts, heatmap_jpeg=jpeg(pixels))
     event = UploadEvent(event_id=f"evt-{uuid.uuid4().hex}", image_uri=f"s3://uploads/{key}", source=source)
     return ctx.store.save(event, verdict, store_blobs(ctx.blobs, verdict))
 
@@ -186,7 +186,7 @@ def test_claims_work_on_sqlite_too(tmp_path) -> None:  # noqa: ANN001
     pixels = np.full((40, 40, 3), 90, np.uint8)
     data = png(pixels)
     sha = hashlib.sha256(data).hexdigest()
-    face = FaceVerdict(0, (1.0, 1.0, 30.0, 30.0), 0.99, 0.9, "fake", png(pixels), jpeg(pixels))
+    face = FaceVerdict(0, (1.0, 1.0, 30.0, 30.0), 0.99, 0.9, "fake", jpeg(pixels), jpeg(pixels))
     verdict = Verdict(key=sha, status="scored", model_version="m", sha256=sha, size_bytes=len(data), width=40,
                       height=40, verdict="fake", fake_probability=0.9, faces=(face,))
     saved = store.save(UploadEvent(event_id="e1", image_uri="/x.png"), verdict, store_blobs(blobs, verdict))

@@ -62,7 +62,7 @@ class Outcome:
 def heatmap_keys(model_version: str, sha256: str) -> tuple[str, str]:
     """Content-addressed prefix: the same image under the same model always lands on the same keys."""
     base = f"heatmaps/{model_version}/{sha256[:2]}/{sha256}"
-    return base, f"{base}/image.png"
+    return base, f"{base}/image.jpg"
 
 
 def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
@@ -184,10 +184,10 @@ def store_blobs(blobs: BlobStore, verdict: Verdict) -> BlobKeys:
     if verdict.sha256 is None or verdict.status != "scored":
         return BlobKeys()
     base, image_key = heatmap_keys(verdict.model_version, verdict.sha256)
-    heatmap = blobs.put(image_key, verdict.heatmap_png, "image/png") if verdict.heatmap_png else None
+    heatmap = blobs.put(image_key, verdict.heatmap_jpeg, "image/jpeg") if verdict.heatmap_jpeg else None
     faces: dict[int, tuple[str | None, str | None]] = {}
     for face in verdict.faces:
-        heat = blobs.put(f"{base}/face-{face.index}.png", face.heatmap_png, "image/png") if face.heatmap_png else None
+        heat = blobs.put(f"{base}/face-{face.index}.jpg", face.heatmap_jpeg, "image/jpeg") if face.heatmap_jpeg else None
         crop = blobs.put(f"{base}/crop-{face.index}.jpg", face.crop_jpeg, "image/jpeg") if face.crop_jpeg else None
         faces[face.index] = (heat, crop)
     return BlobKeys(heatmap=heatmap, faces=faces)
