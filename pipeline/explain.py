@@ -132,7 +132,9 @@ def annotate(
     height, width = pixels.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    canvas = np.array(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR) if scale < 1 else pixels)
+    # OpenCV's bilinear resize: 4.5 ms for 1080p -> 1280 px here, against 14 ms (area) and ~20 ms (PIL); the
+    # canvas is only looked at, and is a fresh copy either way
+    canvas = cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR) if scale < 1 else pixels.copy()
     for (box, _, _), cam in zip(faces, cams, strict=True):
         if cam is not None:
             _paint(canvas, box, cam, margin, scale)
