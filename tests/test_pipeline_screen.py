@@ -86,6 +86,37 @@ def test_one_verdict_per_item_in_order(mixed: list[Verdict], classifier: Classif
     assert all(v.model_version == classifier.version for v in mixed)
 
 
+def test_overlapped_chunks_give_the_sequential_verdicts(
+    classifier: Classifier, detector: FaceDetector, corpus: dict[str, bytes]
+) -> None:
+    """overlap_chunk only changes where the work runs: the next chunk is prepared in a background thread,
+    and every verdict (status, scores, heatmaps) is the one of the plain sequential batch."""
+    import threading
+
+    items = _mixed(corpus) + [ScreenItem(f"again-{i.key}", i.data, i.error) for i in _mixed(corpus)]
+    plain = Screener(classifier, ScreenConfig(heatmaps="all", overlap_chunk=0), detector=detector)
+    chunked = Screener(classifier, ScreenConfig(heatmaps="all", overlap_chunk=4), detector=detector)
+    threads: list[str] = []
+    prepare = chunked._prepare
+
+    def recording(works, clock):  # noqa: ANN001, ANN202
+        threads.append(threading.current_thread().name)
+        return prepare(works, clock)
+
+    chunked._prepare = recording  # type: ignore[method-assign]
+    expected, got = plain.screen_batch(items), chunked.screen_batch(items)
+    assert len(threads) == 3 and all(name.startswith("prepare") for name in threads)
+    assert [v.key for v in got] == [i.key for i in items]
+    for a, b in zip(expected, got, strict=True):
+        assert (a.status, a.reason, a.verdict, a.sha256) == (b.status, b.reason, b.verdict, b.sha256)
+        assert a.fake_probability == pytest.approx(b.fake_probability, abs=1e-6) if a.fake_probability else True
+        assert [f.box for f in a.faces] == [f.box for f in b.faces]
+        assert [f.fake_probability for f in a.faces] == pytest.approx([f.fake_probability for f in b.faces], abs=1e-6)
+        assert (a.heatmap_jpeg is None) == (b.heatmap_jpeg is None)
+        assert all((f.heatmap_jpeg is None) == (g.heatmap_jpeg is None) for f, g in zip(a.faces, b.faces, strict=True))
+        assert b.timings["batch_size"] == float(len(items))
+
+
 def test_scored_verdict(
     mixed: list[Verdict], corpus: dict[str, bytes], classifier: Classifier, astronaut: np.ndarray
 ) -> None:
