@@ -65,6 +65,10 @@ def connect(url: str, **engine_kwargs: Any) -> Engine:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit no longer waits for an fsync (5 ms each here, a quarter of a face crop's
+            # screening time). The database stays consistent; a power cut can lose the last commits, which a
+            # re-run of `scan` screens again (nothing else writes the embedded database).
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
         return engine
