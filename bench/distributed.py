@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
         env = service_env(db_url, redis_url, s3, Path(os.environ.get("DEEPSCREEN_MODEL_DIR", default_model_dir())),
                           DEEPSCREEN_TORCH_THREADS=str(args.threads), DEEPSCREEN_BATCH_SIZE="32",
                           DEEPSCREEN_BATCH_WAIT_MS="250", DEEPSCREEN_HEATMAPS=args.heatmaps,
-                          DEEPSCREEN_DETECT_MAX_SIDE="960")
+                          DEEPSCREEN_DETECT_MAX_SIDE=str(Settings().detect_max_side))
         log_path = Path(tempfile.mkdtemp(prefix="bench-worker-")) / "worker.log"
         worker = start_worker(env, log_path)
         celery_app = create_app(Settings(broker_url=redis_url))
@@ -134,8 +134,7 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
         worker = None
         from bench.run import bench_scan
 
-        embedded = bench_scan(Settings(torch_threads=args.threads, heatmaps=args.heatmaps, batch_size=32,
-                                       detect_max_side=960), sorted(local.glob("*.jpg")), crops=False)
+        embedded = bench_scan(Settings(torch_threads=args.threads, heatmaps=args.heatmaps, batch_size=32), sorted(local.glob("*.jpg")), crops=False)
         result["embedded_images_per_s"] = round(embedded["images_per_s"], 2)
         result["distributed_vs_embedded"] = round(result["images_per_s"] / embedded["images_per_s"], 3)
         shutil.rmtree(local, ignore_errors=True)

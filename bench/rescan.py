@@ -76,7 +76,7 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001, C901 - bench.se
         stored, probe_events = events[: args.images], events[args.images:]
         model_dir = Path(os.environ.get("DEEPSCREEN_MODEL_DIR", default_model_dir()))
         env = service_env(db_url, svc.broker_url, s3, model_dir, DEEPSCREEN_TORCH_THREADS=str(args.threads),
-                          DEEPSCREEN_BATCH_SIZE="32", DEEPSCREEN_BATCH_WAIT_MS="250", DEEPSCREEN_DETECT_MAX_SIDE="960")
+                          DEEPSCREEN_BATCH_SIZE="32", DEEPSCREEN_BATCH_WAIT_MS="250", DEEPSCREEN_DETECT_MAX_SIDE=str(Settings().detect_max_side))
         worker = start_worker(env, scratch / "worker.log")
         app = create_app(Settings(broker_url=svc.broker_url))
         engine = create_engine(db_url)

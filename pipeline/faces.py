@@ -25,7 +25,7 @@ class Face:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    max_side: int = 960  # detect on a copy whose long side is at most this
+    max_side: int = 720  # detect on a copy whose long side is at most this (see DETECT_MAX_SIDE in the README)
     min_face_size: int = 20  # in pixels of the downscaled copy
     min_probability: float = 0.90
     max_faces: int = 20  # per image; the most confident are kept

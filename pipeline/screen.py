@@ -152,7 +152,9 @@ class Screener:
         # seconds per image of each stage; with overlap they add up to more than the batch's wall time
         per_image = {stage: round(seconds / max(1, len(items)), 5) for stage, seconds in clock.items()}
         per_image["batch_size"] = float(len(items))
-        return [replace(w.verdict, timings=per_image) for w in works]  # type: ignore[arg-type]
+        verdicts = [w.verdict for w in works]
+        assert all(v is not None for v in verdicts), "every item gets a verdict"
+        return [replace(v, timings=per_image) for v in verdicts if v is not None]
 
     def _prepare(self, works: list[_Work], clock: dict[str, float]) -> None:
         with _timed(clock, "decode"):

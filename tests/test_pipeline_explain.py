@@ -10,7 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.explain import VERDICT_COLOURS, annotate, gradcam, gradcam_from_features, heat_colours, overlay, png_bytes
+from pipeline.explain import (
+    VERDICT_COLOURS,
+    annotate,
+    gradcam,
+    gradcam_from_features,
+    heat_colours,
+    overlay,
+    png_bytes,
+)
 from pipeline.model import Classifier
 
 

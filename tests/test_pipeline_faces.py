@@ -156,7 +156,7 @@ def test_detection_on_a_downscaled_copy_maps_back(detector: FaceDetector, astron
 def test_detection_on_a_large_image_maps_back(detector: FaceDetector, astronaut: np.ndarray) -> None:
     big = np.asarray(Image.fromarray(astronaut).resize((1536, 1536), Image.Resampling.BICUBIC))
     [full] = detector.detect([astronaut])
-    [large] = detector.detect([big])  # detected on a 960 px copy, boxes in 1536 px coordinates
+    [large] = detector.detect([big])  # detected on a downscaled copy, boxes in 1536 px coordinates
     assert large
     _check_faces(large, big.shape)
     expected = tuple(v * 3 for v in full[0].box)

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     fetch_threads: int = 8
     decode_threads: int = 2
     heatmaps: Literal["flagged", "all", "none"] = "flagged"
-    detect_max_side: int = 960
+    detect_max_side: int = 720
     min_face_size: int = 20
     face_min_probability: float = 0.90
     max_faces: int = 20
