@@ -68,3 +68,34 @@ def test_threads_pool_refuses_shared_model_concurrency() -> None:
 
     with pytest.raises(ValidationError, match="prefork"):
         Settings(pool="threads", concurrency=2)
+
+
+def test_scan_saves_one_batch_while_screening_the_next(tmp_path: Path, tmp_model: Path) -> None:
+    """`scan` saves batch n in a background thread while it screens batch n+1: every input still gets its
+    row, in order, and the same bytes in two consecutive batches end with one verdict row."""
+    from sqlalchemy import func, select
+
+    from db.schema import Verdict
+    from workers.embedded import scan
+    from workers.runtime import embedded_runtime
+    from workers.settings import Settings
+
+    runtime = embedded_runtime(Settings(model_dir=tmp_model, torch_threads=1, heatmaps="all"), tmp_path / "home",
+                               crops=True)
+    rng = np.random.default_rng(4)
+    paths = []
+    for index in range(5):
+        path = tmp_path / f"crop{index}.png"
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    (tmp_path / "copy-of-0.png").write_bytes(paths[0].read_bytes())
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    inputs = [paths[0], paths[1], tmp_path / "copy-of-0.png", paths[2], tmp_path / "broken.jpg", paths[3], paths[4]]
+    seen: list[str] = []
+    report = scan(runtime, inputs, batch_size=2, progress=False, on_result=lambda row: seen.append(row["source"]))
+    assert seen == [str(p) for p in inputs] == [row["source"] for row in report.results]
+    statuses = [row["status"] for row in report.results]
+    assert statuses == ["scored"] * 4 + ["invalid_input", "scored", "scored"]
+    assert report.results[0]["sha256"] == report.results[2]["sha256"]
+    with runtime.store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Verdict).where(Verdict.status == "scored")) == 5

@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.events import UploadEvent
-from workers.processing import Job, Outcome, Runtime, process_events
+from workers.processing import Job, Outcome, Runtime, Screened, persist_events, screen_events
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +59,41 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 
 def scan(runtime: Runtime, paths: list[Path], batch_size: int, progress: bool = True,
          on_result: Any = None) -> ScanReport:
-    """Screen files in micro-batches; `on_result(row)` is called for each input as soon as it is done."""
+    """Screen files in micro-batches; `on_result(row)` is called for each input as soon as it is done.
+
+    One background thread saves batch n (blobs, rows, the result rows) while this thread screens batch n+1.
+    An image that appears in both batches is screened twice and saved once (the save links it to the
+    verdict already there)."""
     report = ScanReport()
     run_id = uuid.uuid4().hex[:12]
     started = time.perf_counter()
-    with tqdm(total=len(paths), unit="img", disable=not progress, desc="screening", dynamic_ncols=True) as bar:
+
+    def save(chunk: list[Path], screened: Screened) -> list[dict[str, Any]]:
+        outcomes = persist_events(runtime, screened)
+        return [result_row(runtime, path, outcome) for path, outcome in zip(chunk, outcomes, strict=True)]
+
+    def collect(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            report.results.append(row)
+            if on_result is not None:
+                on_result(row)
+        bar.update(len(rows))
+
+    with tqdm(total=len(paths), unit="img", disable=not progress, desc="screening", dynamic_ncols=True) as bar, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="save") as saver:
+        saving: Future[list[dict[str, Any]]] | None = None
         for offset, chunk in enumerate(_chunks(paths, batch_size)):
             jobs = [
                 Job(UploadEvent(event_id=f"scan-{run_id}-{offset * batch_size + i}", image_uri=str(p.resolve()),
                                 source="local"))
                 for i, p in enumerate(chunk)
             ]
-            for path, outcome in zip(chunk, process_events(runtime, jobs), strict=True):
-                row = result_row(runtime, path, outcome)
-                report.results.append(row)
-                if on_result is not None:
-                    on_result(row)
-            bar.update(len(chunk))
+            screened = screen_events(runtime, jobs)
+            if saving is not None:
+                collect(saving.result())
+            saving = saver.submit(save, chunk, screened)
+        if saving is not None:
+            collect(saving.result())
     report.seconds = time.perf_counter() - started
     return report
 

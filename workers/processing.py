@@ -66,15 +66,40 @@ def heatmap_keys(model_version: str, sha256: str) -> tuple[str, str]:
 
 
 def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
+    """Screen a batch of events and save their results: `persist_events(screen_events(...))`."""
+    return persist_events(runtime, screen_events(runtime, jobs))
+
+
+@dataclass
+class Screened:
+    """A batch between its two halves: screened (verdicts in memory), not yet saved."""
+
+    jobs: Sequence[Job]
+    started: float
+    model_version: str
+    outcomes: dict[int, Outcome]  # settled without a verdict to save: skipped, reused, fetch failures
+    verdicts: list[Verdict]
+    to_screen: dict[str, list[int]]  # verdict key -> the job indexes it answers
+    stages: dict[str, float]
+
+
+def screen_events(runtime: Runtime, jobs: Sequence[Job]) -> Screened:
+    """Fetch, reuse check and screening: everything before the writes. `deepscreen scan` runs the next
+    batch's screen_events while this batch's persist_events writes (workers/embedded.py)."""
     started = time.perf_counter()
     models = runtime.models.current() if runtime.models is not None else None
     if models is not None:
         runtime.screener = models.active  # an activation reaches this process at its next batch
     outcomes: dict[int, Outcome] = {}
+    stages: dict[str, float] = {}
+    to_screen: dict[str, list[int]] = {}  # sha256 (or a unique key for failures) -> job indexes
+    verdicts: list[Verdict] = []
+    model_version = runtime.screener.model_version
     try:
         finished = runtime.store.finished_events([j.event.event_id for j in jobs])
     except TRANSIENT_DB as exc:
-        return [Outcome(j, retry_reason=f"database: {type(exc).__name__}") for j in jobs]
+        outcomes = {i: Outcome(j, retry_reason=f"database: {type(exc).__name__}") for i, j in enumerate(jobs)}
+        return Screened(jobs, started, model_version, outcomes, verdicts, to_screen, stages)
     pending = []
     for index, job in enumerate(jobs):
         status = finished.get(job.event.event_id)
@@ -82,11 +107,9 @@ def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
             outcomes[index] = Outcome(job, SavedResult(job.event.event_id, status, None, None, None, True), skipped=True)
         else:
             pending.append(index)
-    stages: dict[str, float] = {}
     fetch_started = time.perf_counter()
     fetched = _fetch(runtime, [jobs[i] for i in pending])
     stages["fetch"] = time.perf_counter() - fetch_started
-    to_screen: dict[str, list[int]] = {}  # sha256 (or a unique key for failures) -> job indexes
     items: dict[str, ScreenItem] = {}
     for index, result in zip(pending, fetched, strict=True):
         job = jobs[index]
@@ -115,19 +138,25 @@ def process_events(runtime: Runtime, jobs: Sequence[Job]) -> list[Outcome]:
                     {key: jobs[indexes[0]].event.event_id for key, indexes in to_screen.items()})
         if runtime.known_fakes is not None:
             verdicts = runtime.known_fakes.apply(verdicts)
+    return Screened(jobs, started, model_version, outcomes, verdicts, to_screen, stages)
+
+
+def persist_events(runtime: Runtime, screened: Screened) -> list[Outcome]:
+    """Blobs, then the verdict rows; one outcome per job, in the jobs' order."""
+    jobs, outcomes, stages = screened.jobs, screened.outcomes, screened.stages
+    if screened.verdicts:
         store_started = time.perf_counter()
-        for verdict in verdicts:
+        for verdict in screened.verdicts:
             keys = None
-            for index in to_screen[verdict.key]:
-                job = jobs[index]
-                keys, outcome = _persist(runtime, job, verdict, keys)
+            for index in screened.to_screen[verdict.key]:
+                keys, outcome = _persist(runtime, jobs[index], verdict, keys)
                 outcomes[index] = outcome
         stages["store"] = time.perf_counter() - store_started
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - screened.started
     ordered = [outcomes[i] for i in range(len(jobs))]
-    metrics.record_batch(list(jobs), ordered, stages, runtime.screener.model_version, time.time())
-    log.info("batch done size=%d screened=%d seconds=%.3f model_version=%s", len(jobs), len(items), elapsed,
-             runtime.screener.model_version)
+    metrics.record_batch(list(jobs), ordered, stages, screened.model_version, time.time())
+    log.info("batch done size=%d screened=%d seconds=%.3f model_version=%s", len(jobs), len(screened.verdicts),
+             elapsed, screened.model_version)
     return ordered
 
 
