@@ -7,6 +7,7 @@ Rows:
   scan-crops  `deepscreen scan --crops` path (process_events + SQLite + local blobs) on crop files
   scan        `deepscreen scan` on full frames, heatmaps for flagged faces (the default)
   scan-all    the same with a heatmap for every face
+  scan-none   the same with no heatmaps (the cost of explaining, by difference)
 Times cover the screening loop only (model load excluded, reported separately).
 """
 
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", type=int, default=1000, help="number of face crops (default 1000)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: settings)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=None)
-    parser.add_argument("--only", default="seed,forward,scan-crops,scan,scan-all", help="comma-separated rows to run")
+    parser.add_argument("--only", default="seed,forward,scan-crops,scan,scan-all,scan-none",
+                        help="comma-separated rows to run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
 
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         results["scan"] = bench_scan(settings, frames, crops=False)
     if "scan-all" in rows:
         results["scan-all"] = bench_scan(settings.model_copy(update={"heatmaps": "all"}), frames, crops=False)
+    if "scan-none" in rows:
+        results["scan-none"] = bench_scan(settings.model_copy(update={"heatmaps": "none"}), frames, crops=False)
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "model_dir": str(settings.model_dir),
             "torch_threads": settings.torch_threads, "precision": settings.precision,
             "batch_size": settings.batch_size, "detect_max_side": settings.detect_max_side,
@@ -199,11 +203,11 @@ def print_table(results: dict[str, Any], meta: dict[str, Any]) -> None:
           f"batch={meta['batch_size']} detect_max_side={meta['detect_max_side']}")
     print(f"{'row':<12} {'images':>7} {'seconds':>8} {'images/s':>9}  ratio")
     speed = {name: row["images_per_s"] for name, row in results.items()}
-    against = {"scan-crops": "forward", "scan": "seed", "scan-all": "seed"}
+    against = {"scan-crops": "forward", "scan": "seed", "scan-all": "seed", "scan-none": "seed"}
     for name, row in results.items():
         base = against.get(name)
         ratio = f"{speed[name] / speed[base]:.2f} x {base}" if base in speed and speed[base] else ""
-        if name == "scan-all" and speed.get("scan"):
+        if name in ("scan-all", "scan-none") and speed.get("scan"):
             ratio += f"{'; ' if ratio else ''}{speed[name] / speed['scan']:.2f} x scan"
         print(f"{name:<12} {row['images']:>7} {row['seconds']:>8.1f} {row['images_per_s']:>9.2f}  {ratio}")
 
