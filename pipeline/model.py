@@ -157,6 +157,8 @@ class Classifier:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":  # page-locked host memory, so the copy overlaps the GPU's work
+            batch = batch.pin_memory()
         with torch.inference_mode(), self.autocast():
             out = self.net(batch.to(self.device, non_blocking=True))
         return out.float().squeeze(1).cpu()
@@ -257,6 +259,19 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     return net
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` is CUDA when torch sees a GPU, else the CPU; asking for CUDA without one is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"unknown device {device!r}: {exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} was asked for, but torch sees no CUDA GPU; use cpu or auto")
+    return resolved
+
+
 def load_classifier(
     folder: Path | str, device: str | torch.device = "cpu", precision: str = "fp32", fold: bool = True
 ) -> Classifier:
@@ -280,7 +295,7 @@ def load_classifier(
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelLoadError(f"weights do not fit {meta.architecture}: missing={missing[:5]} unexpected={unexpected[:5]}")
-    device = torch.device(device)
+    device = resolve_device(device)
     net = net.eval()
     if fold:
         fold_batchnorm(net)

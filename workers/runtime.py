@@ -39,7 +39,7 @@ def build_screener(settings: Settings, crops: bool = False, model_dir: Path | No
     if heatmaps is not None:
         config = replace(config, heatmaps=heatmaps)
     if detector is None and not crops:
-        detector = FaceDetector(config.detector, device=settings.device)
+        detector = FaceDetector(config.detector, device=classifier.device)  # "auto" resolved once
     return Screener(classifier, config, None if crops else detector)
 
 
