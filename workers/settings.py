@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     batch_wait_ms: int = 250
     fetch_threads: int = 8
     decode_threads: int = 2
+    overlap_chunk: int = 8  # images per chunk: decode+detect of the next chunk overlaps the rest; 0 = off
     heatmaps: Literal["flagged", "all", "none"] = "flagged"
     detect_max_side: int = 720
     min_face_size: int = 20
@@ -167,6 +168,7 @@ class Settings(BaseSettings):
             crops=crops,
             decode_threads=self.decode_threads,
             classify_batch=max(64, self.batch_size),
+            overlap_chunk=max(0, self.overlap_chunk),
             pdq=self.known_fakes,
             pdq_max_side=self.pdq_max_side,
             pdq_min_quality=self.pdq_min_quality,
