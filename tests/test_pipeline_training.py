@@ -273,7 +273,11 @@ def test_random_batches_switch_off_pairing(tmp_path: Path) -> None:
     others = pairs[1:] + pairs[:1]
     cfg = AugmentConfig(window=96)
     batch = make_pair_batch(root, pairs, np.random.default_rng(7), cfg, mask_grid=4, reals=others)
+    paired = make_pair_batch(root, pairs, np.random.default_rng(7), cfg, mask_grid=4)
     assert batch.labels.tolist() == [0.0, 1.0] * 3
+    for index in range(3):  # the fakes, their augmentation and masks are those of the paired batch
+        np.testing.assert_array_equal(batch.images[2 * index + 1], paired.images[2 * index + 1])
+        np.testing.assert_array_equal(batch.masks[2 * index + 1], paired.masks[2 * index + 1])
     for index, (pair, other) in enumerate(zip(pairs, others, strict=True)):
         real_params, fake_params = batch.params[2 * index], batch.params[2 * index + 1]
         assert real_params != fake_params  # two independent draws

@@ -104,7 +104,7 @@ def make_pair_batch(
     labels: list[float] = []
     masks: list[np.ndarray] = []
     params: list[AugmentParams] = []
-    for index, pair in enumerate(pairs):
+    for pair in pairs:
         real = load_crop(root, pair.real, source_side)
         use_sbi = pair.fake is None or rng.random() < sbi_fraction
         fake = self_blend(real, rng) if use_sbi else load_crop(root, pair.fake, source_side)  # type: ignore[arg-type]
@@ -112,13 +112,15 @@ def make_pair_batch(
         fake_aug = apply_params(fake, p, cfg.window)
         # The mask is the manipulation only: against the real WITHOUT its real-only extra blur.
         reference = apply_params(real, p, cfg.window)
-        if reals is None:
-            q, real_aug = p, (apply_params(real, p, cfg.window, real=True) if p.real_blur_sigma > 0 else reference)
-        else:
-            q = draw_params(rng, source_side, cfg)
-            real_aug = apply_params(load_crop(root, reals[index].real, source_side), q, cfg.window, real=True)
+        real_aug = apply_params(real, p, cfg.window, real=True) if p.real_blur_sigma > 0 else reference
         images += [real_aug, fake_aug]
         labels += [0.0, 1.0]
         masks += [np.zeros((mask_grid, mask_grid), np.float32), difference_mask(reference, fake_aug, mask_grid)]
-        params += [q, p]
+        params += [p, p]
+    if reals is not None:
+        # Drawn after every fake's, so the fakes and their augmentation are those of the paired batch.
+        for index, other in enumerate(reals):
+            q = draw_params(rng, source_side, cfg)
+            images[2 * index] = apply_params(load_crop(root, other.real, source_side), q, cfg.window, real=True)
+            params[2 * index] = q
     return PairBatch(images, np.asarray(labels, np.float32), np.stack(masks), params)

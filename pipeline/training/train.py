@@ -199,7 +199,8 @@ class Trainer:
         while self.state["epoch"] < cfg.epochs:
             epoch = self.state["epoch"]
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.pairs))
-            other = np.random.default_rng([cfg.seed, epoch, 1]).permutation(len(self.pairs))
+            # a stream of its own: [seed, epoch, step] seeds each step's augmentation
+            other = np.random.default_rng([cfg.seed, epoch, 1 << 31, 1]).permutation(len(self.pairs))
             bar = tqdm(range(self.state["step"], self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not self.progress, initial=self.state["step"], total=self.steps_per_epoch)
             running = None
