@@ -55,8 +55,13 @@ class ExistingVerdict:
     verdict: str | None
 
 
-def connect(url: str, **engine_kwargs: Any) -> Engine:
-    """An engine with the settings each dialect needs (SQLite: WAL, foreign keys, busy timeout)."""
+def connect(url: str, fast_commits: bool = False, **engine_kwargs: Any) -> Engine:
+    """An engine with the settings each dialect needs (SQLite: WAL, foreign keys, busy timeout).
+
+    `fast_commits` (SQLite only; `deepscreen scan` sets it): synchronous=NORMAL, so a commit does not wait for
+    an fsync (5 ms each here, a quarter of a face crop's screening time). The database stays consistent; a
+    power cut or OS crash can lose the last commits, which a re-run of `scan` screens again. The review
+    console's decisions and audit entries never use it."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **engine_kwargs)
 
@@ -65,10 +70,8 @@ def connect(url: str, **engine_kwargs: Any) -> Engine:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: a commit no longer waits for an fsync (5 ms each here, a quarter of a face crop's
-            # screening time). The database stays consistent; a power cut can lose the last commits, which a
-            # re-run of `scan` screens again (nothing else writes the embedded database).
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            if fast_commits:
+                cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
         return engine
@@ -85,8 +88,8 @@ class Store:
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(connect(url))
+    def from_url(cls, url: str, fast_commits: bool = False) -> Store:
+        return cls(connect(url, fast_commits=fast_commits))
 
     # -- events ----------------------------------------------------------------------------------------
     def record_events(self, events: Iterable[UploadEvent]) -> list[str]:

@@ -180,7 +180,8 @@ class Classifier:
         self, crops: Sequence[np.ndarray], batch_size: int = 64, keep: bool = True
     ) -> tuple[np.ndarray, torch.Tensor | None]:
         """P(fake) for each crop, plus (when `keep` and the network can be split) the activations of the
-        Grad-CAM layer from the same forward, (N, C, h, w) on the CPU, for `explain.gradcam_from_features`."""
+        Grad-CAM layer from the same forward, (N, C, h, w) on the classifier's device, for
+        `explain.gradcam_from_features`."""
         if not crops:
             return np.zeros(0, dtype=np.float64), None
         stage = self.split_stage if keep else None
@@ -188,7 +189,7 @@ class Classifier:
         hook = None
         if stage is not None:
             def grab(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
-                captured.append(out.detach().to("cpu", copy=True))
+                captured.append(out.detach().clone())  # on the classifier's device: no sync mid-forward
 
             hook = self.layer(self.meta.gradcam_layer).register_forward_hook(grab)
         try:
@@ -204,7 +205,7 @@ class Classifier:
         if stage is None:
             return probs, None
         with torch.inference_mode(False):
-            features = torch.cat([c.clone() for c in captured])  # a normal tensor: autograd may use it
+            features = torch.cat(captured)  # made outside inference mode: a normal tensor that autograd may use
         return probs, features
 
     def layer(self, dotted: str) -> nn.Module:

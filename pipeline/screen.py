@@ -171,7 +171,8 @@ class Screener:
         with _timed(clock, "encode"):
             for work in works:
                 work.verdict = self._verdict(work, cams, {})
-                work.features = None  # the activations are not needed past this point
+                work.features = work.image = None  # only the verdict is needed past this point
+                work.crops = []
 
     # -- stages ----------------------------------------------------------------------------------------
     def _decode(self, works: list[_Work]) -> None:

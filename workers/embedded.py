@@ -88,7 +88,12 @@ def scan(runtime: Runtime, paths: list[Path], batch_size: int, progress: bool = 
                                 source="local"))
                 for i, p in enumerate(chunk)
             ]
-            screened = screen_events(runtime, jobs)
+            try:
+                screened = screen_events(runtime, jobs)
+            except BaseException:
+                if saving is not None:  # the batch already being saved is still reported, then the error
+                    collect(saving.result())
+                raise
             if saving is not None:
                 collect(saving.result())
             saving = saver.submit(save, chunk, screened)

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 STAGES = ("fetch", "decode", "detect", "classify", "gradcam", "store")
 # Screen stage names (pipeline/screen.py timings) -> metric stage labels
-STAGE_OF_TIMING = {"decode": "decode", "detect": "detect", "classify": "classify", "explain": "gradcam"}
+STAGE_OF_TIMING = {"decode": "decode", "detect": "detect", "classify": "classify", "explain": "gradcam",
+                   "encode": "encode"}
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)

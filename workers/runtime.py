@@ -84,7 +84,7 @@ def distributed_runtime(settings: Settings) -> Runtime:
 
 
 def embedded_runtime(settings: Settings, home: Path, crops: bool = False) -> Runtime:
-    store = Store.from_url(home_database(home))
+    store = Store.from_url(home_database(home), fast_commits=True)  # screening writes only: see db.store.connect
     return Runtime(
         screener=build_screener(settings, crops=crops),
         store=store,
