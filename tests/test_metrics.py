@@ -147,7 +147,7 @@ def test_prefork_worker_metrics_heartbeat_and_status(postgres_url, redis_url, s3
             assert total(rows, "deepscreen_event_latency_seconds_count", queue="upload", since=since,
                          model_version="test-flag-all") == 3
         stages = {lab["stage"] for n, lab, _ in rows if n == "deepscreen_stage_seconds_count"}
-        assert stages == {"fetch", "decode", "detect", "classify", "gradcam", "store"}
+        assert stages == {"fetch", "decode", "detect", "classify", "gradcam", "encode", "store"}
         assert total(rows, "deepscreen_batch_size_count", model_version="test-flag-all") >= 2
         assert total(rows, "deepscreen_batch_size_sum", model_version="test-flag-all") >= 4
         pids = {p.name.rsplit("_", 1)[-1] for p in (tmp_path / "multiproc").glob("gauge_livesum_*.db")}
