@@ -1,7 +1,9 @@
 """False positives on degraded real faces: the real test crops as they are, after a strong blur, and after
 JPEG quality 30. A model that learnt "blurry means fake" shows it here.
 
-    python -m bench.degraded_reals [--model DIR] [--limit N]
+    python -m bench.degraded_reals [--model DIR] [--limit N] [--split test|val]
+
+Use `--split val` to compare training runs (ablations); the test split is for one look per candidate model.
 """
 
 from __future__ import annotations
@@ -42,16 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--limit", type=int, default=0, help="first N real test crops (0 = all)")
     parser.add_argument("--precision", default=None)
+    parser.add_argument("--split", choices=["test", "val"], default="test")
     args = parser.parse_args(argv)
     settings = Settings()
     classifier = load_classifier(args.model or settings.model_dir, precision=args.precision or settings.precision)
     with (DATA / "manifest.csv").open() as handle:
-        rows = [r for r in csv.DictReader(handle) if r["split"] == "test" and r["label"] == "real"]
+        rows = [r for r in csv.DictReader(handle) if r["split"] == args.split and r["label"] == "real"]
     rows = rows[: args.limit or None]
     size = classifier.meta.input_size
     crops = [resize_square(decode_image((DATA / r["file"]).read_bytes()).pixels, size) for r in rows]
     meta = classifier.meta
-    result = {"model_version": meta.version, "reals": len(crops), "threshold_fake": meta.threshold_fake,
+    result = {"model_version": meta.version, "split": args.split, "reals": len(crops), "threshold_fake": meta.threshold_fake,
               "threshold_real": meta.threshold_real}
     for how in ("none", "blur", "jpeg30"):
         probs = classifier.fake_probability([degrade(c, how) if how != "none" else c for c in crops])
