@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--rss-early", type=int, default=200)
     parser.add_argument("--side", type=int, default=320, help="side of the generated square images")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per screening thread (the default setting)")
     parser.add_argument("--heatmaps", default="flagged")
     parser.add_argument("--latency-events", type=int, default=200,
                         help="events for the latency run, sent at half the measured throughput (0 skips it)")

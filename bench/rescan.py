@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", type=float, default=0.3, help="upload rate of a probe, as a share of capacity")
     parser.add_argument("--rate-share", type=float, default=0.5, help="re-scan rate limit, as a share of capacity")
     parser.add_argument("--side", type=int, default=320)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per screening thread (the default setting)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
 

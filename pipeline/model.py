@@ -85,6 +85,12 @@ class DeepfakeNet(nn.Module):
                 mask = self.mask_head(x)
         return self._head(x), mask
 
+    def forward_until(self, stage: str, x: torch.Tensor) -> torch.Tensor:
+        """The output of `stage` (a name in STAGES): the network's trunk alone."""
+        for name in self.STAGES[: self.STAGES.index(stage) + 1]:
+            x = getattr(self.backbone, name)(x)
+        return x
+
     def forward_from(self, stage: str, x: torch.Tensor) -> torch.Tensor:
         """The logits from the output of `stage` (a name in STAGES): the network's tail alone. Grad-CAM uses
         it to explain a face from the activations its classification forward already computed."""
@@ -185,28 +191,28 @@ class Classifier:
         if not crops:
             return np.zeros(0, dtype=np.float64), None
         stage = self.split_stage if keep else None
+        outs: list[torch.Tensor] = []
         captured: list[torch.Tensor] = []
-        hook = None
-        if stage is not None:
-            def grab(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
-                captured.append(out.detach().clone())  # on the classifier's device: no sync mid-forward
-
-            hook = self.layer(self.meta.gradcam_layer).register_forward_hook(grab)
-        try:
-            outs = [
-                self.logits(crops_to_tensor(crops[i : i + batch_size], self.meta))
-                for i in range(0, len(crops), batch_size)
-            ]
-        finally:
-            if hook is not None:
-                hook.remove()
+        for i in range(0, len(crops), batch_size):
+            batch = crops_to_tensor(crops[i : i + batch_size], self.meta)
+            if stage is None:
+                outs.append(self.logits(batch))
+                continue
+            if self.device.type == "cuda":
+                batch = batch.pin_memory()
+            # No hook on the shared network: two screening threads may run this at once.
+            with torch.inference_mode(), self.autocast():
+                features = self.net.forward_until(stage, batch.to(self.device, non_blocking=True))
+                out = self.net.forward_from(stage, features)
+            outs.append(out.float().squeeze(1).cpu())
+            captured.append(features)
         logits = torch.cat(outs).double()
         probs = torch.sigmoid(logits / self.meta.temperature).numpy()
         if stage is None:
             return probs, None
         with torch.inference_mode(False):
-            features = torch.cat(captured)  # made outside inference mode: a normal tensor that autograd may use
-        return probs, features
+            kept = torch.cat(captured)  # made outside inference mode: a normal tensor that autograd may use
+        return probs, kept
 
     def layer(self, dotted: str) -> nn.Module:
         module: nn.Module = self.net

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,8 @@ class ScreenConfig:
     crops: bool = False  # each input is already a face crop: detection is skipped
     decode_threads: int = 2
     classify_batch: int = 64
-    overlap_chunk: int = 8  # decode+detect of the next chunk overlaps the rest of this one; 0 = no overlap
+    overlap_chunk: int = 8  # full images: a batch runs in chunks of this many, on screen_threads threads; 0 = off
+    screen_threads: int = 2  # chunks screened at once (each with the process's torch thread count)
     annotate_max_side: int = 1280
     pdq: bool = True  # a PDQ hash of every decoded image, for the known-fake memory
     pdq_max_side: int = DEFAULT_MAX_SIDE
@@ -123,6 +125,7 @@ class Screener:
         self.detector = detector
         self.config = config
         self.thresholds = Thresholds(fake=classifier.meta.threshold_fake, real=classifier.meta.threshold_real)
+        self._explain_lock = threading.Lock()
 
     @property
     def model_version(self) -> str:
@@ -131,26 +134,33 @@ class Screener:
         return self.classifier.version + ("+crops" if self.config.crops else "")
 
     def screen_batch(self, items: Sequence[ScreenItem]) -> list[Verdict]:
-        """Screen a batch. With `overlap_chunk` > 0 the batch runs in chunks of that many items, and one
-        background thread decodes and detects chunk n+1 while this thread classifies, explains and encodes
-        chunk n: on a CPU the two halves then use two cores even with one torch thread each."""
-        clock: dict[str, float] = {}
+        """Screen a batch. With `overlap_chunk` > 0 (full images only) the batch runs in chunks of that many
+        items on `screen_threads` threads, each chunk decoded, detected, classified, explained and encoded by
+        one thread: on a CPU with one torch thread per chunk, every core is busy and no stage waits on another.
+        In crops mode there is no detection to balance, and one large forward is faster."""
+        clocks: list[dict[str, float]] = []
         works = [_Work(item) for item in items]
         step = self.config.overlap_chunk
-        if step <= 0 or len(works) <= step:
-            self._prepare(works, clock)
-            self._finish(works, clock)
+        threads = max(1, self.config.screen_threads)
+
+        def run(part: list[_Work]) -> None:
+            clock: dict[str, float] = {}
+            clocks.append(clock)
+            self._prepare(part, clock)
+            self._finish(part, clock)
+
+        if step <= 0 or threads == 1 or len(works) <= step:
+            run(works)
         else:
             parts = [works[i : i + step] for i in range(0, len(works), step)]
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
-                ahead = pool.submit(self._prepare, parts[0], clock)
-                for index, part in enumerate(parts):
-                    ahead.result()
-                    if index + 1 < len(parts):
-                        ahead = pool.submit(self._prepare, parts[index + 1], clock)
-                    self._finish(part, clock)
-        # seconds per image of each stage; with overlap they add up to more than the batch's wall time
-        per_image = {stage: round(seconds / max(1, len(items)), 5) for stage, seconds in clock.items()}
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="screen") as pool:
+                list(pool.map(run, parts))  # re-raises the first failure
+        total: dict[str, float] = {}
+        for clock in clocks:
+            for stage, seconds in clock.items():
+                total[stage] = total.get(stage, 0.0) + seconds
+        # seconds per image of each stage; with chunks in parallel they add up to more than the batch's wall time
+        per_image = {stage: round(seconds / max(1, len(items)), 5) for stage, seconds in total.items()}
         per_image["batch_size"] = float(len(items))
         verdicts = [w.verdict for w in works]
         assert all(v is not None for v in verdicts), "every item gets a verdict"
@@ -166,7 +176,7 @@ class Screener:
         live = [w for w in works if w.image is not None]
         with _timed(clock, "classify"):
             self._classify(live)
-        with _timed(clock, "explain"):
+        with _timed(clock, "explain"), self._explain_lock:  # a backward through the shared network
             cams = self._explain(live)
         with _timed(clock, "encode"):
             for work in works:

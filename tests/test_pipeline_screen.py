@@ -89,8 +89,8 @@ def test_one_verdict_per_item_in_order(mixed: list[Verdict], classifier: Classif
 def test_overlapped_chunks_give_the_sequential_verdicts(
     classifier: Classifier, detector: FaceDetector, corpus: dict[str, bytes]
 ) -> None:
-    """overlap_chunk only changes where the work runs: the next chunk is prepared in a background thread,
-    and every verdict (status, scores, heatmaps) is the one of the plain sequential batch."""
+    """overlap_chunk only changes where the work runs: chunks are screened on two threads at once, and every
+    verdict (status, scores, heatmaps) is the one of the plain sequential batch."""
     import threading
 
     items = _mixed(corpus) + [ScreenItem(f"again-{i.key}", i.data, i.error) for i in _mixed(corpus)]
@@ -105,7 +105,7 @@ def test_overlapped_chunks_give_the_sequential_verdicts(
 
     chunked._prepare = recording  # type: ignore[method-assign]
     expected, got = plain.screen_batch(items), chunked.screen_batch(items)
-    assert len(threads) == 3 and all(name.startswith("prepare") for name in threads)
+    assert len(threads) == 3 and all(name.startswith("screen") for name in threads)
     assert [v.key for v in got] == [i.key for i in items]
     for a, b in zip(expected, got, strict=True):
         assert (a.status, a.reason, a.verdict, a.sha256) == (b.status, b.reason, b.verdict, b.sha256)
