@@ -3,7 +3,8 @@ printed as a table with ratios and written to bench/results/<timestamp>.json.
 
 Rows:
   seed        the old single-image demo approach on the same frames (MTCNN full-size, 256 px, Grad-CAM x2)
-  forward     bare batched classifier forward on pre-cut, pre-decoded crops: the compute ceiling
+  forward     bare batched classifier forward on pre-cut, pre-decoded crops, with TORCH_THREADS threads
+  forward-all the same with TORCH_THREADS x SCREEN_THREADS threads: the ceiling of the cores scan uses
   scan-crops  `deepscreen scan --crops` path (process_events + SQLite + local blobs) on crop files
   scan        `deepscreen scan` on full frames, heatmaps for flagged faces (the default)
   scan-all    the same with a heatmap for every face
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", type=int, default=1000, help="number of face crops (default 1000)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: settings)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=None)
-    parser.add_argument("--only", default="seed,forward,scan-crops,scan,scan-all,scan-none",
+    parser.add_argument("--only", default="seed,forward,forward-all,scan-crops,scan,scan-all,scan-none",
                         help="comma-separated rows to run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
@@ -178,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         results["seed"] = bench_seed_baseline(settings, frames)
     if "forward" in rows:
         results["forward"] = bench_forward(settings, crops, settings.batch_size)
+    if "forward-all" in rows:
+        cores = settings.torch_threads * max(1, settings.screen_threads)
+        results["forward-all"] = bench_forward(settings.model_copy(update={"torch_threads": cores}), crops,
+                                               settings.batch_size)
+        results["forward-all"]["torch_threads"] = cores
     if "scan-crops" in rows:
         results["scan-crops"] = bench_scan(settings, crops, crops=True)
     if "scan" in rows:
@@ -187,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     if "scan-none" in rows:
         results["scan-none"] = bench_scan(settings.model_copy(update={"heatmaps": "none"}), frames, crops=False)
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "model_dir": str(settings.model_dir),
-            "torch_threads": settings.torch_threads, "precision": settings.precision,
+            "torch_threads": settings.torch_threads, "screen_threads": settings.screen_threads,
+            "overlap_chunk": settings.overlap_chunk, "precision": settings.precision,
             "batch_size": settings.batch_size, "detect_max_side": settings.detect_max_side,
             "python": sys.version.split()[0]}
     print_table(results, meta)
@@ -199,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(results: dict[str, Any], meta: dict[str, Any]) -> None:
-    print(f"\n{meta['date']}  threads={meta['torch_threads']} precision={meta['precision']} "
+    print(f"\n{meta['date']}  torch_threads={meta['torch_threads']} screen_threads={meta['screen_threads']} "
+          f"overlap_chunk={meta['overlap_chunk']} precision={meta['precision']} "
           f"batch={meta['batch_size']} detect_max_side={meta['detect_max_side']}")
     print(f"{'row':<12} {'images':>7} {'seconds':>8} {'images/s':>9}  ratio")
     speed = {name: row["images_per_s"] for name, row in results.items()}
@@ -207,6 +215,8 @@ def print_table(results: dict[str, Any], meta: dict[str, Any]) -> None:
     for name, row in results.items():
         base = against.get(name)
         ratio = f"{speed[name] / speed[base]:.2f} x {base}" if base in speed and speed[base] else ""
+        if name == "scan-crops" and speed.get("forward-all"):
+            ratio += f"{'; ' if ratio else ''}{speed[name] / speed['forward-all']:.2f} x forward-all"
         if name in ("scan-all", "scan-none") and speed.get("scan"):
             ratio += f"{'; ' if ratio else ''}{speed[name] / speed['scan']:.2f} x scan"
         print(f"{name:<12} {row['images']:>7} {row['seconds']:>8.1f} {row['images_per_s']:>9.2f}  {ratio}")
