@@ -70,6 +70,17 @@ def test_threads_pool_refuses_shared_model_concurrency() -> None:
         Settings(pool="threads", concurrency=2)
 
 
+def _noise_crops(folder: Path, count: int, seed: int) -> list[Path]:
+    """Distinct 64 px noise images (PNG): each a different sha256, each screened in crops mode."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        path = folder / f"crop{index}.png"
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
 def test_scan_saves_one_batch_while_screening_the_next(tmp_path: Path, tmp_model: Path) -> None:
     """`scan` saves batch n in a background thread while it screens batch n+1: every input still gets its
     row, in order, and the same bytes in two consecutive batches end with one verdict row."""
@@ -82,12 +93,7 @@ def test_scan_saves_one_batch_while_screening_the_next(tmp_path: Path, tmp_model
 
     runtime = embedded_runtime(Settings(model_dir=tmp_model, torch_threads=1, heatmaps="all"), tmp_path / "home",
                                crops=True)
-    rng = np.random.default_rng(4)
-    paths = []
-    for index in range(5):
-        path = tmp_path / f"crop{index}.png"
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
+    paths = _noise_crops(tmp_path, 5, seed=4)
     (tmp_path / "copy-of-0.png").write_bytes(paths[0].read_bytes())
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     inputs = [paths[0], paths[1], tmp_path / "copy-of-0.png", paths[2], tmp_path / "broken.jpg", paths[3], paths[4]]
@@ -108,12 +114,7 @@ def test_a_failed_heatmap_upload_retries_only_its_own_events(tmp_path: Path, tmp
     from workers.settings import Settings
     from workers.storage import LocalBlobStore, TransientError
 
-    rng = np.random.default_rng(11)
-    paths = []
-    for index in range(4):
-        path = tmp_path / f"crop{index}.png"
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
+    paths = _noise_crops(tmp_path, 4, seed=11)
     bad = hashlib.sha256(paths[2].read_bytes()).hexdigest()
 
     class FailingForOne(LocalBlobStore):
