@@ -243,6 +243,21 @@ class RescanStore:
         done = sum(n for s, n in by_status.items() if s in TERMINAL)
         return {"enqueued": sum(by_status.values()), "done": done, "failed": by_status.get("failed", 0)}
 
+    def take_over_unsent(self, run_id: int, before: datetime, now: datetime) -> list[Any]:
+        """Events of this run recorded before `before` and still `queued`: a driver that died between
+        recording a chunk and sending it left them. Marked requeued at `now`; the caller sends them again
+        (a message sent twice is screened once)."""
+        from db.store import _event_from_row
+
+        since = func.coalesce(Event.requeued_at, Event.received_at)
+        with self.sessions.begin() as session:
+            rows = session.scalars(select(Event).join(RescanItem, RescanItem.event_id == Event.event_id)
+                                   .where(RescanItem.run_id == run_id, Event.status == "queued", since < before)
+                                   .order_by(Event.received_at).limit(10_000)).all()
+            for row in rows:
+                row.requeued_at = now
+            return [_event_from_row(row, run_id) for row in rows]
+
     def finish_if_done(self, session: Session, run: RescanRun, now: datetime) -> bool:
         """A draining run whose every item is terminal gets its report and ends `finished`."""
         if run.state != "draining":

@@ -143,6 +143,13 @@ def test_keyset_paging_records_before_sending_and_a_failed_send_is_swept_not_ski
     by_sha = {_sha(n): n for n in range(1, 38)}
     for event in list(sent.events):  # a worker screens what was sent
         db.save(event, _verdict(by_sha[event.sha256 or ""], NEW, "real"), BlobKeys())
+    # a driver that takes the run over (`rescan follow`) finds exactly the unsent events, once
+    later = NOW + timedelta(hours=1)
+    taken = rescans.take_over_unsent(run.id, before=later, now=later)
+    assert sorted(e.event_id for e in taken) == sorted(failed) and {e.rescan_run for e in taken} == {run.id}
+    assert rescans.take_over_unsent(run.id, before=later, now=later) == [], "marked requeued: not taken twice"
+    with db.sessions.begin() as session:  # undo the mark, so the sweeper below sees them as before
+        session.execute(update(Event).where(Event.event_id.in_(failed)).values(requeued_at=None))
     swept = requeue_stuck(db, lambda e, attempt: sent([e]), stuck_after_s=60, now=NOW + timedelta(days=1))
     assert sorted(swept) == sorted(failed) and sent.events[-1].rescan_run == run.id
     view = rescans.get(run.id)

@@ -237,6 +237,15 @@ def _follow(store: Any, settings: Any, run_id: int, drive: bool, timeout: float)
     from tqdm import tqdm
 
     driver = _driver(store, settings) if drive else None
+    if driver is not None:
+        # A driver that died between recording a chunk and sending it (`follow` killed, a crash) left that
+        # chunk's events queued; the stuck-event sweeper would send them only after STUCK_AFTER_S.
+        now = datetime.now(UTC)
+        unsent = store.take_over_unsent(run_id, before=now - timedelta(seconds=2), now=now)
+        if unsent:
+            print(f"re-sending {len(unsent)} queued event(s) of run {run_id} recorded by an earlier driver",
+                  file=sys.stderr)
+            driver.send(unsent)
     run = store.get(run_id)
     started = time.monotonic()
     with tqdm(total=max(run.selected, 1), desc=f"rescan run {run_id}", unit="img") as bar:
