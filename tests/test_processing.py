@@ -105,33 +105,3 @@ def test_scan_saves_one_batch_while_screening_the_next(tmp_path: Path, tmp_model
     assert report.results[0]["sha256"] == report.results[2]["sha256"]
     with runtime.store.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Verdict).where(Verdict.status == "scored")) == 5
-
-
-def test_a_failed_heatmap_upload_retries_only_its_own_events(tmp_path: Path, tmp_model: Path) -> None:
-    """Heatmaps are written on threads for the whole batch; one verdict whose upload fails sends only its
-    own events back for a retry, and the others are saved with their heatmaps in the store."""
-    from workers.runtime import embedded_runtime
-    from workers.settings import Settings
-    from workers.storage import LocalBlobStore, TransientError
-
-    paths = _noise_crops(tmp_path, 4, seed=11)
-    bad = hashlib.sha256(paths[2].read_bytes()).hexdigest()
-
-    class FailingForOne(LocalBlobStore):
-        def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-            if bad in key:
-                raise TransientError(f"s3 put {key} failed: injected")
-            return super().put(key, data, content_type)
-
-    runtime = embedded_runtime(Settings(model_dir=tmp_model, torch_threads=1, heatmaps="all"), tmp_path / "home",
-                               crops=True)
-    runtime.blobs = FailingForOne(tmp_path / "home" / "blobs")
-    jobs = [Job(UploadEvent(event_id=f"u{i}", image_uri=str(p))) for i, p in enumerate(paths)]
-    jobs.append(Job(UploadEvent(event_id="u2-again", image_uri=str(paths[2]))))
-    outcomes = process_events(runtime, jobs)
-    assert [o.saved is None for o in outcomes] == [False, False, True, False, True]
-    assert all("injected" in (o.retry_reason or "") for o in (outcomes[2], outcomes[4]))
-    for outcome in (outcomes[0], outcomes[1], outcomes[3]):
-        assert outcome.saved is not None and outcome.saved.verdict_id is not None
-        document = runtime.store.verdict_document(outcome.saved.verdict_id)
-        assert document["heatmap"] and runtime.blobs.exists(document["heatmap"])

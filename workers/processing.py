@@ -146,9 +146,8 @@ def persist_events(runtime: Runtime, screened: Screened) -> list[Outcome]:
     jobs, outcomes, stages = screened.jobs, screened.outcomes, screened.stages
     if screened.verdicts:
         store_started = time.perf_counter()
-        uploaded = _upload_blobs(runtime, screened.verdicts)
         for verdict in screened.verdicts:
-            keys: BlobKeys | BaseException | None = uploaded.get(verdict.key)
+            keys = None
             for index in screened.to_screen[verdict.key]:
                 keys, outcome = _persist(runtime, jobs[index], verdict, keys)
                 outcomes[index] = outcome
@@ -223,31 +222,10 @@ def store_blobs(blobs: BlobStore, verdict: Verdict) -> BlobKeys:
     return BlobKeys(heatmap=heatmap, faces=faces)
 
 
-def _upload_blobs(runtime: Runtime, verdicts: Sequence[Verdict]) -> dict[str, BlobKeys | BaseException]:
-    """Every verdict's heatmaps and crops, written on the fetch threads (S3 puts wait on the network, one
-    after another they were a sixth of a worker's batch). A failure is kept and raised for its own verdict
-    in `_persist`, so it costs only that verdict's events a retry."""
-    todo = [v for v in verdicts if v.reason != OUT_OF_MEMORY and v.sha256 is not None and v.status == "scored"]
-
-    def one(verdict: Verdict) -> BlobKeys | BaseException:
-        try:
-            return store_blobs(runtime.blobs, verdict)
-        except Exception as exc:  # noqa: BLE001 - handed to _persist, which classifies it
-            return exc
-
-    if len(todo) <= 1:
-        return {v.key: one(v) for v in todo}
-    with ThreadPoolExecutor(max_workers=min(runtime.fetch_threads, len(todo)), thread_name_prefix="put") as pool:
-        return dict(zip([v.key for v in todo], pool.map(one, todo), strict=True))
-
-
-def _persist(runtime: Runtime, job: Job, verdict: Verdict,
-             keys: BlobKeys | BaseException | None) -> tuple[BlobKeys | None, Outcome]:
+def _persist(runtime: Runtime, job: Job, verdict: Verdict, keys: BlobKeys | None) -> tuple[BlobKeys | None, Outcome]:
     if verdict.reason == OUT_OF_MEMORY:
-        return None, Outcome(job, retry_reason="out_of_memory")  # the machine's state, not the image's
+        return keys, Outcome(job, retry_reason="out_of_memory")  # the machine's state, not the image's
     try:
-        if isinstance(keys, BaseException):
-            raise keys
         if keys is None:
             keys = store_blobs(runtime.blobs, verdict)
         saved = runtime.store.save(job.event, verdict, keys, attempts=job.attempt)
@@ -255,12 +233,7 @@ def _persist(runtime: Runtime, job: Job, verdict: Verdict,
     except TransientError as exc:
         return None, Outcome(job, retry_reason=str(exc)[:200])
     except TRANSIENT_DB as exc:
-        return _written(keys), Outcome(job, retry_reason=f"database: {type(exc).__name__}")
+        return keys, Outcome(job, retry_reason=f"database: {type(exc).__name__}")
     except Exception as exc:  # noqa: BLE001 - one event's bad row must not take its batch-mates down
         log.exception("saving event_id=%s failed", job.event.event_id)
-        return _written(keys), Outcome(job, retry_reason=f"save_error: {type(exc).__name__}: {exc}"[:200])
-
-
-def _written(keys: BlobKeys | BaseException | None) -> BlobKeys | None:
-    """Keys a later event of the same verdict may reuse: not a failed upload (that one tries again)."""
-    return keys if isinstance(keys, BlobKeys) else None
+        return keys, Outcome(job, retry_reason=f"save_error: {type(exc).__name__}: {exc}"[:200])
