@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     batch_wait_ms: int = 250
     fetch_threads: int = 8
     decode_threads: int = 2
-    overlap_chunk: int = 8  # full images: a batch runs in chunks of this many images; 0 = one piece
+    overlap_chunk: int = 8  # a batch runs in chunks of this many images; 0 = one piece
     screen_threads: int = 2  # chunks screened at once, each with torch_threads threads
     heatmaps: Literal["flagged", "all", "none"] = "flagged"
     detect_max_side: int = 720
