@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", type=int, default=320, help="side of the generated square images")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per screening thread (the default setting)")
     parser.add_argument("--heatmaps", default="flagged")
+    parser.add_argument("--pool", default=None, help="the worker's Celery pool (default: the setting's)")
+    parser.add_argument("--concurrency", type=int, default=None, help="the worker's pool size (default: the setting's)")
+    parser.add_argument("--screen-threads", type=int, default=None, help="chunks screened at once per batch")
     parser.add_argument("--latency-events", type=int, default=200,
                         help="events for the latency run, sent at half the measured throughput (0 skips it)")
     parser.add_argument("--json-out", type=Path)
@@ -93,7 +96,8 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
         env = service_env(db_url, redis_url, s3, Path(os.environ.get("DEEPSCREEN_MODEL_DIR", default_model_dir())),
                           DEEPSCREEN_TORCH_THREADS=str(args.threads), DEEPSCREEN_BATCH_SIZE="32",
                           DEEPSCREEN_BATCH_WAIT_MS="250", DEEPSCREEN_HEATMAPS=args.heatmaps,
-                          DEEPSCREEN_DETECT_MAX_SIDE=str(Settings().detect_max_side))
+                          DEEPSCREEN_DETECT_MAX_SIDE=str(Settings().detect_max_side),
+                          **_worker_overrides(args))
         log_path = Path(tempfile.mkdtemp(prefix="bench-worker-")) / "worker.log"
         worker = start_worker(env, log_path)
         celery_app = create_app(Settings(broker_url=redis_url))
@@ -146,6 +150,11 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
         if worker is not None:
             worker.stop()
     return 0
+
+
+def _worker_overrides(args: argparse.Namespace) -> dict[str, str]:
+    names = {"pool": "DEEPSCREEN_POOL", "concurrency": "DEEPSCREEN_CONCURRENCY", "screen_threads": "DEEPSCREEN_SCREEN_THREADS"}
+    return {env: str(getattr(args, name)) for name, env in names.items() if getattr(args, name) is not None}
 
 
 def latency_run(engine, celery_app, events, rate: float) -> dict[str, Any]:  # noqa: ANN001

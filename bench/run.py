@@ -6,6 +6,7 @@ Rows:
   forward     bare batched classifier forward on pre-cut, pre-decoded crops, with TORCH_THREADS threads
   forward-all the same with TORCH_THREADS x SCREEN_THREADS threads: the ceiling of the cores scan uses
   scan-crops  `deepscreen scan --crops` path (process_events + SQLite + local blobs) on crop files
+  scan-crops-none  the same with no heatmaps (what explaining the flagged crops costs, by difference)
   scan        `deepscreen scan` on full frames, heatmaps for flagged faces (the default)
   scan-all    the same with a heatmap for every face
   scan-none   the same with no heatmaps (the cost of explaining, by difference)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", type=int, default=1000, help="number of face crops (default 1000)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: settings)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=None)
-    parser.add_argument("--only", default="seed,forward,forward-all,scan-crops,scan,scan-all,scan-none",
+    parser.add_argument("--only", default="seed,forward,forward-all,scan-crops,scan-crops-none,scan,scan-all,scan-none",
                         help="comma-separated rows to run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         results["forward-all"]["torch_threads"] = cores
     if "scan-crops" in rows:
         results["scan-crops"] = bench_scan(settings, crops, crops=True)
+    if "scan-crops-none" in rows:
+        results["scan-crops-none"] = bench_scan(settings.model_copy(update={"heatmaps": "none"}), crops, crops=True)
     if "scan" in rows:
         results["scan"] = bench_scan(settings, frames, crops=False)
     if "scan-all" in rows:
@@ -211,11 +214,12 @@ def print_table(results: dict[str, Any], meta: dict[str, Any]) -> None:
           f"batch={meta['batch_size']} detect_max_side={meta['detect_max_side']}")
     print(f"{'row':<12} {'images':>7} {'seconds':>8} {'images/s':>9}  ratio")
     speed = {name: row["images_per_s"] for name, row in results.items()}
-    against = {"scan-crops": "forward", "scan": "seed", "scan-all": "seed", "scan-none": "seed"}
+    against = {"scan-crops": "forward", "scan-crops-none": "forward", "scan": "seed", "scan-all": "seed",
+               "scan-none": "seed"}
     for name, row in results.items():
         base = against.get(name)
         ratio = f"{speed[name] / speed[base]:.2f} x {base}" if base in speed and speed[base] else ""
-        if name == "scan-crops" and speed.get("forward-all"):
+        if name in ("scan-crops", "scan-crops-none") and speed.get("forward-all"):
             ratio += f"{'; ' if ratio else ''}{speed[name] / speed['forward-all']:.2f} x forward-all"
         if name in ("scan-all", "scan-none") and speed.get("scan"):
             ratio += f"{'; ' if ratio else ''}{speed[name] / speed['scan']:.2f} x scan"

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -116,7 +117,8 @@ class _Work:
 
 
 class Screener:
-    """Holds the loaded models and screens batches. Build one per process; it is not thread-safe."""
+    """Holds the loaded models and screens batches. Build one per process; batches may be screened from
+    several threads at once (pool=threads), and Grad-CAM is serialised inside."""
 
     def __init__(self, classifier: Classifier, config: ScreenConfig, detector: FaceDetector | None = None) -> None:
         if not config.crops and detector is None:
@@ -174,7 +176,10 @@ class Screener:
 
     def _finish(self, works: list[_Work], clock: dict[str, float]) -> None:
         live = [w for w in works if w.image is not None]
-        with _timed(clock, "classify"):
+        # A network that cannot be resumed from its Grad-CAM layer is explained by hooks on the shared network,
+        # which would also catch another thread's forward: there, classifying waits for explaining too.
+        hooked = self.config.heatmaps != "none" and self.classifier.split_stage is None
+        with _timed(clock, "classify"), (self._explain_lock if hooked else nullcontext()):
             self._classify(live)
         with _timed(clock, "explain"), self._explain_lock:  # a backward through the shared network
             cams = self._explain(live)

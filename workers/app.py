@@ -7,8 +7,9 @@
   if the worker dies, so the larger prefetch costs nothing in safety (tests/test_distributed.py).
 - Queues: `upload` is always polled before `rescan` (kombu's priority queue order), so a re-scan backlog
   never delays fresh uploads.
-- Pool: `solo` by default (one process, the model loaded once at process start, torch's own threads do
-  the parallel work); `prefork` is available, with one model per child loaded in worker_process_init.
+- Pool: `threads` with concurrency 2 by default: one process, one model, two batches in flight, so one
+  batch's writes (S3, Postgres) overlap the next batch's screening (bench.distributed: 13.8 images/s against
+  11.5 for `solo` on 2 vCPUs). `solo` and `prefork` (one model per child, loaded in worker_process_init) work.
 """
 
 from __future__ import annotations

@@ -90,11 +90,13 @@ def screen_events(runtime: Runtime, jobs: Sequence[Job]) -> Screened:
     models = runtime.models.current() if runtime.models is not None else None
     if models is not None:
         runtime.screener = models.active  # an activation reaches this process at its next batch
+    # this batch's model, read once: with pool=threads another batch may switch runtime.screener meanwhile
+    screener = models.active if models is not None else runtime.screener
     outcomes: dict[int, Outcome] = {}
     stages: dict[str, float] = {}
     to_screen: dict[str, list[int]] = {}  # sha256 (or a unique key for failures) -> job indexes
     verdicts: list[Verdict] = []
-    model_version = runtime.screener.model_version
+    model_version = screener.model_version
     try:
         finished = runtime.store.finished_events([j.event.event_id for j in jobs])
     except TRANSIENT_DB as exc:
@@ -124,14 +126,14 @@ def screen_events(runtime: Runtime, jobs: Sequence[Job]) -> Screened:
             if job.event.sha256 and job.event.sha256 != key:
                 key = f"mismatch:{index}"  # screened alone: it will get invalid_input sha256_mismatch
             elif key not in items:
-                existing = _existing(runtime, key)
+                existing = _existing(runtime, key, model_version)
                 if existing is not None:
                     outcomes[index] = _link(runtime, job, existing, key)
                     continue
             items.setdefault(key, ScreenItem(key=key, data=result, expected_sha256=job.event.sha256))
         to_screen.setdefault(key, []).append(index)
     if items:
-        verdicts = runtime.screener.screen_batch(list(items.values()))
+        verdicts = screener.screen_batch(list(items.values()))
         stages.update(_stage_seconds(verdicts))
         if models is not None and models.canary is not None:
             _canary(runtime, models, list(items.values()), verdicts,
@@ -194,9 +196,9 @@ def _fetch(runtime: Runtime, jobs: list[Job]) -> list[bytes | InvalidInput | Tra
         return list(pool.map(one, jobs))
 
 
-def _existing(runtime: Runtime, sha256: str):  # noqa: ANN202
+def _existing(runtime: Runtime, sha256: str, model_version: str):  # noqa: ANN202
     try:
-        return runtime.store.find_verdict(sha256, runtime.screener.model_version)
+        return runtime.store.find_verdict(sha256, model_version)
     except TRANSIENT_DB:
         return None  # screen it; the save will hit the same outage and retry
 

@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     fetch_threads: int = 8
     decode_threads: int = 2
     overlap_chunk: int = 8  # a batch runs in chunks of this many images; 0 = one piece
-    screen_threads: int = 2  # chunks screened at once, each with torch_threads threads
+    screen_threads: int = 2  # chunks screened at once per process, each with torch_threads threads (pool=threads:
+    # shared by the batches in flight, so each batch gets screen_threads // concurrency)
     heatmaps: Literal["flagged", "all", "none"] = "flagged"
     detect_max_side: int = 720
     min_face_size: int = 20
@@ -64,8 +65,10 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = 60.0
     malloc_arena_max: int = 2  # glibc malloc arenas per worker process (0: glibc's default); see workers/memory.py
     malloc_trim: bool = True  # hand freed heap back to the system after each batch
-    pool: Literal["solo", "prefork", "threads"] = "solo"
-    concurrency: int = 1
+    # threads x 2: one model, two batches in flight, so a batch's writes overlap the next batch's screening
+    # (bench.distributed: 13.8 images/s against 11.5 for solo on 2 vCPUs; p50 latency 0.50 s against 1.26 s)
+    pool: Literal["solo", "prefork", "threads"] = "threads"
+    concurrency: int = 2
     # re-scans (workers/rescan.py) and model roll-outs
     rescan_rate_per_s: float = 20.0  # images a run enqueues per second (fresh uploads are polled first anyway)
     rescan_chunk: int = 200  # most images enqueued by one tick of one run
@@ -120,13 +123,6 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _one_screener_per_thread(self) -> Settings:
-        if self.pool == "threads" and self.concurrency > 1:
-            raise ValueError("pool=threads shares one model between threads (Grad-CAM hooks are per network): "
-                             "use prefork for concurrency > 1")
-        return self
-
-    @model_validator(mode="after")
     def _real_secret_outside_local(self) -> Settings:
         secret = self.signing_secret.get_secret_value()
         if self.environment == "production" and (secret == PLACEHOLDER_SECRET or len(secret) < 32):
@@ -156,7 +152,13 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 1")
         return value
 
-    def screen_config(self, crops: bool = False) -> ScreenConfig:
+    def batch_screen_threads(self) -> int:
+        """Screening threads per batch: with pool=threads the batches in flight share screen_threads."""
+        if self.pool == "threads":
+            return max(1, self.screen_threads // self.concurrency)
+        return max(1, self.screen_threads)
+
+    def screen_config(self, crops: bool = False, screen_threads: int | None = None) -> ScreenConfig:
         return ScreenConfig(
             detector=DetectorConfig(
                 max_side=self.detect_max_side,
@@ -170,7 +172,7 @@ class Settings(BaseSettings):
             decode_threads=self.decode_threads,
             classify_batch=max(64, self.batch_size),
             overlap_chunk=max(0, self.overlap_chunk),
-            screen_threads=max(1, self.screen_threads),
+            screen_threads=max(1, self.screen_threads if screen_threads is None else screen_threads),
             pdq=self.known_fakes,
             pdq_max_side=self.pdq_max_side,
             pdq_min_quality=self.pdq_min_quality,

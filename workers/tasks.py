@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from celery import signals
 from celery_batches import Batches
@@ -29,23 +32,33 @@ log = logging.getLogger(__name__)
 
 _runtime: Runtime | None = None
 _runtime_pid: int | None = None
+_runtime_lock = threading.Lock()  # pool=threads: the batches' threads share one runtime, built once
 
 
 def runtime() -> Runtime:
     """This process's runtime, built once (the worker builds it at process start, not at import)."""
     global _runtime, _runtime_pid
-    if _runtime is None or _runtime_pid != os.getpid():
-        from workers.runtime import distributed_runtime
+    with _runtime_lock:
+        if _runtime is None or _runtime_pid != os.getpid():
+            from workers.runtime import distributed_runtime
 
-        _runtime = distributed_runtime(app.conf.deepscreen_settings)
-        _runtime_pid = os.getpid()
-        metrics.WORKER_PROCESSES.labels(_runtime.screener.model_version).set(1)
-    return _runtime
+            _runtime = distributed_runtime(app.conf.deepscreen_settings)
+            _runtime_pid = os.getpid()
+            metrics.WORKER_PROCESSES.labels(_runtime.screener.model_version).set(1)
+        return _runtime
 
 
 @signals.worker_process_init.connect
 def _load_models(**_: object) -> None:
-    runtime()
+    runtime()  # solo: in the worker's own process; prefork: in each child
+
+
+@signals.worker_ready.connect
+def _load_models_for_threads(sender: object = None, **_: object) -> None:
+    from celery.concurrency.thread import TaskPool
+
+    if isinstance(getattr(sender, "pool", None), TaskPool):  # the threads pool sends no worker_process_init
+        runtime()
 
 
 @signals.worker_process_shutdown.connect
@@ -54,6 +67,49 @@ def _process_gone(pid: int | None = None, **_: object) -> None:
 
 
 heartbeat.connect_signals()
+
+
+class _Quarantine:
+    """With pool=threads two batches share the process, so a message that kills the process takes the other
+    batch's messages down with it, and their screening-start counts go up too. A suspect (a message that was in
+    hand when a worker died) is therefore screened `alone()`: it waits for the batches in flight to end and
+    holds new ones back, so if it kills the process again, only its own count rises and an innocent batch-mate
+    is never dead-lettered for it."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._batches = 0
+        self._alone = False
+        self._waiting = 0  # suspects waiting: new batches let them go first
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._alone and not self._waiting)
+            self._batches += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._batches -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._changed:
+            self._waiting += 1
+            self._changed.wait_for(lambda: not self._alone and not self._batches)
+            self._waiting -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._alone = False
+                self._changed.notify_all()
+
+
+_quarantine = _Quarantine()
 
 
 settings = app.conf.deepscreen_settings
@@ -105,18 +161,20 @@ def _screen(requests) -> None:  # noqa: ANN001
                       key=lambda j: before[j.event.event_id])
     outcomes: list[Outcome] = []
     if fresh:
-        _begin(fresh)
-        log.info("screening batch event_ids=%s", ",".join(j.event.event_id for j in fresh))
-        outcomes += _process(fresh)
+        with _quarantine.batch():  # begun only once screening can start: a start count means "was in hand"
+            _begin(fresh)
+            log.info("screening batch event_ids=%s", ",".join(j.event.event_id for j in fresh))
+            outcomes += _process(fresh)
     if suspects:
         log.warning("screening alone, after a worker died with them: event_ids=%s",
                     ",".join(j.event.event_id for j in suspects))
     for job in suspects:
-        count = _begin([job]).get(job.event.event_id, 1)
-        if count > app.conf.deepscreen_settings.max_deliveries and _dead_letter_crasher(job, count):
-            continue
-        log.info("screening alone event_id=%s begun=%d", job.event.event_id, count)
-        outcomes += _process([job])
+        with _quarantine.alone():
+            count = _begin([job]).get(job.event.event_id, 1)
+            if count > app.conf.deepscreen_settings.max_deliveries and _dead_letter_crasher(job, count):
+                continue
+            log.info("screening alone event_id=%s begun=%d", job.event.event_id, count)
+            outcomes += _process([job])
     _settle(outcomes)
 
 
