@@ -210,3 +210,6 @@ def test_a_workers_batches_in_flight_share_the_screening_threads() -> None:
     assert Settings(screen_threads=2, pool="solo", concurrency=1).batch_screen_threads() == 2
     assert Settings(screen_threads=1, concurrency=3).batch_screen_threads() == 1  # never zero
     assert Settings(screen_threads=2).screen_config().screen_threads == 2  # `scan` keeps both
+    assert Settings(pool="prefork").concurrency == 1 and Settings(pool="solo").concurrency == 1  # one model unless asked
+    with pytest.raises(ValueError, match="one batch at a time"):
+        Settings(pool="solo", concurrency=2)

@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
-        worker_prefetch_multiplier=max(1, settings.batch_size // settings.concurrency) * 2,
+        worker_prefetch_multiplier=max(1, settings.batch_size // (settings.concurrency or 1)) * 2,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
             "queue_order_strategy": "priority",
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> Celery:
         accept_content=["json"],
         worker_hijack_root_logger=False,
         worker_pool=settings.pool,
-        worker_concurrency=settings.concurrency,
+        worker_concurrency=settings.concurrency or 1,
         worker_send_task_events=False,
         task_track_started=False,
     )

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -42,6 +43,9 @@ class Runtime:
     fetch_threads: int = 8
     models: ModelSwitch | None = None  # distributed: follow the registry's active/canary versions per batch
     known_fakes: KnownFakeMemory | None = None  # None: no bank matching
+    # pool=threads: reading the registry and publishing its answer in `screener` happen together, so a slower
+    # batch cannot put back a model an activation has already replaced
+    switch_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,11 @@ def screen_events(runtime: Runtime, jobs: Sequence[Job]) -> Screened:
     """Fetch, reuse check and screening: everything before the writes. `deepscreen scan` runs the next
     batch's screen_events while this batch's persist_events writes (workers/embedded.py)."""
     started = time.perf_counter()
-    models = runtime.models.current() if runtime.models is not None else None
-    if models is not None:
-        runtime.screener = models.active  # an activation reaches this process at its next batch
+    models = None
+    if runtime.models is not None:
+        with runtime.switch_lock:
+            models = runtime.models.current()
+            runtime.screener = models.active  # an activation reaches this process at its next batch
     # this batch's model, read once: with pool=threads another batch may switch runtime.screener meanwhile
     screener = models.active if models is not None else runtime.screener
     outcomes: dict[int, Outcome] = {}

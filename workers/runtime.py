@@ -70,7 +70,9 @@ def known_fake_memory(settings: Settings, store: Store, index_path: Path | None 
 
 
 def distributed_runtime(settings: Settings) -> Runtime:
-    client = s3_client(settings.s3_endpoint_url, settings.s3_region)
+    # each batch in flight fetches on fetch_threads threads and writes on its own
+    connections = (settings.fetch_threads + 1) * (settings.concurrency or 1) + 2
+    client = s3_client(settings.s3_endpoint_url, settings.s3_region, connections=connections)
     store = Store.from_url(settings.database_url)
     screener = build_screener(settings, screen_threads=settings.batch_screen_threads())  # a worker's batch
     return Runtime(

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # threads x 2: one model, two batches in flight, so a batch's writes overlap the next batch's screening
     # (bench.distributed: 13.8 images/s against 11.5 for solo on 2 vCPUs; p50 latency 0.50 s against 1.26 s)
     pool: Literal["solo", "prefork", "threads"] = "threads"
-    concurrency: int = 2
+    concurrency: int | None = None  # batches in flight; unset: 2 for threads, 1 for solo and prefork (one model each)
     # re-scans (workers/rescan.py) and model roll-outs
     rescan_rate_per_s: float = 20.0  # images a run enqueues per second (fresh uploads are polled first anyway)
     rescan_chunk: int = 200  # most images enqueued by one tick of one run
@@ -123,6 +123,14 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _concurrency_of_the_pool(self) -> Settings:
+        if self.concurrency is None:
+            self.concurrency = 2 if self.pool == "threads" else 1
+        elif self.pool == "solo" and self.concurrency != 1:
+            raise ValueError("pool=solo runs one batch at a time: use threads (one model) or prefork for concurrency > 1")
+        return self
+
+    @model_validator(mode="after")
     def _real_secret_outside_local(self) -> Settings:
         secret = self.signing_secret.get_secret_value()
         if self.environment == "production" and (secret == PLACEHOLDER_SECRET or len(secret) < 32):
@@ -147,15 +155,15 @@ class Settings(BaseSettings):
     @field_validator("batch_size", "torch_threads", "decode_threads", "fetch_threads", "max_attempts", "concurrency",
                      "rescan_chunk", "rescan_max_queued", "max_deliveries")
     @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
             raise ValueError("must be at least 1")
         return value
 
     def batch_screen_threads(self) -> int:
         """Screening threads per batch: with pool=threads the batches in flight share screen_threads."""
         if self.pool == "threads":
-            return max(1, self.screen_threads // self.concurrency)
+            return max(1, self.screen_threads // (self.concurrency or 1))
         return max(1, self.screen_threads)
 
     def screen_config(self, crops: bool = False, screen_threads: int | None = None) -> ScreenConfig:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -81,6 +82,22 @@ class _Quarantine:
         self._batches = 0
         self._alone = False
         self._waiting = 0  # suspects waiting: new batches let them go first
+        self._started: dict[int, float] = {}  # running batches (by thread): time.monotonic() at their start
+
+    def oldest_start(self) -> float | None:
+        """When the longest-running batch began (the heartbeat withholds its beat when that is too long ago)."""
+        with self._changed:
+            return min(self._started.values(), default=None)
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        with self._changed:
+            self._started[threading.get_ident()] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._started.pop(threading.get_ident(), None)
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -88,7 +105,8 @@ class _Quarantine:
             self._changed.wait_for(lambda: not self._alone and not self._waiting)
             self._batches += 1
         try:
-            yield
+            with self._running():
+                yield
         finally:
             with self._changed:
                 self._batches -= 1
@@ -102,7 +120,8 @@ class _Quarantine:
             self._waiting -= 1
             self._alone = True
         try:
-            yield
+            with self._running():
+                yield
         finally:
             with self._changed:
                 self._alone = False
@@ -110,6 +129,7 @@ class _Quarantine:
 
 
 _quarantine = _Quarantine()
+heartbeat.watch_batches(_quarantine.oldest_start)
 
 
 settings = app.conf.deepscreen_settings
