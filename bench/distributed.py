@@ -1,7 +1,9 @@
 """The distributed path, measured: N events -> Redis -> one Celery worker -> Postgres + moto S3.
 
 Reports images/s from submit to last verdict, and the worker's RSS, idle, after the first `--rss-early`
-and after all N images (Grad-CAM hooks and caches must not leak). Every image is distinct
+and after all N images (Grad-CAM hooks and caches must not leak). Both sides are measured warm, as a running
+worker is: the worker first screens `--warmup` images of its own (not counted), as `bench.run`'s embedded scan
+first scans a batch into a throwaway home. Every image is distinct
 (a face with per-image noise), so nothing is answered from the sha256 reuse path.
 
     python -m bench.distributed --events 2000 --rss-early 200
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", default=None, help="the worker's Celery pool (default: the setting's)")
     parser.add_argument("--concurrency", type=int, default=None, help="the worker's pool size (default: the setting's)")
     parser.add_argument("--screen-threads", type=int, default=None, help="chunks screened at once per batch")
+    parser.add_argument("--worker-env", action="append", default=[], help="extra KEY=VALUE for the worker")
+    parser.add_argument("--warmup", type=int, default=64, help="distinct images the worker screens before the clock starts")
     parser.add_argument("--latency-events", type=int, default=200,
                         help="events for the latency run, sent at half the measured throughput (0 skips it)")
     parser.add_argument("--json-out", type=Path)
@@ -82,16 +86,17 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
     client = s3.client()
     worker = None
     try:
-        total = args.events + args.latency_events
+        total = args.events + args.latency_events + args.warmup
         print(f"uploading {total} images...", file=sys.stderr)
         events = []
         for i, body in enumerate(face_images(total, args.side)):
             key = f"bench/{i:06d}.jpg"
             client.put_object(Bucket="uploads", Key=key, Body=body)
             events.append(UploadEvent(event_id=f"bench-{i}", image_uri=f"s3://uploads/{key}", source="bench"))
+        warmup, events = events[: args.warmup], events[args.warmup :]
         events, latency_events = events[: args.events], events[args.events :]
         local = Path(tempfile.mkdtemp(prefix="bench-same-images-"))
-        for i, body in enumerate(face_images(args.events, args.side)):
+        for i, body in enumerate(list(face_images(args.warmup + args.events, args.side))[args.warmup :]):
             (local / f"{i:06d}.jpg").write_bytes(body)
         env = service_env(db_url, redis_url, s3, Path(os.environ.get("DEEPSCREEN_MODEL_DIR", default_model_dir())),
                           DEEPSCREEN_TORCH_THREADS=str(args.threads), DEEPSCREEN_BATCH_SIZE="32",
@@ -119,6 +124,8 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
                     raise RuntimeError("worker died: " + log_path.read_text()[-2000:])
             return time.perf_counter() - began
 
+        if warmup:
+            phase(warmup)  # not counted: the first batches pay for lazy imports and kernel selection
         early_at = min(args.rss_early, args.events)
         seconds = phase(events[:early_at])
         time.sleep(2)
@@ -154,7 +161,8 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
 
 def _worker_overrides(args: argparse.Namespace) -> dict[str, str]:
     names = {"pool": "DEEPSCREEN_POOL", "concurrency": "DEEPSCREEN_CONCURRENCY", "screen_threads": "DEEPSCREEN_SCREEN_THREADS"}
-    return {env: str(getattr(args, name)) for name, env in names.items() if getattr(args, name) is not None}
+    extra = dict(item.split("=", 1) for item in args.worker_env)
+    return {**extra, **{env: str(getattr(args, name)) for name, env in names.items() if getattr(args, name) is not None}}
 
 
 def latency_run(engine, celery_app, events, rate: float) -> dict[str, Any]:  # noqa: ANN001

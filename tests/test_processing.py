@@ -213,3 +213,42 @@ def test_a_workers_batches_in_flight_share_the_screening_threads() -> None:
     assert Settings(pool="prefork").concurrency == 1 and Settings(pool="solo").concurrency == 1  # one model unless asked
     with pytest.raises(ValueError, match="one batch at a time"):
         Settings(pool="solo", concurrency=2)
+
+
+def test_the_threads_pool_reserves_one_batch_more_than_it_runs() -> None:
+    from workers.app import prefetch_multiplier
+    from workers.settings import Settings
+
+    threads = Settings(batch_size=32)  # threads x 2
+    assert prefetch_multiplier(threads) * threads.concurrency == 96  # two batches running, a full one waiting
+    solo = Settings(batch_size=32, pool="solo")
+    assert prefetch_multiplier(solo) * solo.concurrency == 64
+    prefork = Settings(batch_size=32, pool="prefork", concurrency=2)
+    assert prefetch_multiplier(prefork) * prefork.concurrency == 64
+
+
+def test_free_memory_is_trimmed_when_idle_and_once_per_interval_under_load() -> None:
+    import threading
+
+    from workers import tasks
+
+    interval = tasks.app.conf.deepscreen_settings.malloc_trim_interval_s
+    assert tasks._trim_due()  # nothing else running: the worker goes idle, trim
+    release, entered = threading.Event(), threading.Event()
+
+    def other_batch() -> None:
+        with tasks._quarantine.batch():
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_batch)
+    thread.start()
+    try:
+        entered.wait(5)
+        assert not tasks._trim_due()  # another batch is running and the last trim is recent
+        tasks._last_trim[0] -= interval + 1
+        assert tasks._trim_due()  # under load, once per interval
+        assert not tasks._trim_due()
+    finally:
+        release.set()
+        thread.join(10)

@@ -32,13 +32,24 @@ REQUEUE_STUCK_TASK = "deepscreen.requeue_stuck"
 RETENTION_TASK = "deepscreen.retention"
 
 
+def prefetch_multiplier(settings: Settings) -> int:
+    """Celery reserves multiplier x concurrency messages. solo/prefork: twice the batch size in all, so the
+    next batch fills while one runs. threads: one batch more than the batches in flight, so a full batch is
+    waiting when a thread comes free (with only two batches' worth, every ack let a few messages in and the
+    flush timer sent them off as batches of 2 or 3)."""
+    concurrency = settings.concurrency or 1
+    if settings.pool == "threads":
+        return max(1, -(-(concurrency + 1) * settings.batch_size // concurrency))
+    return max(1, settings.batch_size // concurrency) * 2
+
+
 def create_app(settings: Settings) -> Celery:
     app = Celery("deepscreen", broker=settings.broker_url, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
-        worker_prefetch_multiplier=max(1, settings.batch_size // (settings.concurrency or 1)) * 2,
+        worker_prefetch_multiplier=prefetch_multiplier(settings),
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
             "queue_order_strategy": "priority",

@@ -130,6 +130,19 @@ class _Quarantine:
 
 _quarantine = _Quarantine()
 heartbeat.watch_batches(_quarantine.oldest_start)
+_last_trim = [0.0]  # time.monotonic() of the last malloc_trim
+
+
+def _trim_due() -> bool:
+    """Trim when no other batch is running (the worker goes idle, so its idle RSS is the trimmed one), or
+    under load once per MALLOC_TRIM_INTERVAL_S: a trim frees pages the next batch faults straight back in,
+    and holds the allocator's locks while the other batch allocates."""
+    now = time.monotonic()
+    idle = _quarantine.oldest_start() is None
+    if idle or now - _last_trim[0] >= app.conf.deepscreen_settings.malloc_trim_interval_s:
+        _last_trim[0] = now
+        return True
+    return False
 
 
 settings = app.conf.deepscreen_settings
@@ -150,7 +163,7 @@ def screen(requests) -> None:  # noqa: ANN001 - celery-batches SimpleRequest lis
     try:
         with log_context(batch_id=requests[0].id if requests else None, model_version=_model_version()):
             _screen(requests)
-        if app.conf.deepscreen_settings.malloc_trim:
+        if app.conf.deepscreen_settings.malloc_trim and _trim_due():
             release_free_memory()
     except Exception:  # noqa: BLE001
         log.critical("batch handling failed outside the per-event paths; exiting so the broker redelivers",
