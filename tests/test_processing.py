@@ -204,11 +204,12 @@ def test_a_suspect_is_screened_with_no_other_batch_in_flight() -> None:
 def test_a_workers_batches_in_flight_share_the_screening_threads() -> None:
     from workers.settings import Settings
 
-    assert Settings().pool == "threads" and Settings().concurrency == 2
-    assert Settings(screen_threads=2).batch_screen_threads() == 1  # two batches in flight, one thread each
-    assert Settings(screen_threads=4, concurrency=2).batch_screen_threads() == 2
+    assert Settings().pool == "solo" and Settings().concurrency == 1
+    assert Settings(pool="threads").concurrency == 2
+    assert Settings(pool="threads", screen_threads=2).batch_screen_threads() == 1  # two batches, one thread each
+    assert Settings(pool="threads", screen_threads=4, concurrency=2).batch_screen_threads() == 2
     assert Settings(screen_threads=2, pool="solo", concurrency=1).batch_screen_threads() == 2
-    assert Settings(screen_threads=1, concurrency=3).batch_screen_threads() == 1  # never zero
+    assert Settings(pool="threads", screen_threads=1, concurrency=3).batch_screen_threads() == 1  # never zero
     assert Settings(screen_threads=2).screen_config().screen_threads == 2  # `scan` keeps both
     assert Settings(pool="prefork").concurrency == 1 and Settings(pool="solo").concurrency == 1  # one model unless asked
     with pytest.raises(ValueError, match="one batch at a time"):
@@ -219,7 +220,7 @@ def test_the_threads_pool_reserves_one_batch_more_than_it_runs() -> None:
     from workers.app import prefetch_multiplier
     from workers.settings import Settings
 
-    threads = Settings(batch_size=32)  # threads x 2
+    threads = Settings(batch_size=32, pool="threads")  # x 2
     assert prefetch_multiplier(threads) * threads.concurrency == 96  # two batches running, a full one waiting
     solo = Settings(batch_size=32, pool="solo")
     assert prefetch_multiplier(solo) * solo.concurrency == 64

@@ -7,9 +7,9 @@
   if the worker dies, so the larger prefetch costs nothing in safety (tests/test_distributed.py).
 - Queues: `upload` is always polled before `rescan` (kombu's priority queue order), so a re-scan backlog
   never delays fresh uploads.
-- Pool: `threads` with concurrency 2 by default: one process, one model, two batches in flight, so one
-  batch's writes (S3, Postgres) overlap the next batch's screening (bench.distributed: 13.8 images/s against
-  11.5 for `solo` on 2 vCPUs). `solo` and `prefork` (one model per child, loaded in worker_process_init) work.
+- Pool: `solo` by default (one process, the model loaded once at process start). `prefork` loads one model
+  per child in worker_process_init. `threads` (concurrency 2) runs two batches on one model, one batch's
+  writes overlapping the other's screening: fastest measured, but not the default (README, "How a worker runs").
 """
 
 from __future__ import annotations

@@ -345,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a Celery worker that screens queued events in micro-batches")
     p.add_argument("--queues", default="control,upload,rescan",
                    help="queues in priority order (default control,upload,rescan)")
-    p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default $DEEPSCREEN_POOL or threads: one model, batches in flight share it)")
-    p.add_argument("--concurrency", type=int, help="batches in flight: pool threads or processes (default $DEEPSCREEN_CONCURRENCY or 2)")
+    p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default $DEEPSCREEN_POOL or solo; threads: two batches at once on one model)")
+    p.add_argument("--concurrency", type=int, help="batches in flight: pool threads or processes (default $DEEPSCREEN_CONCURRENCY, else 2 for threads, 1 otherwise)")
     p.add_argument("--hostname", help="Celery node name")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)

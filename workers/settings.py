@@ -64,12 +64,13 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 60.0
     malloc_arena_max: int = 2  # glibc malloc arenas per worker process (0: glibc's default); see workers/memory.py
-    malloc_trim: bool = True  # hand freed heap back to the system when the worker goes idle, and every interval
-    # under load: after every batch it cost 12% of the distributed throughput (16.8 -> 14.9 images/s)
+    malloc_trim: bool = True  # hand freed heap back to the system when no other batch runs (solo: after each),
+    # and under load once per interval (pool=threads: after every batch it cost 12%, 16.8 -> 14.9 images/s)
     malloc_trim_interval_s: float = 15.0
-    # threads x 2: one model, two batches in flight, so a batch's writes overlap the next batch's screening
-    # (bench.distributed: 13.8 images/s against 11.5 for solo on 2 vCPUs; p50 latency 0.50 s against 1.26 s)
-    pool: Literal["solo", "prefork", "threads"] = "threads"
+    # solo: one batch at a time. threads (CONCURRENCY 2): one model, two batches in flight, a batch's writes
+    # overlapping the next one's screening (bench.distributed: 0.84 of embedded scan, the best measured), but
+    # in the kill -9 chaos test it lost one message: see README "How a worker runs". Not the default.
+    pool: Literal["solo", "prefork", "threads"] = "solo"
     concurrency: int | None = None  # batches in flight; unset: 2 for threads, 1 for solo and prefork (one model each)
     # re-scans (workers/rescan.py) and model roll-outs
     rescan_rate_per_s: float = 20.0  # images a run enqueues per second (fresh uploads are polled first anyway)
