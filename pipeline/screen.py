@@ -117,8 +117,8 @@ class _Work:
 
 
 class Screener:
-    """Holds the loaded models and screens batches. Build one per process; batches may be screened from
-    several threads at once (pool=threads), and Grad-CAM is serialised inside."""
+    """Holds the loaded models and screens batches. Build one per process; a batch's chunks run on
+    `screen_threads` threads, and Grad-CAM is serialised inside."""
 
     def __init__(self, classifier: Classifier, config: ScreenConfig, detector: FaceDetector | None = None) -> None:
         if not config.crops and detector is None:

@@ -84,49 +84,6 @@ def test_heartbeat_file_probe_reports_age(tmp_path) -> None:  # noqa: ANN001
     assert check_file(path, 60)[0] is False
 
 
-def test_a_hung_batch_withholds_the_heartbeat_under_the_threads_pool(tmp_path, redis_url) -> None:  # noqa: ANN001
-    """The threads pool runs batches beside the consumer loop, so the loop would beat on while a batch hangs:
-    the beat is withheld once a running batch is older than HEARTBEAT_MAX_AGE_S, and the probe fails."""
-    import threading
-    import time
-    from types import SimpleNamespace
-
-    from workers import heartbeat
-    from workers.tasks import _quarantine
-
-    settings = SimpleNamespace(heartbeat_file=tmp_path / "hb.json", heartbeat_seconds=1, broker_url=redis_url,
-                               model_dir=tmp_path, heartbeat_max_age_s=0.3)
-    beat = heartbeat.Heartbeat(settings, "hung-test", ["upload"])
-    release, entered = threading.Event(), threading.Event()
-
-    def hung_batch() -> None:
-        with _quarantine.batch():
-            entered.set()
-            release.wait(10)
-
-    assert _quarantine.oldest_start() is None
-    beat.beat()
-    assert settings.heartbeat_file.is_file()  # nothing running: it beats
-    settings.heartbeat_file.unlink()
-    worker = threading.Thread(target=hung_batch)
-    worker.start()
-    try:
-        entered.wait(5)
-        beat.beat()
-        assert settings.heartbeat_file.is_file()  # a batch younger than the limit: it beats
-        settings.heartbeat_file.unlink()
-        time.sleep(0.4)
-        beat.beat()
-        assert not settings.heartbeat_file.exists()  # older than the limit: withheld, so the probe fails
-    finally:
-        release.set()
-        worker.join(10)
-    assert _quarantine.oldest_start() is None
-    beat.beat()
-    assert settings.heartbeat_file.is_file()  # the batch ended: it beats again
-    beat.stop()
-
-
 def _jpeg(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)

@@ -61,68 +61,13 @@ def test_rescan_submissions_get_their_own_event_ids() -> None:
     assert _event_id("s3", "abc", "rescan") != "s3-abc" and _event_id("s3", "abc", "rescan").startswith("rescan-")
 
 
-def test_batches_screened_at_once_on_two_threads_equal_one_after_the_other(tmp_path: Path, tmp_model: Path) -> None:
-    """pool=threads runs two batches at once on one runtime (one model, one detector, one store): the verdicts
-    must be the ones the same batches get one after the other."""
-    import threading
+def test_threads_pool_refuses_shared_model_concurrency() -> None:
+    from pydantic import ValidationError
 
-    from sqlalchemy import select
-
-    from db.schema import Event, Verdict
-    from workers.runtime import embedded_runtime
     from workers.settings import Settings
 
-    faces = _noise_faces(tmp_path / "faces", 8, seed=5)
-    jobs = [Job(UploadEvent(event_id=f"t{i}", image_uri=str(path))) for i, path in enumerate(faces)]
-    settings = Settings(model_dir=tmp_model, torch_threads=1, detect_max_side=320, heatmaps="all")
-
-    def probabilities(runtime) -> dict[str, tuple[str, float | None]]:  # noqa: ANN001
-        with runtime.store.engine.connect() as conn:
-            rows = conn.execute(select(Event.event_id, Verdict.status, Verdict.fake_probability)
-                                .join(Verdict, Verdict.id == Event.verdict_id)).all()
-        return {row.event_id: (row.status, row.fake_probability) for row in rows}
-
-    alone = embedded_runtime(settings, tmp_path / "alone")
-    for half in (jobs[:4], jobs[4:]):
-        process_events(alone, half)
-    shared = embedded_runtime(settings, tmp_path / "shared")
-    start = threading.Barrier(2)
-    outcomes: list = []
-
-    def run(half: list[Job]) -> None:
-        start.wait()
-        outcomes.extend(process_events(shared, half))
-
-    threads = [threading.Thread(target=run, args=(half,)) for half in (jobs[:4], jobs[4:])]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert len(outcomes) == 8 and all(o.saved is not None for o in outcomes)
-    expected, got = probabilities(alone), probabilities(shared)
-    assert set(got) == {j.event.event_id for j in jobs}
-    assert sum(status == "scored" for status, _ in got.values()) >= 6  # the faces were found: real work ran
-    for event_id, (status, probability) in expected.items():
-        assert got[event_id][0] == status, event_id
-        if probability is not None:
-            assert abs(got[event_id][1] - probability) < 0.02, event_id
-    heatmaps = list((tmp_path / "shared" / "blobs").rglob("face-*.jpg"))
-    assert len(heatmaps) >= 6  # Grad-CAM ran for the faces of both batches
-
-
-def _noise_faces(folder: Path, count: int, seed: int) -> list[Path]:
-    """Distinct 256 px JPEGs of one face, each with its own noise (a different sha256, the same face)."""
-    from skimage import data
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    base = np.asarray(Image.fromarray(data.astronaut()).resize((256, 256))).astype(np.int16)
-    paths = []
-    for index in range(count):
-        path = folder / f"face{index}.jpg"
-        Image.fromarray(np.clip(base + rng.integers(-4, 5, base.shape), 0, 255).astype(np.uint8)).save(path, quality=90)
-        paths.append(path)
-    return paths
+    with pytest.raises(ValidationError, match="prefork"):
+        Settings(pool="threads", concurrency=2)
 
 
 def _noise_crops(folder: Path, count: int, seed: int) -> list[Path]:
@@ -160,96 +105,3 @@ def test_scan_saves_one_batch_while_screening_the_next(tmp_path: Path, tmp_model
     assert report.results[0]["sha256"] == report.results[2]["sha256"]
     with runtime.store.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Verdict).where(Verdict.status == "scored")) == 5
-
-
-def test_a_suspect_is_screened_with_no_other_batch_in_flight() -> None:
-    """pool=threads: a message that was in hand when a worker died waits for the batch in flight and holds
-    new batches back, so if it kills the process again no batch-mate's start count goes up with it."""
-    import threading
-    import time
-
-    from workers.tasks import _Quarantine
-
-    quarantine = _Quarantine()
-    events: list[str] = []
-    first_in = threading.Event()
-
-    def batch(name: str, hold: float, signal: threading.Event | None = None) -> None:
-        with quarantine.batch():
-            events.append(f"{name} start")
-            if signal is not None:
-                signal.set()
-            time.sleep(hold)
-            events.append(f"{name} end")
-
-    def suspect() -> None:
-        with quarantine.alone():
-            events.append("suspect start")
-            time.sleep(0.2)
-            events.append("suspect end")
-
-    running = threading.Thread(target=batch, args=("a", 0.3, first_in))
-    running.start()
-    first_in.wait(5)
-    alone = threading.Thread(target=suspect)
-    alone.start()
-    time.sleep(0.05)  # the suspect is waiting now; a batch arriving after it must wait for it
-    later = threading.Thread(target=batch, args=("b", 0.0))
-    later.start()
-    for thread in (running, alone, later):
-        thread.join(5)
-    assert events == ["a start", "a end", "suspect start", "suspect end", "b start", "b end"]
-
-
-def test_a_workers_batches_in_flight_share_the_screening_threads() -> None:
-    from workers.settings import Settings
-
-    assert Settings().pool == "solo" and Settings().concurrency == 1
-    assert Settings(pool="threads").concurrency == 2
-    assert Settings(pool="threads", screen_threads=2).batch_screen_threads() == 1  # two batches, one thread each
-    assert Settings(pool="threads", screen_threads=4, concurrency=2).batch_screen_threads() == 2
-    assert Settings(screen_threads=2, pool="solo", concurrency=1).batch_screen_threads() == 2
-    assert Settings(pool="threads", screen_threads=1, concurrency=3).batch_screen_threads() == 1  # never zero
-    assert Settings(screen_threads=2).screen_config().screen_threads == 2  # `scan` keeps both
-    assert Settings(pool="prefork").concurrency == 1 and Settings(pool="solo").concurrency == 1  # one model unless asked
-    with pytest.raises(ValueError, match="one batch at a time"):
-        Settings(pool="solo", concurrency=2)
-
-
-def test_the_threads_pool_reserves_one_batch_more_than_it_runs() -> None:
-    from workers.app import prefetch_multiplier
-    from workers.settings import Settings
-
-    threads = Settings(batch_size=32, pool="threads")  # x 2
-    assert prefetch_multiplier(threads) * threads.concurrency == 96  # two batches running, a full one waiting
-    solo = Settings(batch_size=32, pool="solo")
-    assert prefetch_multiplier(solo) * solo.concurrency == 64
-    prefork = Settings(batch_size=32, pool="prefork", concurrency=2)
-    assert prefetch_multiplier(prefork) * prefork.concurrency == 64
-
-
-def test_free_memory_is_trimmed_when_idle_and_once_per_interval_under_load() -> None:
-    import threading
-
-    from workers import tasks
-
-    interval = tasks.app.conf.deepscreen_settings.malloc_trim_interval_s
-    assert tasks._trim_due()  # nothing else running: the worker goes idle, trim
-    release, entered = threading.Event(), threading.Event()
-
-    def other_batch() -> None:
-        with tasks._quarantine.batch():
-            entered.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=other_batch)
-    thread.start()
-    try:
-        entered.wait(5)
-        assert not tasks._trim_due()  # another batch is running and the last trim is recent
-        tasks._last_trim[0] -= interval + 1
-        assert tasks._trim_due()  # under load, once per interval
-        assert not tasks._trim_due()
-    finally:
-        release.set()
-        thread.join(10)

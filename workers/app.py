@@ -7,9 +7,8 @@
   if the worker dies, so the larger prefetch costs nothing in safety (tests/test_distributed.py).
 - Queues: `upload` is always polled before `rescan` (kombu's priority queue order), so a re-scan backlog
   never delays fresh uploads.
-- Pool: `solo` by default (one process, the model loaded once at process start). `prefork` loads one model
-  per child in worker_process_init. `threads` (concurrency 2) runs two batches on one model, one batch's
-  writes overlapping the other's screening: fastest measured, but not the default (README, "How a worker runs").
+- Pool: `solo` by default (one process, the model loaded once at process start, torch's own threads do
+  the parallel work); `prefork` is available, with one model per child loaded in worker_process_init.
 """
 
 from __future__ import annotations
@@ -32,24 +31,13 @@ REQUEUE_STUCK_TASK = "deepscreen.requeue_stuck"
 RETENTION_TASK = "deepscreen.retention"
 
 
-def prefetch_multiplier(settings: Settings) -> int:
-    """Celery reserves multiplier x concurrency messages. solo/prefork: twice the batch size in all, so the
-    next batch fills while one runs. threads: one batch more than the batches in flight, so a full batch is
-    waiting when a thread comes free (with only two batches' worth, every ack let a few messages in and the
-    flush timer sent them off as batches of 2 or 3)."""
-    concurrency = settings.concurrency or 1
-    if settings.pool == "threads":
-        return max(1, -(-(concurrency + 1) * settings.batch_size // concurrency))
-    return max(1, settings.batch_size // concurrency) * 2
-
-
 def create_app(settings: Settings) -> Celery:
     app = Celery("deepscreen", broker=settings.broker_url, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
-        worker_prefetch_multiplier=prefetch_multiplier(settings),
+        worker_prefetch_multiplier=max(1, settings.batch_size // settings.concurrency) * 2,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
             "queue_order_strategy": "priority",
@@ -62,7 +50,7 @@ def create_app(settings: Settings) -> Celery:
         accept_content=["json"],
         worker_hijack_root_logger=False,
         worker_pool=settings.pool,
-        worker_concurrency=settings.concurrency or 1,
+        worker_concurrency=settings.concurrency,
         worker_send_task_events=False,
         task_track_started=False,
     )

@@ -146,12 +146,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.memory import ensure_arena_limit
     from workers.settings import get_settings
 
-    # the flags win over the environment, and the settings must agree with them (prefetch, threads per batch)
-    if args.pool:
-        os.environ["DEEPSCREEN_POOL"] = args.pool
-    if args.concurrency:
-        os.environ["DEEPSCREEN_CONCURRENCY"] = str(args.concurrency)
-    get_settings.cache_clear()
     settings = get_settings()
     ensure_arena_limit(settings.malloc_arena_max)  # re-executes once, before torch or the model are loaded
     if settings.metrics_port:
@@ -165,7 +159,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     argv = ["worker", f"--queues={args.queues}", f"--loglevel={args.loglevel}", "--without-gossip",
             "--without-mingle"]
     settings = app.conf.deepscreen_settings
-    argv += [f"--pool={settings.pool}", f"--concurrency={settings.concurrency}"]
+    argv += [f"--pool={args.pool or settings.pool}", f"--concurrency={args.concurrency or settings.concurrency}"]
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
     app.worker_main(argv)
@@ -345,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a Celery worker that screens queued events in micro-batches")
     p.add_argument("--queues", default="control,upload,rescan",
                    help="queues in priority order (default control,upload,rescan)")
-    p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default $DEEPSCREEN_POOL or solo; threads: two batches at once on one model)")
-    p.add_argument("--concurrency", type=int, help="batches in flight: pool threads or processes (default $DEEPSCREEN_CONCURRENCY, else 2 for threads, 1 otherwise)")
+    p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default $DEEPSCREEN_POOL or solo)")
+    p.add_argument("--concurrency", type=int, help="pool processes (default $DEEPSCREEN_CONCURRENCY or 1)")
     p.add_argument("--hostname", help="Celery node name")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)

@@ -3,9 +3,7 @@
 The beat is scheduled on the Celery consumer's own timer (the event loop that fetches messages), not on a
 side thread: when that loop wedges, the file goes stale and `deepscreen probe worker` fails, so the
 orchestrator restarts the worker. With the solo pool a batch runs on that loop too, so the probe's max age
-must exceed the longest batch. The default threads pool runs batches beside the loop, so the loop would beat
-on while a batch hangs: there the beat is withheld once a running batch is older than the probe's max age
-(`watch_batches`), and the probe fails just the same. (DEEPSCREEN_HEARTBEAT_MAX_AGE_S, default 300 s).
+must exceed the longest batch (DEEPSCREEN_HEARTBEAT_MAX_AGE_S, default 300 s).
 
 The Redis key `deepscreen:worker:<hostname>` holds {hostname, pid, model_version, queues, at} and expires
 after three intervals: the keys present are the live workers.
@@ -18,25 +16,12 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "deepscreen:worker:"
-
-def _no_batches() -> float | None:
-    return None
-
-
-_oldest_batch: Callable[[], float | None] = _no_batches  # time.monotonic() at which the oldest running batch began
-
-
-def watch_batches(oldest_start: Callable[[], float | None]) -> None:
-    """Tell the heartbeat how to find the oldest running batch (workers.tasks registers its batch tracker)."""
-    global _oldest_batch
-    _oldest_batch = oldest_start
 
 
 def write_file(path: Path, document: dict[str, Any]) -> None:
@@ -83,7 +68,6 @@ class Heartbeat:
         self.hostname = hostname
         self.queues = queues
         self.model_version = _model_version(settings.model_dir)
-        self.max_age_s = float(settings.heartbeat_max_age_s)
         self._client: Any = None
 
     def document(self) -> dict[str, Any]:
@@ -91,12 +75,6 @@ class Heartbeat:
                 "queues": self.queues, "at": time.time()}
 
     def beat(self) -> None:
-        began = _oldest_batch()
-        if began is not None and time.monotonic() - began > self.max_age_s:
-            # a hung batch (a stuck query, a wedged op) must fail the probe, as it does when it blocks this loop
-            log.error("heartbeat withheld: a batch has been running for %.0f s (HEARTBEAT_MAX_AGE_S=%.0f)",
-                      time.monotonic() - began, self.max_age_s)
-            return
         document = self.document()
         try:
             write_file(self.path, document)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -43,9 +42,6 @@ class Runtime:
     fetch_threads: int = 8
     models: ModelSwitch | None = None  # distributed: follow the registry's active/canary versions per batch
     known_fakes: KnownFakeMemory | None = None  # None: no bank matching
-    # pool=threads: reading the registry and publishing its answer in `screener` happen together, so a slower
-    # batch cannot put back a model an activation has already replaced
-    switch_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass(frozen=True)
@@ -91,18 +87,14 @@ def screen_events(runtime: Runtime, jobs: Sequence[Job]) -> Screened:
     """Fetch, reuse check and screening: everything before the writes. `deepscreen scan` runs the next
     batch's screen_events while this batch's persist_events writes (workers/embedded.py)."""
     started = time.perf_counter()
-    models = None
-    if runtime.models is not None:
-        with runtime.switch_lock:
-            models = runtime.models.current()
-            runtime.screener = models.active  # an activation reaches this process at its next batch
-    # this batch's model, read once: with pool=threads another batch may switch runtime.screener meanwhile
-    screener = models.active if models is not None else runtime.screener
+    models = runtime.models.current() if runtime.models is not None else None
+    if models is not None:
+        runtime.screener = models.active  # an activation reaches this process at its next batch
     outcomes: dict[int, Outcome] = {}
     stages: dict[str, float] = {}
     to_screen: dict[str, list[int]] = {}  # sha256 (or a unique key for failures) -> job indexes
     verdicts: list[Verdict] = []
-    model_version = screener.model_version
+    model_version = runtime.screener.model_version
     try:
         finished = runtime.store.finished_events([j.event.event_id for j in jobs])
     except TRANSIENT_DB as exc:
@@ -132,14 +124,14 @@ def screen_events(runtime: Runtime, jobs: Sequence[Job]) -> Screened:
             if job.event.sha256 and job.event.sha256 != key:
                 key = f"mismatch:{index}"  # screened alone: it will get invalid_input sha256_mismatch
             elif key not in items:
-                existing = _existing(runtime, key, model_version)
+                existing = _existing(runtime, key)
                 if existing is not None:
                     outcomes[index] = _link(runtime, job, existing, key)
                     continue
             items.setdefault(key, ScreenItem(key=key, data=result, expected_sha256=job.event.sha256))
         to_screen.setdefault(key, []).append(index)
     if items:
-        verdicts = screener.screen_batch(list(items.values()))
+        verdicts = runtime.screener.screen_batch(list(items.values()))
         stages.update(_stage_seconds(verdicts))
         if models is not None and models.canary is not None:
             _canary(runtime, models, list(items.values()), verdicts,
@@ -202,9 +194,9 @@ def _fetch(runtime: Runtime, jobs: list[Job]) -> list[bytes | InvalidInput | Tra
         return list(pool.map(one, jobs))
 
 
-def _existing(runtime: Runtime, sha256: str, model_version: str):  # noqa: ANN202
+def _existing(runtime: Runtime, sha256: str):  # noqa: ANN202
     try:
-        return runtime.store.find_verdict(sha256, model_version)
+        return runtime.store.find_verdict(sha256, runtime.screener.model_version)
     except TRANSIENT_DB:
         return None  # screen it; the save will hit the same outage and retry
 

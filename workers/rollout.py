@@ -11,7 +11,6 @@ every batch.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,13 +41,8 @@ class ModelSwitch:
         self._loaded: dict[tuple[str, bool], Screener] = {(fallback.classifier.version, False): fallback}
         self._current = Models(fallback)
         self._failed: dict[tuple[str, str, bool], float] = {}  # (version, sha256, canary) -> monotonic time
-        self._lock = threading.Lock()  # pool=threads: two batches must not load one version twice
 
     def current(self) -> Models:
-        with self._lock:
-            return self._current_models()
-
-    def _current_models(self) -> Models:
         try:
             roles = self.registry.roles()
         except Exception as exc:  # noqa: BLE001 - a registry outage keeps the current models

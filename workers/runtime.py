@@ -30,13 +30,12 @@ def configure_torch(settings: Settings) -> None:
 
 
 def build_screener(settings: Settings, crops: bool = False, model_dir: Path | None = None,
-                   heatmaps: str | None = None, detector: FaceDetector | None = None,
-                   screen_threads: int | None = None) -> Screener:
+                   heatmaps: str | None = None, detector: FaceDetector | None = None) -> Screener:
     configure_torch(settings)
     classifier = load_classifier(model_dir or settings.model_dir, device=settings.device, precision=settings.precision)
     if classifier.meta.placeholder:
         log.warning("model=%s is a PLACEHOLDER with random weights: its verdicts mean nothing", classifier.version)
-    config = settings.screen_config(crops=crops, screen_threads=screen_threads)
+    config = settings.screen_config(crops=crops)
     if heatmaps is not None:
         config = replace(config, heatmaps=heatmaps)
     if detector is None and not crops:
@@ -58,7 +57,7 @@ def model_switch(settings: Settings, engine: Engine, screener: Screener) -> Mode
 
     def build(folder: Path, canary: bool) -> Screener:  # the detector is shared: it does not change with the model
         return build_screener(settings, model_dir=folder, heatmaps="none" if canary else None,
-                              detector=screener.detector, screen_threads=settings.batch_screen_threads())
+                              detector=screener.detector)
 
     return ModelSwitch(registry, build, screener)
 
@@ -70,11 +69,9 @@ def known_fake_memory(settings: Settings, store: Store, index_path: Path | None 
 
 
 def distributed_runtime(settings: Settings) -> Runtime:
-    # each batch in flight fetches on fetch_threads threads and writes on its own
-    connections = (settings.fetch_threads + 1) * (settings.concurrency or 1) + 2
-    client = s3_client(settings.s3_endpoint_url, settings.s3_region, connections=connections)
+    client = s3_client(settings.s3_endpoint_url, settings.s3_region)
     store = Store.from_url(settings.database_url)
-    screener = build_screener(settings, screen_threads=settings.batch_screen_threads())  # a worker's batch
+    screener = build_screener(settings)
     return Runtime(
         screener=screener,
         store=store,

@@ -46,8 +46,7 @@ class Settings(BaseSettings):
     fetch_threads: int = 8
     decode_threads: int = 2
     overlap_chunk: int = 8  # a batch runs in chunks of this many images; 0 = one piece
-    screen_threads: int = 2  # chunks screened at once per process, each with torch_threads threads (pool=threads:
-    # shared by the batches in flight, so each batch gets screen_threads // concurrency)
+    screen_threads: int = 2  # chunks screened at once, each with torch_threads threads
     heatmaps: Literal["flagged", "all", "none"] = "flagged"
     detect_max_side: int = 720
     min_face_size: int = 20
@@ -64,14 +63,9 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 60.0
     malloc_arena_max: int = 2  # glibc malloc arenas per worker process (0: glibc's default); see workers/memory.py
-    malloc_trim: bool = True  # hand freed heap back to the system when no other batch runs (solo: after each),
-    # and under load once per interval (pool=threads: after every batch it cost 12%, 16.8 -> 14.9 images/s)
-    malloc_trim_interval_s: float = 15.0
-    # solo: one batch at a time. threads (CONCURRENCY 2): one model, two batches in flight, a batch's writes
-    # overlapping the next one's screening (bench.distributed: 0.84 of embedded scan, the best measured), but
-    # in the kill -9 chaos test it lost one message: see README "How a worker runs". Not the default.
+    malloc_trim: bool = True  # hand freed heap back to the system after each batch
     pool: Literal["solo", "prefork", "threads"] = "solo"
-    concurrency: int | None = None  # batches in flight; unset: 2 for threads, 1 for solo and prefork (one model each)
+    concurrency: int = 1
     # re-scans (workers/rescan.py) and model roll-outs
     rescan_rate_per_s: float = 20.0  # images a run enqueues per second (fresh uploads are polled first anyway)
     rescan_chunk: int = 200  # most images enqueued by one tick of one run
@@ -126,11 +120,10 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _concurrency_of_the_pool(self) -> Settings:
-        if self.concurrency is None:
-            self.concurrency = 2 if self.pool == "threads" else 1
-        elif self.pool == "solo" and self.concurrency != 1:
-            raise ValueError("pool=solo runs one batch at a time: use threads (one model) or prefork for concurrency > 1")
+    def _one_screener_per_thread(self) -> Settings:
+        if self.pool == "threads" and self.concurrency > 1:
+            raise ValueError("pool=threads shares one model between threads (Grad-CAM hooks are per network): "
+                             "use prefork for concurrency > 1")
         return self
 
     @model_validator(mode="after")
@@ -158,18 +151,12 @@ class Settings(BaseSettings):
     @field_validator("batch_size", "torch_threads", "decode_threads", "fetch_threads", "max_attempts", "concurrency",
                      "rescan_chunk", "rescan_max_queued", "max_deliveries")
     @classmethod
-    def _positive(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
+    def _positive(cls, value: int) -> int:
+        if value < 1:
             raise ValueError("must be at least 1")
         return value
 
-    def batch_screen_threads(self) -> int:
-        """Screening threads per batch: with pool=threads the batches in flight share screen_threads."""
-        if self.pool == "threads":
-            return max(1, self.screen_threads // (self.concurrency or 1))
-        return max(1, self.screen_threads)
-
-    def screen_config(self, crops: bool = False, screen_threads: int | None = None) -> ScreenConfig:
+    def screen_config(self, crops: bool = False) -> ScreenConfig:
         return ScreenConfig(
             detector=DetectorConfig(
                 max_side=self.detect_max_side,
@@ -183,7 +170,7 @@ class Settings(BaseSettings):
             decode_threads=self.decode_threads,
             classify_batch=max(64, self.batch_size),
             overlap_chunk=max(0, self.overlap_chunk),
-            screen_threads=max(1, self.screen_threads if screen_threads is None else screen_threads),
+            screen_threads=max(1, self.screen_threads),
             pdq=self.known_fakes,
             pdq_max_side=self.pdq_max_side,
             pdq_min_quality=self.pdq_min_quality,

@@ -73,13 +73,11 @@ class LocalBlobStore:
         return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith("."))
 
 
-def s3_client(endpoint_url: str | None, region: str, connections: int = 10):  # noqa: ANN201 - boto3's type is dynamic
-    """`connections`: the client's connection pool (botocore's default is 10): at least the threads that use it."""
+def s3_client(endpoint_url: str | None, region: str):  # noqa: ANN201 - boto3 client type is dynamic
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30,
-                    max_pool_connections=max(10, connections))
+    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from celery import signals
 from celery_batches import Batches
@@ -33,33 +29,23 @@ log = logging.getLogger(__name__)
 
 _runtime: Runtime | None = None
 _runtime_pid: int | None = None
-_runtime_lock = threading.Lock()  # pool=threads: the batches' threads share one runtime, built once
 
 
 def runtime() -> Runtime:
     """This process's runtime, built once (the worker builds it at process start, not at import)."""
     global _runtime, _runtime_pid
-    with _runtime_lock:
-        if _runtime is None or _runtime_pid != os.getpid():
-            from workers.runtime import distributed_runtime
+    if _runtime is None or _runtime_pid != os.getpid():
+        from workers.runtime import distributed_runtime
 
-            _runtime = distributed_runtime(app.conf.deepscreen_settings)
-            _runtime_pid = os.getpid()
-            metrics.WORKER_PROCESSES.labels(_runtime.screener.model_version).set(1)
-        return _runtime
+        _runtime = distributed_runtime(app.conf.deepscreen_settings)
+        _runtime_pid = os.getpid()
+        metrics.WORKER_PROCESSES.labels(_runtime.screener.model_version).set(1)
+    return _runtime
 
 
 @signals.worker_process_init.connect
 def _load_models(**_: object) -> None:
-    runtime()  # solo: in the worker's own process; prefork: in each child
-
-
-@signals.worker_ready.connect
-def _load_models_for_threads(sender: object = None, **_: object) -> None:
-    from celery.concurrency.thread import TaskPool
-
-    if isinstance(getattr(sender, "pool", None), TaskPool):  # the threads pool sends no worker_process_init
-        runtime()
+    runtime()
 
 
 @signals.worker_process_shutdown.connect
@@ -68,81 +54,6 @@ def _process_gone(pid: int | None = None, **_: object) -> None:
 
 
 heartbeat.connect_signals()
-
-
-class _Quarantine:
-    """With pool=threads two batches share the process, so a message that kills the process takes the other
-    batch's messages down with it, and their screening-start counts go up too. A suspect (a message that was in
-    hand when a worker died) is therefore screened `alone()`: it waits for the batches in flight to end and
-    holds new ones back, so if it kills the process again, only its own count rises and an innocent batch-mate
-    is never dead-lettered for it."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._batches = 0
-        self._alone = False
-        self._waiting = 0  # suspects waiting: new batches let them go first
-        self._started: dict[int, float] = {}  # running batches (by thread): time.monotonic() at their start
-
-    def oldest_start(self) -> float | None:
-        """When the longest-running batch began (the heartbeat withholds its beat when that is too long ago)."""
-        with self._changed:
-            return min(self._started.values(), default=None)
-
-    @contextmanager
-    def _running(self) -> Iterator[None]:
-        with self._changed:
-            self._started[threading.get_ident()] = time.monotonic()
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._started.pop(threading.get_ident(), None)
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        with self._changed:
-            self._changed.wait_for(lambda: not self._alone and not self._waiting)
-            self._batches += 1
-        try:
-            with self._running():
-                yield
-        finally:
-            with self._changed:
-                self._batches -= 1
-                self._changed.notify_all()
-
-    @contextmanager
-    def alone(self) -> Iterator[None]:
-        with self._changed:
-            self._waiting += 1
-            self._changed.wait_for(lambda: not self._alone and not self._batches)
-            self._waiting -= 1
-            self._alone = True
-        try:
-            with self._running():
-                yield
-        finally:
-            with self._changed:
-                self._alone = False
-                self._changed.notify_all()
-
-
-_quarantine = _Quarantine()
-heartbeat.watch_batches(_quarantine.oldest_start)
-_last_trim = [0.0]  # time.monotonic() of the last malloc_trim
-
-
-def _trim_due() -> bool:
-    """Trim when no other batch is running (the worker goes idle, so its idle RSS is the trimmed one), or
-    under load once per MALLOC_TRIM_INTERVAL_S: a trim frees pages the next batch faults straight back in,
-    and holds the allocator's locks while the other batch allocates."""
-    now = time.monotonic()
-    idle = _quarantine.oldest_start() is None
-    if idle or now - _last_trim[0] >= app.conf.deepscreen_settings.malloc_trim_interval_s:
-        _last_trim[0] = now
-        return True
-    return False
 
 
 settings = app.conf.deepscreen_settings
@@ -163,7 +74,7 @@ def screen(requests) -> None:  # noqa: ANN001 - celery-batches SimpleRequest lis
     try:
         with log_context(batch_id=requests[0].id if requests else None, model_version=_model_version()):
             _screen(requests)
-        if app.conf.deepscreen_settings.malloc_trim and _trim_due():
+        if app.conf.deepscreen_settings.malloc_trim:
             release_free_memory()
     except Exception:  # noqa: BLE001
         log.critical("batch handling failed outside the per-event paths; exiting so the broker redelivers",
@@ -194,20 +105,18 @@ def _screen(requests) -> None:  # noqa: ANN001
                       key=lambda j: before[j.event.event_id])
     outcomes: list[Outcome] = []
     if fresh:
-        with _quarantine.batch():  # begun only once screening can start: a start count means "was in hand"
-            _begin(fresh)
-            log.info("screening batch event_ids=%s", ",".join(j.event.event_id for j in fresh))
-            outcomes += _process(fresh)
+        _begin(fresh)
+        log.info("screening batch event_ids=%s", ",".join(j.event.event_id for j in fresh))
+        outcomes += _process(fresh)
     if suspects:
         log.warning("screening alone, after a worker died with them: event_ids=%s",
                     ",".join(j.event.event_id for j in suspects))
     for job in suspects:
-        with _quarantine.alone():
-            count = _begin([job]).get(job.event.event_id, 1)
-            if count > app.conf.deepscreen_settings.max_deliveries and _dead_letter_crasher(job, count):
-                continue
-            log.info("screening alone event_id=%s begun=%d", job.event.event_id, count)
-            outcomes += _process([job])
+        count = _begin([job]).get(job.event.event_id, 1)
+        if count > app.conf.deepscreen_settings.max_deliveries and _dead_letter_crasher(job, count):
+            continue
+        log.info("screening alone event_id=%s begun=%d", job.event.event_id, count)
+        outcomes += _process([job])
     _settle(outcomes)
 
 
