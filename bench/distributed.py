@@ -89,15 +89,15 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
         total = args.events + args.latency_events + args.warmup
         print(f"uploading {total} images...", file=sys.stderr)
         events = []
+        local = Path(tempfile.mkdtemp(prefix="bench-same-images-"))  # the measured images, for embedded scan
         for i, body in enumerate(face_images(total, args.side)):
             key = f"bench/{i:06d}.jpg"
             client.put_object(Bucket="uploads", Key=key, Body=body)
             events.append(UploadEvent(event_id=f"bench-{i}", image_uri=f"s3://uploads/{key}", source="bench"))
+            if args.warmup <= i < args.warmup + args.events:
+                (local / f"{i - args.warmup:06d}.jpg").write_bytes(body)
         warmup, events = events[: args.warmup], events[args.warmup :]
         events, latency_events = events[: args.events], events[args.events :]
-        local = Path(tempfile.mkdtemp(prefix="bench-same-images-"))
-        for i, body in enumerate(list(face_images(args.warmup + args.events, args.side))[args.warmup :]):
-            (local / f"{i:06d}.jpg").write_bytes(body)
         env = service_env(db_url, redis_url, s3, Path(os.environ.get("DEEPSCREEN_MODEL_DIR", default_model_dir())),
                           DEEPSCREEN_TORCH_THREADS=str(args.threads), DEEPSCREEN_BATCH_SIZE="32",
                           DEEPSCREEN_BATCH_WAIT_MS="250", DEEPSCREEN_HEATMAPS=args.heatmaps,

@@ -146,7 +146,6 @@ def bench_scan(settings, files: list[Path], crops: bool, rounds: int = 1) -> dic
 
 
 def _scan_once(settings, files: list[Path], crops: bool) -> dict[str, Any]:  # noqa: ANN001
-    from pipeline.screen import ScreenItem
     from workers.embedded import scan
     from workers.runtime import embedded_runtime
 
@@ -157,7 +156,6 @@ def _scan_once(settings, files: list[Path], crops: bool) -> dict[str, Any]:  # n
         # one-time costs (lazy imports, first statements, kernel selection) stay out of the figure, and nothing
         # the timed scan screens is answered from this warm-up's store.
         warm = embedded_runtime(settings, warm_home, crops=crops)
-        warm.screener.screen_batch([ScreenItem(f"warm-{i}", p.read_bytes()) for i, p in enumerate(files[:4])])
         scan(warm, files[: settings.batch_size], settings.batch_size, progress=False)
         warm.store.engine.dispose()
         loaded = time.perf_counter()
