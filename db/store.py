@@ -1,4 +1,4 @@
-"""Idempotent persistence of screening results: one transaction per verdict, upserts on unique keys.
+"""Idempotent persistence of screening results: upserts on unique keys, one transaction per verdict or per batch.
 
 The same code runs on Postgres (distributed) and SQLite (embedded `deepscreen scan`).
 """
@@ -108,20 +108,17 @@ class Store:
         if not deliveries:
             return {}
         rows = [{**_event_row(e), "delivery_attempt": attempt, "deliveries": 1} for e, attempt in deliveries]
-        counts: dict[str, int] = {}
-        with self.sessions.begin() as session:
-            for row in {r["event_id"]: r for r in rows}.values():
-                stmt = self._insert(Event).values(row)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["event_id"],
-                    set_={"deliveries": case((Event.delivery_attempt == stmt.excluded.delivery_attempt,
-                                              Event.deliveries + 1), else_=1),
-                          "delivery_attempt": stmt.excluded.delivery_attempt},
-                    where=Event.status.not_in(TERMINAL))
-                count = session.scalar(stmt.returning(Event.deliveries))
-                if count is not None:
-                    counts[row["event_id"]] = int(count)
-        return counts
+        unique = sorted({r["event_id"]: r for r in rows}.values(), key=lambda r: r["event_id"])  # one lock order
+        with self.sessions.begin() as session:  # one statement for the batch
+            stmt = self._insert(Event).values(unique)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["event_id"],
+                set_={"deliveries": case((Event.delivery_attempt == stmt.excluded.delivery_attempt,
+                                          Event.deliveries + 1), else_=1),
+                      "delivery_attempt": stmt.excluded.delivery_attempt},
+                where=Event.status.not_in(TERMINAL))
+            return {event_id: int(count) for event_id, count in
+                    session.execute(stmt.returning(Event.event_id, Event.deliveries))}
 
     def started_before(self, deliveries: Sequence[tuple[UploadEvent, int]]) -> dict[str, int]:
         """How often screening already began for each (event, attempt) message without an end (0: never)."""
@@ -174,43 +171,74 @@ class Store:
             ).first()
             return ExistingVerdict(*row) if row else None
 
+    def find_verdicts(self, sha256s: Sequence[str], model_version: str) -> dict[str, ExistingVerdict]:
+        """`find_verdict` for many images in one query: sha256 -> the verdict this model already gave it."""
+        if not sha256s:
+            return {}
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Image.sha256, Verdict.id, Verdict.image_id, Verdict.status, Verdict.verdict)
+                .join(Image, Image.id == Verdict.image_id)
+                .where(Image.sha256.in_(sorted(set(sha256s))), Verdict.model_version == model_version)
+            )
+            return {sha256: ExistingVerdict(*rest) for sha256, *rest in rows}
+
     def save(self, event: UploadEvent, result: ScreenVerdict, keys: BlobKeys, attempts: int = 1) -> SavedResult:
         """Write one verdict with its faces, review item and event status in one transaction, idempotently."""
         with self.sessions.begin() as session:
-            if result.sha256 is None:
-                self._finish_event(session, event, result.status, result.reason, attempts, None, None)
-                return SavedResult(event.event_id, result.status, None, None, None, False, result.reason)
-            image_id = self._upsert_image(session, event, result)
-            verdict_id = session.scalar(
-                self._insert(Verdict)
-                .values(_verdict_row(image_id, result, keys, attempts))
-                .on_conflict_do_nothing(index_elements=["image_id", "model_version"])
-                .returning(Verdict.id)
-            )
-            reused = verdict_id is None
-            if reused:
-                existing = session.execute(
-                    select(Verdict.id, Verdict.status, Verdict.verdict).where(
-                        Verdict.image_id == image_id, Verdict.model_version == result.model_version
-                    )
-                ).one()
-                verdict_id, status, label = existing
-            else:
-                status, label = result.status, result.verdict
-                if result.faces:
-                    session.execute(self._insert(FaceRow).values(_face_rows(verdict_id, result, keys)))
-                known_fakes.save_screening_rows(session, verdict_id, image_id, result)
-            if event.rescan_run is not None and reused:  # the verdict came from elsewhere: its item (if any) stands
-                review_id = session.scalar(select(ReviewItem.id).where(ReviewItem.verdict_id == verdict_id))
-            elif event.rescan_run is not None:
-                review_id = review_for_rescan(
-                    session, run_id=event.rescan_run, verdict_id=verdict_id, image_id=image_id, label=label,
-                    fake_probability=result.fake_probability, model_version=result.model_version,
-                    needs_review=needs_review(label),
-                    open_item=lambda: self._open_review(session, verdict_id, image_id, label, result, event.source))
-            else:
-                review_id = self._open_review(session, verdict_id, image_id, label, result, event.source)
-            self._finish_event(session, event, status, result.reason, attempts, image_id, verdict_id)
+            return self._save(session, event, result, keys, attempts)
+
+    def save_many(self, items: Sequence[tuple[UploadEvent, ScreenVerdict, BlobKeys, int]]) -> list[SavedResult]:
+        """`save` for a batch, in one transaction: one commit (one WAL flush) for the batch instead of one per
+        verdict. Each item is written exactly as `save` writes it, so a batch that fails part-way leaves nothing
+        behind and may be saved again item by item (`workers.processing` does, when one item's row is at fault).
+
+        Items are written in (sha256, event_id) order, so two workers saving overlapping batches take their row
+        locks in the same order and cannot deadlock each other; results come back in the items' order."""
+        order = sorted(range(len(items)), key=lambda i: (items[i][1].sha256 or "", items[i][0].event_id))
+        results: list[SavedResult | None] = [None] * len(items)
+        with self.sessions.begin() as session:
+            for i in order:
+                event, result, keys, attempts = items[i]
+                results[i] = self._save(session, event, result, keys, attempts)
+        return [r for r in results if r is not None]
+
+    def _save(self, session: Session, event: UploadEvent, result: ScreenVerdict, keys: BlobKeys,
+              attempts: int) -> SavedResult:
+        if result.sha256 is None:
+            self._finish_event(session, event, result.status, result.reason, attempts, None, None)
+            return SavedResult(event.event_id, result.status, None, None, None, False, result.reason)
+        image_id = self._upsert_image(session, event, result)
+        verdict_id = session.scalar(
+            self._insert(Verdict)
+            .values(_verdict_row(image_id, result, keys, attempts))
+            .on_conflict_do_nothing(index_elements=["image_id", "model_version"])
+            .returning(Verdict.id)
+        )
+        reused = verdict_id is None
+        if reused:
+            existing = session.execute(
+                select(Verdict.id, Verdict.status, Verdict.verdict).where(
+                    Verdict.image_id == image_id, Verdict.model_version == result.model_version
+                )
+            ).one()
+            verdict_id, status, label = existing
+        else:
+            status, label = result.status, result.verdict
+            if result.faces:
+                session.execute(self._insert(FaceRow).values(_face_rows(verdict_id, result, keys)))
+            known_fakes.save_screening_rows(session, verdict_id, image_id, result)
+        if event.rescan_run is not None and reused:  # the verdict came from elsewhere: its item (if any) stands
+            review_id = session.scalar(select(ReviewItem.id).where(ReviewItem.verdict_id == verdict_id))
+        elif event.rescan_run is not None:
+            review_id = review_for_rescan(
+                session, run_id=event.rescan_run, verdict_id=verdict_id, image_id=image_id, label=label,
+                fake_probability=result.fake_probability, model_version=result.model_version,
+                needs_review=needs_review(label),
+                open_item=lambda: self._open_review(session, verdict_id, image_id, label, result, event.source))
+        else:
+            review_id = self._open_review(session, verdict_id, image_id, label, result, event.source)
+        self._finish_event(session, event, status, result.reason, attempts, image_id, verdict_id)
         return SavedResult(event.event_id, status, verdict_id, label, review_id, reused, result.reason)
 
     def link_existing(self, event: UploadEvent, existing: ExistingVerdict, attempts: int = 1) -> SavedResult:

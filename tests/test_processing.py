@@ -105,3 +105,75 @@ def test_scan_saves_one_batch_while_screening_the_next(tmp_path: Path, tmp_model
     assert report.results[0]["sha256"] == report.results[2]["sha256"]
     with runtime.store.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Verdict).where(Verdict.status == "scored")) == 5
+
+
+def _screened(runtime, verdicts, jobs, to_screen):  # noqa: ANN001, ANN202
+    import time as _time
+
+    from workers.processing import Screened
+
+    return Screened(jobs, _time.perf_counter(), runtime.screener.model_version, {}, verdicts, to_screen, {})
+
+
+def _no_face(runtime, seed: int, **extra):  # noqa: ANN001, ANN202
+    from pipeline.screen import Verdict
+
+    sha = hashlib.sha256(f"image-{seed}".encode()).hexdigest()
+    return Verdict(key=sha, status="no_face", model_version=runtime.screener.model_version, sha256=sha,
+                   size_bytes=10, width=64, height=64, reason="no_face", **extra)
+
+
+def test_a_batch_of_verdicts_is_saved_in_one_commit(runtime) -> None:  # noqa: ANN001
+    """persist_events writes the batch's rows in one transaction (one commit), and two events with the same
+    bytes in one batch end on one verdict row."""
+    from sqlalchemy import event as sa_event
+    from sqlalchemy import func, select
+
+    from db.schema import Event, Verdict
+    from workers.processing import persist_events
+
+    verdicts = [_no_face(runtime, i) for i in range(3)]
+    jobs = [Job(UploadEvent(event_id=f"b{i}", image_uri=f"/x/{i}.png")) for i in range(4)]
+    to_screen = {verdicts[0].key: [0, 3], verdicts[1].key: [1], verdicts[2].key: [2]}
+    commits: list[int] = []
+    sa_event.listen(runtime.store.engine, "commit", lambda _conn: commits.append(1))
+    outcomes = persist_events(runtime, _screened(runtime, verdicts, jobs, to_screen))
+    assert len(commits) == 1
+    assert [o.saved.status for o in outcomes] == ["no_face"] * 4
+    assert outcomes[0].saved.verdict_id == outcomes[3].saved.verdict_id and outcomes[3].saved.reused
+    with runtime.store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Verdict)) == 3
+        assert session.scalar(select(func.count()).select_from(Event).where(Event.status == "no_face")) == 4
+
+
+def test_a_bad_row_costs_only_its_own_event_a_retry(runtime) -> None:  # noqa: ANN001
+    """One verdict whose row cannot be written fails the batch's transaction; the batch is then saved row by
+    row, so its batch-mates are saved and only the bad one is retried, with nothing of it left behind."""
+    from sqlalchemy import func, select
+
+    from db.schema import Event, Image
+    from workers.processing import persist_events
+
+    good = [_no_face(runtime, 10), _no_face(runtime, 11)]
+    bad = _no_face(runtime, 12, timings={"not json": object()})  # the verdict row's JSON column refuses it
+    verdicts = [good[0], bad, good[1]]
+    jobs = [Job(UploadEvent(event_id=f"r{i}", image_uri=f"/x/{i}.png")) for i in range(3)]
+    outcomes = persist_events(runtime, _screened(runtime, verdicts, jobs, {v.key: [i] for i, v in enumerate(verdicts)}))
+    assert outcomes[0].saved is not None and outcomes[2].saved is not None
+    assert outcomes[1].saved is None and outcomes[1].retry_reason.startswith("save_error")
+    with runtime.store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Image).where(Image.sha256 == bad.sha256)) == 0
+        assert session.scalar(select(Event.status).where(Event.event_id == "r1")) is None
+        assert session.scalar(select(func.count()).select_from(Event).where(Event.status == "no_face")) == 2
+
+
+def test_deliveries_are_counted_per_attempt_in_one_statement(runtime) -> None:  # noqa: ANN001
+    """count_deliveries: 1 the first time a message's screening begins, +1 each time it begins again, back to
+    1 for a new attempt; an event that already ended is left alone."""
+    store = runtime.store
+    a, b = UploadEvent(event_id="d-a", image_uri="/a.png"), UploadEvent(event_id="d-b", image_uri="/b.png")
+    assert store.count_deliveries([(a, 1), (b, 1), (a, 1)]) == {"d-a": 1, "d-b": 1}
+    assert store.count_deliveries([(a, 1), (b, 2)]) == {"d-a": 2, "d-b": 1}
+    store.mark_failed(a, "failed", "test", 1)
+    assert store.count_deliveries([(a, 1), (b, 2)]) == {"d-b": 2}
+    assert store.started_before([(a, 1), (b, 2), (b, 3)]) == {"d-b": 0}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from db.store import BlobKeys, SavedResult, Store
+from db.store import BlobKeys, ExistingVerdict, SavedResult, Store
 from pipeline.decode import OUT_OF_MEMORY
 from pipeline.errors import InvalidInput
 from pipeline.events import UploadEvent
@@ -110,6 +110,9 @@ def screen_events(runtime: Runtime, jobs: Sequence[Job]) -> Screened:
     fetch_started = time.perf_counter()
     fetched = _fetch(runtime, [jobs[i] for i in pending])
     stages["fetch"] = time.perf_counter() - fetch_started
+    digests = {index: hashlib.sha256(result).hexdigest() for index, result in zip(pending, fetched, strict=True)
+               if isinstance(result, bytes)}
+    existing = _existing(runtime, list(digests.values()))  # one query for the batch
     items: dict[str, ScreenItem] = {}
     for index, result in zip(pending, fetched, strict=True):
         job = jobs[index]
@@ -120,14 +123,12 @@ def screen_events(runtime: Runtime, jobs: Sequence[Job]) -> Screened:
             key = f"error:{index}"
             items[key] = ScreenItem(key=key, data=None, error=result)
         else:
-            key = hashlib.sha256(result).hexdigest()
+            key = digests[index]
             if job.event.sha256 and job.event.sha256 != key:
                 key = f"mismatch:{index}"  # screened alone: it will get invalid_input sha256_mismatch
-            elif key not in items:
-                existing = _existing(runtime, key)
-                if existing is not None:
-                    outcomes[index] = _link(runtime, job, existing, key)
-                    continue
+            elif key not in items and key in existing:
+                outcomes[index] = _link(runtime, job, existing[key], key)
+                continue
             items.setdefault(key, ScreenItem(key=key, data=result, expected_sha256=job.event.sha256))
         to_screen.setdefault(key, []).append(index)
     if items:
@@ -142,15 +143,12 @@ def screen_events(runtime: Runtime, jobs: Sequence[Job]) -> Screened:
 
 
 def persist_events(runtime: Runtime, screened: Screened) -> list[Outcome]:
-    """Blobs, then the verdict rows; one outcome per job, in the jobs' order."""
+    """Blobs (in parallel), then the verdict rows (one transaction for the batch); one outcome per job, in the
+    jobs' order."""
     jobs, outcomes, stages = screened.jobs, screened.outcomes, screened.stages
     if screened.verdicts:
         store_started = time.perf_counter()
-        for verdict in screened.verdicts:
-            keys = None
-            for index in screened.to_screen[verdict.key]:
-                keys, outcome = _persist(runtime, jobs[index], verdict, keys)
-                outcomes[index] = outcome
+        _persist(runtime, screened, outcomes)
         stages["store"] = time.perf_counter() - store_started
     elapsed = time.perf_counter() - screened.started
     ordered = [outcomes[i] for i in range(len(jobs))]
@@ -194,11 +192,11 @@ def _fetch(runtime: Runtime, jobs: list[Job]) -> list[bytes | InvalidInput | Tra
         return list(pool.map(one, jobs))
 
 
-def _existing(runtime: Runtime, sha256: str):  # noqa: ANN202
+def _existing(runtime: Runtime, sha256s: list[str]) -> dict[str, ExistingVerdict]:
     try:
-        return runtime.store.find_verdict(sha256, runtime.screener.model_version)
+        return runtime.store.find_verdicts(sha256s, runtime.screener.model_version)
     except TRANSIENT_DB:
-        return None  # screen it; the save will hit the same outage and retry
+        return {}  # screen them; the save will hit the same outage and retry
 
 
 def _link(runtime: Runtime, job: Job, existing, sha256: str) -> Outcome:  # noqa: ANN001
@@ -222,18 +220,67 @@ def store_blobs(blobs: BlobStore, verdict: Verdict) -> BlobKeys:
     return BlobKeys(heatmap=heatmap, faces=faces)
 
 
-def _persist(runtime: Runtime, job: Job, verdict: Verdict, keys: BlobKeys | None) -> tuple[BlobKeys | None, Outcome]:
-    if verdict.reason == OUT_OF_MEMORY:
-        return keys, Outcome(job, retry_reason="out_of_memory")  # the machine's state, not the image's
+def _persist(runtime: Runtime, screened: Screened, outcomes: dict[int, Outcome]) -> None:
+    """Every verdict's blobs, then every row: blobs before rows, so no committed verdict points at a missing
+    object. The rows go in one transaction; if that fails for a reason of one row's own (not an outage), the
+    rows are saved one by one, so a bad row only costs its own event a retry."""
+    jobs = screened.jobs
+    storable = []
+    for verdict in screened.verdicts:
+        if verdict.reason == OUT_OF_MEMORY:  # the machine's state, not the image's: screen it again
+            for index in screened.to_screen[verdict.key]:
+                outcomes[index] = Outcome(jobs[index], retry_reason="out_of_memory")
+        else:
+            storable.append(verdict)
+    rows: list[tuple[int, Job, Verdict, BlobKeys]] = []
+    for verdict, keys in zip(storable, _store_all_blobs(runtime, storable), strict=True):
+        for index in screened.to_screen[verdict.key]:
+            if isinstance(keys, str):
+                outcomes[index] = Outcome(jobs[index], retry_reason=keys)
+            else:
+                rows.append((index, jobs[index], verdict, keys))
+    if not rows:
+        return
     try:
-        if keys is None:
-            keys = store_blobs(runtime.blobs, verdict)
-        saved = runtime.store.save(job.event, verdict, keys, attempts=job.attempt)
-        return keys, Outcome(job, replace(saved, sha256=verdict.sha256))
-    except TransientError as exc:
-        return None, Outcome(job, retry_reason=str(exc)[:200])
+        saved = runtime.store.save_many([(job.event, verdict, keys, job.attempt) for _, job, verdict, keys in rows])
     except TRANSIENT_DB as exc:
-        return keys, Outcome(job, retry_reason=f"database: {type(exc).__name__}")
+        for index, job, _, _ in rows:
+            outcomes[index] = Outcome(job, retry_reason=f"database: {type(exc).__name__}")
+        return
+    except Exception:  # noqa: BLE001 - find the row at fault: each alone
+        log.warning("saving %d verdicts in one transaction failed; saving them one by one", len(rows), exc_info=True)
+        for index, job, verdict, keys in rows:
+            outcomes[index] = _save_one(runtime, job, verdict, keys)
+        return
+    for (index, job, verdict, _), result in zip(rows, saved, strict=True):
+        outcomes[index] = Outcome(job, replace(result, sha256=verdict.sha256))
+
+
+def _store_all_blobs(runtime: Runtime, verdicts: list[Verdict]) -> list[BlobKeys | str]:
+    """store_blobs for each verdict, on the fetch threads (object stores are network round trips); a failure
+    becomes its retry reason."""
+    def one(verdict: Verdict) -> BlobKeys | str:
+        try:
+            return store_blobs(runtime.blobs, verdict)
+        except TransientError as exc:
+            return str(exc)[:200]
+        except Exception as exc:  # noqa: BLE001 - one verdict's blobs must not take its batch-mates down
+            log.exception("storing the blobs of sha256=%s failed", verdict.sha256)
+            return f"save_error: {type(exc).__name__}: {exc}"[:200]
+
+    busy = [v for v in verdicts if v.sha256 is not None and v.status == "scored"]
+    if len(busy) <= 1 or runtime.fetch_threads <= 1:
+        return [one(v) for v in verdicts]
+    with ThreadPoolExecutor(max_workers=min(runtime.fetch_threads, len(busy)), thread_name_prefix="blobs") as pool:
+        return list(pool.map(one, verdicts))
+
+
+def _save_one(runtime: Runtime, job: Job, verdict: Verdict, keys: BlobKeys) -> Outcome:
+    try:
+        saved = runtime.store.save(job.event, verdict, keys, attempts=job.attempt)
+        return Outcome(job, replace(saved, sha256=verdict.sha256))
+    except TRANSIENT_DB as exc:
+        return Outcome(job, retry_reason=f"database: {type(exc).__name__}")
     except Exception as exc:  # noqa: BLE001 - one event's bad row must not take its batch-mates down
         log.exception("saving event_id=%s failed", job.event.event_id)
-        return keys, Outcome(job, retry_reason=f"save_error: {type(exc).__name__}: {exc}"[:200])
+        return Outcome(job, retry_reason=f"save_error: {type(exc).__name__}: {exc}"[:200])
