@@ -5,6 +5,8 @@ Rows:
   seed        the old single-image demo approach on the same frames (MTCNN full-size, 256 px, Grad-CAM x2)
   forward     bare batched classifier forward on pre-cut, pre-decoded crops, with TORCH_THREADS threads
   forward-all the same with TORCH_THREADS x SCREEN_THREADS threads: the ceiling of the cores scan uses
+  forward-chunks  the same cores arranged as scan arranges them: SCREEN_THREADS batches of OVERLAP_CHUNK
+              at once, each with TORCH_THREADS threads (the other ceiling; the higher one is the bar)
   scan-crops  `deepscreen scan --crops` path (process_events + SQLite + local blobs) on crop files
   scan-crops-none  the same with no heatmaps (what explaining the flagged crops costs, by difference)
   scan        `deepscreen scan` on full frames, heatmaps for flagged faces (the default)
@@ -115,7 +117,11 @@ def bench_seed_baseline(settings, files: list[Path]) -> dict[str, Any]:  # noqa:
     return {"images": len(files), "seconds": seconds, "images_per_s": len(files) / seconds, "with_face": scored}
 
 
-def bench_forward(settings, crops: list[Path], batch: int) -> dict[str, Any]:  # noqa: ANN001
+def bench_forward(settings, crops: list[Path], batch: int, threads: int = 1) -> dict[str, Any]:  # noqa: ANN001
+    """The bare forward on pre-decoded, pre-cut crops in batches of `batch`; with `threads` > 1, that many
+    batches run at once on Python threads (each with the settings' torch threads), as scan's chunks do."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pipeline.decode import decode_image
     from pipeline.faces import resize_square
     from pipeline.model import crops_to_tensor, load_classifier
@@ -126,23 +132,27 @@ def bench_forward(settings, crops: list[Path], batch: int) -> dict[str, Any]:  #
     size = classifier.meta.input_size
     pixels = [resize_square(decode_image(p.read_bytes()).pixels, size) for p in crops]
     tensors = [crops_to_tensor(pixels[i : i + batch], classifier.meta) for i in range(0, len(pixels), batch)]
-    classifier.logits(tensors[0])  # warm-up
-    started = time.perf_counter()
-    for tensor in tensors:
-        classifier.logits(tensor)
-    seconds = time.perf_counter() - started
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="forward") as pool:
+        list(pool.map(classifier.logits, tensors[: max(1, threads)]))  # warm-up, on every thread
+        started = time.perf_counter()
+        list(pool.map(classifier.logits, tensors))
+        seconds = time.perf_counter() - started
     return {"images": len(pixels), "seconds": seconds, "images_per_s": len(pixels) / seconds}
+
+
+def _merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one row: all images over all seconds, with each round's own figure kept for the spread."""
+    out = dict(runs[-1])
+    images, seconds = sum(r["images"] for r in runs), sum(r["seconds"] for r in runs)
+    out.update(images=images, seconds=seconds, images_per_s=images / seconds,
+               rounds=[round(r["images_per_s"], 2) for r in runs])
+    return out
 
 
 def bench_scan(settings, files: list[Path], crops: bool, rounds: int = 1) -> dict[str, Any]:  # noqa: ANN001
     """`rounds` timed scans of the same files, each into a fresh home (so none is answered from another's
     store); the figure is all images over all seconds, and the rounds' own figures show the spread."""
-    runs = [_scan_once(settings, files, crops) for _ in range(max(1, rounds))]
-    seconds = sum(r["seconds"] for r in runs)
-    out = dict(runs[-1])
-    out.update(images=len(files) * len(runs), seconds=seconds, images_per_s=len(files) * len(runs) / seconds,
-               rounds=[round(r["images_per_s"], 2) for r in runs])
-    return out
+    return _merge_rounds([_scan_once(settings, files, crops) for _ in range(max(1, rounds))])
 
 
 def _scan_once(settings, files: list[Path], crops: bool) -> dict[str, Any]:  # noqa: ANN001
@@ -177,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", type=int, default=1000, help="number of face crops (default 1000)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: settings)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=None)
-    parser.add_argument("--only", default="seed,forward,forward-all,scan-crops,scan-crops-none,scan,scan-all,scan-none",
+    parser.add_argument("--only", default="seed,forward,forward-all,forward-chunks,scan-crops,scan-crops-none,scan,scan-all,scan-none",
                         help="comma-separated rows to run")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="timed scans of the frames per frame row (40 frames take ~5 s: one round is noisy)")
+                        help="rounds of each frame row, and of the crops rows (run interleaved): one round is noisy")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
 
@@ -198,15 +208,25 @@ def main(argv: list[str] | None = None) -> int:
         results["seed"] = bench_seed_baseline(settings, frames)
     if "forward" in rows:
         results["forward"] = bench_forward(settings, crops, settings.batch_size)
-    if "forward-all" in rows:
-        cores = settings.torch_threads * max(1, settings.screen_threads)
-        results["forward-all"] = bench_forward(settings.model_copy(update={"torch_threads": cores}), crops,
-                                               settings.batch_size)
+    # The crops rows and their ceilings run interleaved, round by round, so a slow spell of this shared machine
+    # lands on all of them alike instead of on whichever row it happened to hit.
+    cores = settings.torch_threads * max(1, settings.screen_threads)
+    crop_rows: dict[str, Any] = {
+        "forward-all": lambda: bench_forward(settings.model_copy(update={"torch_threads": cores}), crops,
+                                             settings.batch_size),
+        "forward-chunks": lambda: bench_forward(settings, crops, max(1, settings.overlap_chunk),
+                                                threads=max(1, settings.screen_threads)),
+        "scan-crops": lambda: _scan_once(settings, crops, crops=True),
+        "scan-crops-none": lambda: _scan_once(settings.model_copy(update={"heatmaps": "none"}), crops, crops=True),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in crop_rows if name in rows}
+    for _ in range(max(1, args.rounds) if runs else 0):
+        for name in runs:
+            runs[name].append(crop_rows[name]())
+    for name, done in runs.items():
+        results[name] = _merge_rounds(done)
+    if "forward-all" in results:
         results["forward-all"]["torch_threads"] = cores
-    if "scan-crops" in rows:
-        results["scan-crops"] = bench_scan(settings, crops, crops=True)
-    if "scan-crops-none" in rows:
-        results["scan-crops-none"] = bench_scan(settings.model_copy(update={"heatmaps": "none"}), crops, crops=True)
     if "scan" in rows:
         results["scan"] = bench_scan(settings, frames, crops=False, rounds=args.rounds)
     if "scan-all" in rows:
@@ -239,8 +259,10 @@ def print_table(results: dict[str, Any], meta: dict[str, Any]) -> None:
     for name, row in results.items():
         base = against.get(name)
         ratio = f"{speed[name] / speed[base]:.2f} x {base}" if base in speed and speed[base] else ""
-        if name in ("scan-crops", "scan-crops-none") and speed.get("forward-all"):
-            ratio += f"{'; ' if ratio else ''}{speed[name] / speed['forward-all']:.2f} x forward-all"
+        if name in ("scan-crops", "scan-crops-none"):
+            for ceiling in ("forward-all", "forward-chunks"):
+                if speed.get(ceiling):
+                    ratio += f"{'; ' if ratio else ''}{speed[name] / speed[ceiling]:.2f} x {ceiling}"
         if name in ("scan-all", "scan-none") and speed.get("scan"):
             ratio += f"{'; ' if ratio else ''}{speed[name] / speed['scan']:.2f} x scan"
         spread = f"  (rounds: {', '.join(f'{r:.2f}' for r in row['rounds'])})" if len(row.get("rounds", [])) > 1 else ""

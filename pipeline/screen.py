@@ -293,7 +293,9 @@ class Screener:
         score = image_score([f.fake_probability for f in faces])
         assert score is not None
         heatmap = None
-        if any(c is not None for c in face_cams):
+        if self.config.crops and face_cams[0] is not None:
+            heatmap = faces[0].heatmap_jpeg  # the image is the face: its heatmap is the face's, not drawn twice
+        elif any(c is not None for c in face_cams):
             drawn = annotate(work.image.pixels, [(f.box, f.verdict, f.fake_probability) for f in faces],
                              face_cams, self.classifier.meta.crop_margin, self.config.annotate_max_side)
             heatmap = jpeg_bytes(drawn)

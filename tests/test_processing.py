@@ -177,3 +177,36 @@ def test_deliveries_are_counted_per_attempt_in_one_statement(runtime) -> None:  
     store.mark_failed(a, "failed", "test", 1)
     assert store.count_deliveries([(a, 1), (b, 2)]) == {"d-b": 2}
     assert store.started_before([(a, 1), (b, 2), (b, 3)]) == {"d-b": 0}
+
+
+def test_a_face_crop_s_image_heatmap_is_its_face_heatmap_stored_once(tmp_path: Path, tmp_model: Path) -> None:
+    """In crops mode the image is the face: the verdict's heatmap is the face's heatmap object, written once,
+    and it is a JPEG of the crop with heat on it."""
+    import io
+
+    from workers.embedded import scan
+    from workers.runtime import embedded_runtime
+    from workers.settings import Settings
+
+    runtime = embedded_runtime(Settings(model_dir=tmp_model, torch_threads=1, heatmaps="all"), tmp_path / "home",
+                               crops=True)
+    paths = _noise_crops(tmp_path, 2, seed=9)
+    report = scan(runtime, paths, batch_size=2, progress=False)
+    for row in report.results:
+        document = runtime.store.verdict_document(_verdict_id(runtime, row["sha256"]))
+        assert document["heatmap"] is not None and document["heatmap"] == document["faces"][0]["heatmap"]
+        with Image.open(io.BytesIO(runtime.blobs.get(document["heatmap"]))) as picture:
+            assert picture.format == "JPEG" and picture.size == (224, 224)
+    stored = sorted(p.name for p in (tmp_path / "home" / "blobs").rglob("*.jpg"))
+    assert stored == ["crop-0.jpg", "crop-0.jpg", "face-0.jpg", "face-0.jpg"]
+
+
+def _verdict_id(runtime, sha256: str) -> int:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from db.schema import Image as ImageRow
+    from db.schema import Verdict
+
+    with runtime.store.sessions() as session:
+        return session.scalar(select(Verdict.id).join(ImageRow, ImageRow.id == Verdict.image_id)
+                              .where(ImageRow.sha256 == sha256))

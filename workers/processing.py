@@ -211,12 +211,16 @@ def store_blobs(blobs: BlobStore, verdict: Verdict) -> BlobKeys:
     if verdict.sha256 is None or verdict.status != "scored":
         return BlobKeys()
     base, image_key = heatmap_keys(verdict.model_version, verdict.sha256)
-    heatmap = blobs.put(image_key, verdict.heatmap_jpeg, "image/jpeg") if verdict.heatmap_jpeg else None
     faces: dict[int, tuple[str | None, str | None]] = {}
+    heatmap = None
     for face in verdict.faces:
         heat = blobs.put(f"{base}/face-{face.index}.jpg", face.heatmap_jpeg, "image/jpeg") if face.heatmap_jpeg else None
         crop = blobs.put(f"{base}/crop-{face.index}.jpg", face.crop_jpeg, "image/jpeg") if face.crop_jpeg else None
         faces[face.index] = (heat, crop)
+        if heat is not None and face.heatmap_jpeg is verdict.heatmap_jpeg:
+            heatmap = heat  # a face crop screened as it is: the image's heatmap is the face's, stored once
+    if heatmap is None and verdict.heatmap_jpeg:
+        heatmap = blobs.put(image_key, verdict.heatmap_jpeg, "image/jpeg")
     return BlobKeys(heatmap=heatmap, faces=faces)
 
 
