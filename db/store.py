@@ -196,8 +196,9 @@ class Store:
         (`workers.processing` does, when one item's row is at fault). Re-scan events and bank matches, rarer
         and with more to decide, go through `save`'s own path inside the same transaction.
 
-        Rows are written in (sha256, event_id) order, so two workers saving overlapping batches take their row
-        locks in the same order; results come back in the items' order."""
+        Rows are written table by table in (sha256, event_id) order, so two workers saving overlapping batches
+        take their row locks in the same order (a deadlock Postgres still detects is an OperationalError: the
+        batch is retried like any outage); results come back in the items' order."""
         if not items:
             return []
         order = sorted(range(len(items)), key=lambda i: (items[i][1].sha256 or "", items[i][0].event_id))
