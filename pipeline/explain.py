@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline.faces import Box, square_region
-from pipeline.model import Classifier, crops_to_tensor
+from pipeline.model import Classifier, DeepfakeNet, crops_to_tensor
 
 VERDICT_COLOURS = {"fake": (220, 30, 30), "uncertain": (245, 160, 0), "real": (30, 170, 60)}
 
@@ -61,6 +61,8 @@ def gradcam(classifier: Classifier, crops: Sequence[np.ndarray]) -> list[np.ndar
 class _Tail(torch.nn.Module):
     """The network from the Grad-CAM layer's output to the logit; `entry` stands for the layer itself."""
 
+    net: DeepfakeNet
+
     def __init__(self, classifier: Classifier, stage: str) -> None:
         super().__init__()
         # Not a submodule: grad-cam calls eval() and zero_grad() on its model for every batch, and walking the
@@ -72,12 +74,12 @@ class _Tail(torch.nn.Module):
         self.device_anchor = torch.nn.Parameter(torch.empty(0, device=classifier.device), requires_grad=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_from(self.stage, self.entry(features))  # type: ignore[operator]
+        return self.net.forward_from(self.stage, self.entry(features))
 
     def clear_grads(self) -> None:
         """Drop the gradients the backward left on the tail's own parameters (the rest of the network is not
         reached by it)."""
-        stages = type(self.net).STAGES
+        stages = DeepfakeNet.STAGES
         backbone = self.net.backbone
         for name in (*stages[stages.index(self.stage) + 1 :], "last_linear", "last_bn", "logits"):
             getattr(backbone, name).zero_grad(set_to_none=True)
