@@ -1,7 +1,8 @@
 """The distributed path, measured: N events -> Redis -> one Celery worker -> Postgres + moto S3.
 
 Reports images/s from submit to last verdict, and the worker's RSS, idle, after the first `--rss-early`
-and after all N images (Grad-CAM hooks and caches must not leak). Both sides are measured warm, as a running
+and after all N images (Grad-CAM hooks and caches must not leak). Embedded `scan` screens the same images,
+part by part between the distributed parts, for the ratio. Both sides are measured warm, as a running
 worker is: the worker first screens `--warmup` images of its own (not counted), as `bench.run`'s embedded scan
 first scans a batch into a throwaway home. Every image is distinct
 (a face with per-image noise), so nothing is answered from the sha256 reuse path.
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screen-threads", type=int, default=None, help="chunks screened at once per batch")
     parser.add_argument("--worker-env", action="append", default=[], help="extra KEY=VALUE for the worker")
     parser.add_argument("--warmup", type=int, default=64, help="distinct images the worker screens before the clock starts")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="parts the events after --rss-early go in, each followed by embedded scan of its images")
     parser.add_argument("--latency-events", type=int, default=200,
                         help="events for the latency run, sent at half the measured throughput (0 skips it)")
     parser.add_argument("--json-out", type=Path)
@@ -124,30 +127,49 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
                     raise RuntimeError("worker died: " + log_path.read_text()[-2000:])
             return time.perf_counter() - began
 
+        from bench.run import bench_scan
+
         if warmup:
             phase(warmup)  # not counted: the first batches pay for lazy imports and kernel selection
+        # The events go in parts: the first `rss_early`, then `--rounds` equal parts. After each distributed
+        # part, embedded `scan` screens the same images while the worker sits idle, so both sides of the ratio
+        # are measured in the same stretches of this shared machine's time (in one piece each, a slow spell
+        # on one side moved the ratio by 10%).
         early_at = min(args.rss_early, args.events)
-        seconds = phase(events[:early_at])
-        time.sleep(2)
-        rss_early = rss_mb(worker.process.pid)
-        seconds += phase(events[early_at:]) if early_at < args.events else 0.0
-        time.sleep(2)
-        rss_final = rss_mb(worker.process.pid)
+        rest = args.events - early_at
+        rounds = max(1, min(args.rounds, rest)) if rest else 0
+        bounds = [0, early_at] + [early_at + rest * (r + 1) // rounds for r in range(rounds)]
+        files = sorted(local.glob("*.jpg"))
+        embedded_settings = Settings(torch_threads=args.threads, heatmaps=args.heatmaps, batch_size=32)
+        seconds = embedded_seconds = 0.0
+        split: list[tuple[float, float]] = []
+        rss_early = rss_final = float("nan")
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            if end <= start:
+                continue
+            took = phase(events[start:end])
+            seconds += took
+            time.sleep(2)
+            rss_final = rss_mb(worker.process.pid)
+            if start == 0:
+                rss_early = rss_final
+            scanned = bench_scan(embedded_settings, files[start:end], crops=False)
+            embedded_seconds += scanned["seconds"]
+            split.append(((end - start) / took, scanned["images_per_s"]))
         result: dict[str, Any] = {
             "events": args.events, "seconds": round(seconds, 2), "images_per_s": round(args.events / seconds, 2),
-            "rss_mb_early": round(rss_early or 0, 1), "rss_early_at": early_at, "rss_mb_final": round(rss_final, 1),
-            "rss_growth": round((rss_final - (rss_early or rss_final)) / (rss_early or rss_final), 4),
+            "rss_mb_early": round(rss_early, 1), "rss_early_at": early_at, "rss_mb_final": round(rss_final, 1),
+            "rss_growth": round((rss_final - rss_early) / rss_early, 4),
             "threads": args.threads, "image_side": args.side, "heatmaps": args.heatmaps,
+            "parts_distributed_embedded": [[round(d, 2), round(e, 2)] for d, e in split],
         }
         if latency_events:
             result.update(latency_run(engine, celery_app, latency_events, rate=0.5 * args.events / seconds))
         worker.stop()
         worker = None
-        from bench.run import bench_scan
-
-        embedded = bench_scan(Settings(torch_threads=args.threads, heatmaps=args.heatmaps, batch_size=32), sorted(local.glob("*.jpg")), crops=False)
-        result["embedded_images_per_s"] = round(embedded["images_per_s"], 2)
-        result["distributed_vs_embedded"] = round(result["images_per_s"] / embedded["images_per_s"], 3)
+        embedded_rate = args.events / embedded_seconds
+        result["embedded_images_per_s"] = round(embedded_rate, 2)
+        result["distributed_vs_embedded"] = round(result["images_per_s"] / embedded_rate, 3)
         shutil.rmtree(local, ignore_errors=True)
         print(json.dumps(result, indent=2))
         if args.json_out:
