@@ -34,7 +34,7 @@ from db.schema import (
     Verdict,
 )
 from pipeline.known_fakes import MATCHED_KNOWN_FAKE
-from pipeline.pdq import hex_to_bytes, normalize_hex
+from pipeline.pdq import PerceptualHash, hex_to_bytes, normalize_hex
 from pipeline.screen import Verdict as ScreenVerdict
 
 log = logging.getLogger(__name__)
@@ -164,10 +164,8 @@ def save_screening_rows(session: Session, verdict_id: int, image_id: int, result
     if result.pdq is None:
         return
     insert = _insert_for(session)
-    session.execute(insert(PerceptualHashRow).values(
-        verdict_id=verdict_id, image_id=image_id, pdq=result.pdq.hex, pdq_mirror=result.pdq.mirror,
-        quality=result.pdq.quality,
-        low_quality=result.pdq.low_quality).on_conflict_do_nothing(index_elements=["verdict_id"]))
+    session.execute(insert(PerceptualHashRow).values(hash_row(verdict_id, image_id, result.pdq))
+                    .on_conflict_do_nothing(index_elements=["verdict_id"]))
     now = datetime.now(UTC)
     for match in result.matches:
         entry = session.execute(select(BankEntry.review_item_id, BankEntry.image_id, HashBank.name)
@@ -180,6 +178,12 @@ def save_screening_rows(session: Session, verdict_id: int, image_id: int, result
                   "revoked_at": None if entry else now}  # removed between the index refresh and this save
         session.execute(insert(BankMatchRow).values(values)
                         .on_conflict_do_nothing(index_elements=["verdict_id", "label"]))
+
+
+def hash_row(verdict_id: int, image_id: int, pdq: PerceptualHash) -> dict[str, Any]:
+    """A verdict's `perceptual_hashes` row."""
+    return {"verdict_id": verdict_id, "image_id": image_id, "pdq": pdq.hex, "pdq_mirror": pdq.mirror,
+            "quality": pdq.quality, "low_quality": pdq.low_quality}
 
 
 def review_reason(result: ScreenVerdict, label: str | None) -> str | None:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from db import known_fakes
 from db.rescan_store import review_for_rescan
-from db.schema import Event, FaceRow, Image, RescanItem, ReviewItem, Verdict
+from db.schema import Event, FaceRow, Image, PerceptualHashRow, RescanItem, ReviewItem, Verdict
 from pipeline.decide import needs_review
 from pipeline.events import UploadEvent
 from pipeline.screen import Verdict as ScreenVerdict
@@ -222,9 +222,7 @@ class Store:
         first: dict[str, tuple[UploadEvent, ScreenVerdict]] = {}
         for _, upload, result, _, _ in items:
             first.setdefault(result.sha256 or "", (upload, result))
-        image_rows = [{"sha256": sha, "uri": upload.image_uri, "source": upload.source, "size_bytes": result.size_bytes,
-                       "width": result.width, "height": result.height, "uploaded_at": upload.uploaded_at,
-                       "first_seen_at": now} for sha, (upload, result) in first.items()]
+        image_rows = [_image_row(upload, result, now) for upload, result in first.values()]
         image_ids = dict(session.execute(insert(Image).values(image_rows).on_conflict_do_nothing(
             index_elements=["sha256"]).returning(Image.sha256, Image.id)).tuples().all())
         missing = [sha for sha in first if sha not in image_ids]
@@ -256,11 +254,10 @@ class Store:
         faces = [row for verdict_id, _, result, keys in fresh for row in _face_rows(verdict_id, result, keys)]
         if faces:
             session.execute(insert(FaceRow).values(faces))
-        hashes = [{"verdict_id": verdict_id, "image_id": image_id, "pdq": result.pdq.hex, "pdq_mirror": result.pdq.mirror,
-                   "quality": result.pdq.quality, "low_quality": result.pdq.low_quality}
+        hashes = [known_fakes.hash_row(verdict_id, image_id, result.pdq)
                   for verdict_id, image_id, result, _ in fresh if result.pdq is not None]
         if hashes:
-            session.execute(insert(known_fakes.PerceptualHashRow).values(hashes)
+            session.execute(insert(PerceptualHashRow).values(hashes)
                             .on_conflict_do_nothing(index_elements=["verdict_id"]))
         # review items: one per verdict that needs one (the first event's values, as `save` one by one would)
         per_item: dict[int, tuple[UploadEvent, ScreenVerdict, int, int, str, str | None, bool]] = {}
@@ -271,10 +268,7 @@ class Store:
             reused = key not in inserted or writers[key][0] != index  # as `save` says: written by another
             per_item[index] = (upload, result, key[0], verdict_id, status, label, reused)
             if needs_review(label) and verdict_id not in reviews:
-                reviews[verdict_id] = {"verdict_id": verdict_id, "image_id": key[0], "state": "pending",
-                                       "reason": known_fakes.review_reason(result, label),
-                                       "fake_probability": result.fake_probability, "source": upload.source,
-                                       "created_at": now, "updated_at": now}
+                reviews[verdict_id] = _review_row(verdict_id, key[0], label, result, upload.source, now)
         review_ids: dict[int, int] = {}
         if reviews:
             review_ids = {verdict_id: review_id for review_id, verdict_id in session.execute(
@@ -287,14 +281,12 @@ class Store:
         events: dict[str, dict[str, Any]] = {}
         for index, upload, result, _, attempts in items:
             _, _, image_id, verdict_id, status, _, _ = per_item[index]
-            events.setdefault(upload.event_id, {**_event_row(upload), "status": status, "reason": result.reason,
-                                               "attempts": attempts, "image_id": image_id, "verdict_id": verdict_id,
-                                               "finished_at": now})
+            events.setdefault(upload.event_id, {**_event_row(upload),
+                                                **_done_row(status, result.reason, attempts, image_id, verdict_id, now)})
         stmt = insert(Event).values(list(events.values()))
-        done = ("status", "reason", "attempts", "image_id", "verdict_id", "finished_at")
-        # the first terminal status wins: a dead-letter racing a successful duplicate cannot undo the verdict
+        # the first terminal status wins, as in _finish_event
         session.execute(stmt.on_conflict_do_update(index_elements=["event_id"],
-                                                   set_={name: stmt.excluded[name] for name in done},
+                                                   set_={name: stmt.excluded[name] for name in DONE_COLUMNS},
                                                    where=Event.status.not_in(TERMINAL)))
         out: dict[int, SavedResult] = {}
         for index, (upload, result, _, verdict_id, status, label, reused) in per_item.items():
@@ -405,13 +397,8 @@ class Store:
 
     # -- internals -------------------------------------------------------------------------------------
     def _upsert_image(self, session: Session, event: UploadEvent, result: ScreenVerdict) -> int:
-        values = {
-            "sha256": result.sha256, "uri": event.image_uri, "source": event.source,
-            "size_bytes": result.size_bytes, "width": result.width, "height": result.height,
-            "uploaded_at": event.uploaded_at, "first_seen_at": datetime.now(UTC),
-        }
         image_id = session.scalar(
-            self._insert(Image).values(values).on_conflict_do_nothing(index_elements=["sha256"]).returning(Image.id)
+            self._insert(Image).values(_image_row(event, result, datetime.now(UTC))).on_conflict_do_nothing(index_elements=["sha256"]).returning(Image.id)
         )
         if image_id is None:
             image_id = session.scalar(select(Image.id).where(Image.sha256 == result.sha256))
@@ -424,10 +411,7 @@ class Store:
             return None
         review_id = session.scalar(
             self._insert(ReviewItem)
-            .values(verdict_id=verdict_id, image_id=image_id, state="pending",
-                    reason=known_fakes.review_reason(result, label),
-                    fake_probability=result.fake_probability, source=source,
-                    created_at=datetime.now(UTC), updated_at=datetime.now(UTC))
+            .values(_review_row(verdict_id, image_id, label, result, source, datetime.now(UTC)))
             .on_conflict_do_nothing(index_elements=["verdict_id"])
             .returning(ReviewItem.id)
         )
@@ -440,8 +424,7 @@ class Store:
         image_id: int | None, verdict_id: int | None,
     ) -> None:
         row = _event_row(event)
-        done = {"status": status, "reason": reason, "attempts": attempts, "image_id": image_id,
-                "verdict_id": verdict_id, "finished_at": datetime.now(UTC)}
+        done = _done_row(status, reason, attempts, image_id, verdict_id, datetime.now(UTC))
         stmt = self._insert(Event).values({**row, **done})
         # the first terminal status wins: a dead-letter racing a successful duplicate cannot undo the verdict
         session.execute(stmt.on_conflict_do_update(index_elements=["event_id"], set_=done,
@@ -454,6 +437,29 @@ def _event_row(event: UploadEvent) -> dict[str, Any]:
         "priority": event.priority, "expected_sha256": event.sha256, "uploaded_at": event.uploaded_at,
         "received_at": datetime.now(UTC), "status": "queued", "attempts": 0,
     }
+
+
+DONE_COLUMNS = ("status", "reason", "attempts", "image_id", "verdict_id", "finished_at")
+
+
+def _done_row(status: str, reason: str | None, attempts: int, image_id: int | None, verdict_id: int | None,
+              now: datetime) -> dict[str, Any]:
+    """An event's columns when it ends (DONE_COLUMNS)."""
+    return {"status": status, "reason": reason, "attempts": attempts, "image_id": image_id,
+            "verdict_id": verdict_id, "finished_at": now}
+
+
+def _image_row(event: UploadEvent, result: ScreenVerdict, now: datetime) -> dict[str, Any]:
+    return {"sha256": result.sha256, "uri": event.image_uri, "source": event.source,
+            "size_bytes": result.size_bytes, "width": result.width, "height": result.height,
+            "uploaded_at": event.uploaded_at, "first_seen_at": now}
+
+
+def _review_row(verdict_id: int, image_id: int, label: str | None, result: ScreenVerdict, source: str,
+                now: datetime) -> dict[str, Any]:
+    return {"verdict_id": verdict_id, "image_id": image_id, "state": "pending",
+            "reason": known_fakes.review_reason(result, label), "fake_probability": result.fake_probability,
+            "source": source, "created_at": now, "updated_at": now}
 
 
 def _event_from_row(row: Event, rescan_run: int | None) -> UploadEvent:
