@@ -196,17 +196,26 @@ class Store:
         (`workers.processing` does, when one item's row is at fault). Re-scan events and bank matches, rarer
         and with more to decide, go through `save`'s own path inside the same transaction.
 
-        Rows are written table by table in (sha256, event_id) order, so two workers saving overlapping batches
-        take their row locks in the same order (a deadlock Postgres still detects is an OperationalError: the
-        batch is retried like any outage); results come back in the items' order."""
+        Images and verdicts are written in sha256 order and events in event_id order, so overlapping batches of
+        two workers mostly take their row locks in one order; a deadlock Postgres still detects is an
+        OperationalError, and the batch is retried like any outage. Results come back in the items' order."""
         if not items:
             return []
         order = sorted(range(len(items)), key=lambda i: (items[i][1].sha256 or "", items[i][0].event_id))
+        simple = {i for i in order if items[i][1].sha256 is not None and items[i][0].rescan_run is None
+                  and not items[i][1].matches}
+        # an image or event that also has an item of the other kind goes wholly one by one, so which item
+        # writes the verdict (and which reuses it) is decided exactly as `save` in this order decides it
+        mixed = ({items[i][1].sha256 for i in order if i not in simple}
+                 | {items[i][0].event_id for i in order if i not in simple})
+        plain = [i for i in order if i in simple and items[i][1].sha256 not in mixed
+                 and items[i][0].event_id not in mixed]
         results: dict[int, SavedResult] = {}
         with self.sessions.begin() as session:
-            plain = [i for i in order if items[i][1].sha256 is not None and items[i][0].rescan_run is None
-                     and not items[i][1].matches]
-            results.update(self._save_plain(session, [(i, *items[i]) for i in plain]))
+            # in groups, so no statement passes SQLite's 32,766 parameters (20 faces x 11 columns per image)
+            for start in range(0, len(plain), PLAIN_GROUP):
+                group = plain[start : start + PLAIN_GROUP]
+                results.update(self._save_plain(session, [(i, *items[i]) for i in group]))
             for i in order:
                 if i not in results:
                     event, result, keys, attempts = items[i]
@@ -283,7 +292,7 @@ class Store:
             _, _, image_id, verdict_id, status, _, _ = per_item[index]
             events.setdefault(upload.event_id, {**_event_row(upload),
                                                 **_done_row(status, result.reason, attempts, image_id, verdict_id, now)})
-        stmt = insert(Event).values(list(events.values()))
+        stmt = insert(Event).values([events[event_id] for event_id in sorted(events)])
         # the first terminal status wins, as in _finish_event
         session.execute(stmt.on_conflict_do_update(index_elements=["event_id"],
                                                    set_={name: stmt.excluded[name] for name in DONE_COLUMNS},
@@ -439,6 +448,7 @@ def _event_row(event: UploadEvent) -> dict[str, Any]:
     }
 
 
+PLAIN_GROUP = 100  # items per multi-row statement group in save_many
 DONE_COLUMNS = ("status", "reason", "attempts", "image_id", "verdict_id", "finished_at")
 
 

@@ -3,7 +3,8 @@
 Checked on both dialects the product runs on (Postgres for workers, SQLite for `deepscreen scan`), with a batch
 that holds every case the batch path decides: fresh verdicts with and without faces, two events with the same
 bytes, an image that already had a verdict, a verdict that needs review and one that does not, an invalid
-input (no sha256), and a bank match (written by save's own path inside the batch).
+input (no sha256), a bank match, and a re-scan event sharing new bytes with an upload (written by save's own
+path inside the batch). The batch path runs in groups; a group size of 2 splits duplicates across groups.
 """
 
 from __future__ import annotations
@@ -58,12 +59,17 @@ def _batch() -> list[tuple[UploadEvent, ScreenVerdict, BlobKeys, int]]:
     matched = _scored("matched", "fake", 0.99, reason="matched_known_fake",
                       matches=(BankMatch(entry_id=999, label="fake", distance=3),))
     second = _scored("second", "uncertain", 0.6)
+    shared = _scored("shared", "uncertain", 0.5)  # a re-scan and an upload of the same new bytes in one batch
+    rescan = UploadEvent(event_id="a-rescan", image_uri="s3://uploads/s.jpg", source="rescan", priority="rescan",
+                         rescan_run=777)  # sorts before the upload: in `save`'s order it writes the verdict
     events = [UploadEvent(event_id=f"ev-{i}", image_uri=f"s3://uploads/{i}.jpg", source="test") for i in range(9)]
     items = [(events[0], fake, _keys(fake), 1), (events[1], real, _keys(real), 1),
              (events[2], fake, _keys(fake), 2),  # the same bytes again in the batch
              (events[3], unsure, _keys(unsure), 1), (events[4], earlier, _keys(earlier), 1),
              (events[5], no_face, BlobKeys(), 1), (events[6], broken, BlobKeys(), 3),
-             (events[7], matched, _keys(matched), 1), (events[8], second, _keys(second), 1)]
+             (events[7], matched, _keys(matched), 1), (events[8], second, _keys(second), 1),
+             (UploadEvent(event_id="ev-9", image_uri="s3://uploads/s.jpg", source="test"), shared, _keys(shared), 1),
+             (rescan, shared, _keys(shared), 2)]
     return items
 
 
@@ -113,7 +119,10 @@ def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
 
 
 @pytest.mark.services
-def test_save_many_writes_what_save_writes(two_stores: tuple[Store, Store]) -> None:
+@pytest.mark.parametrize("group", [100, 2])
+def test_save_many_writes_what_save_writes(two_stores: tuple[Store, Store], group: int,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("db.store.PLAIN_GROUP", group)
     one_by_one, batched = two_stores
     items = _batch()
     earlier = items[4]
@@ -133,5 +142,5 @@ def test_save_many_writes_what_save_writes(two_stores: tuple[Store, Store]) -> N
     assert got[4].reused and got[1].review_item_id is None and got[3].review_item_id is not None
     # saved again (a redelivered batch): nothing changes, and every event keeps its first terminal status
     before = _snapshot(batched)
-    assert [s.reused for s in batched.save_many(items) if s.verdict_id is not None] == [True] * 8
+    assert [s.reused for s in batched.save_many(items) if s.verdict_id is not None] == [True] * 10
     assert _snapshot(batched) == before
