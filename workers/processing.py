@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -26,6 +27,8 @@ from workers.rollout import Models, ModelSwitch, run_canary
 from workers.storage import BlobStore, InputReader, TransientError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 # Connection-level failures only: a DataError or IntegrityError is this event's problem, not an outage.
 TRANSIENT_DB = (OperationalError, InterfaceError)
@@ -186,10 +189,16 @@ def _fetch(runtime: Runtime, jobs: list[Job]) -> list[bytes | InvalidInput | Tra
         except Exception as exc:  # noqa: BLE001 - an unknown fetch failure is retried, then dead-lettered
             return TransientError(f"{type(exc).__name__}: {exc}")
 
-    if len(jobs) <= 1:
-        return [one(j) for j in jobs]
-    with ThreadPoolExecutor(max_workers=min(runtime.fetch_threads, len(jobs)), thread_name_prefix="fetch") as pool:
-        return list(pool.map(one, jobs))
+    return _on_io_threads(runtime, one, jobs, len(jobs), "fetch")
+
+
+def _on_io_threads(runtime: Runtime, fn: Callable[[_T], _R], items: Sequence[_T], busy: int, name: str) -> list[_R]:
+    """`fn` over `items` on up to `fetch_threads` threads (object-store round trips), in order; in this thread
+    when at most one of them has real work (`busy`)."""
+    if busy <= 1 or runtime.fetch_threads <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(runtime.fetch_threads, busy), thread_name_prefix=name) as pool:
+        return list(pool.map(fn, items))
 
 
 def _existing(runtime: Runtime, sha256s: list[str]) -> dict[str, ExistingVerdict]:
@@ -272,11 +281,8 @@ def _store_all_blobs(runtime: Runtime, verdicts: list[Verdict]) -> list[BlobKeys
             log.exception("storing the blobs of sha256=%s failed", verdict.sha256)
             return f"save_error: {type(exc).__name__}: {exc}"[:200]
 
-    busy = [v for v in verdicts if v.sha256 is not None and v.status == "scored"]
-    if len(busy) <= 1 or runtime.fetch_threads <= 1:
-        return [one(v) for v in verdicts]
-    with ThreadPoolExecutor(max_workers=min(runtime.fetch_threads, len(busy)), thread_name_prefix="blobs") as pool:
-        return list(pool.map(one, verdicts))
+    busy = sum(1 for v in verdicts if v.sha256 is not None and v.status == "scored")
+    return _on_io_threads(runtime, one, verdicts, busy, "blobs")
 
 
 def _save_one(runtime: Runtime, job: Job, verdict: Verdict, keys: BlobKeys) -> Outcome:
