@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -289,10 +289,19 @@ class BankStore:
 
     # -- matches -------------------------------------------------------------------------------------
     def matches_for_verdict(self, verdict_id: int) -> list[dict[str, Any]]:
+        return self.matches_for_verdicts([verdict_id])[verdict_id]
+
+    def matches_for_verdicts(self, verdict_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Each verdict's bank matches (by label), in one query: verdict id -> matches (empty when none)."""
+        found: dict[int, list[dict[str, Any]]] = {verdict_id: [] for verdict_id in verdict_ids}
+        if not found:
+            return found
         with self.sessions() as session:
-            rows = session.scalars(select(BankMatchRow).where(BankMatchRow.verdict_id == verdict_id)
-                                   .order_by(BankMatchRow.label)).all()
-            return [match_dict(r) for r in rows]
+            rows = session.scalars(select(BankMatchRow).where(BankMatchRow.verdict_id.in_(sorted(found)))
+                                   .order_by(BankMatchRow.verdict_id, BankMatchRow.label)).all()
+            for row in rows:
+                found[row.verdict_id].append(match_dict(row))
+        return found
 
     def matches_for_item(self, item_id: int) -> list[dict[str, Any]]:
         with self.sessions() as session:

@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy import Engine, case, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.exc import NoResultFound
+from sqlalchemy.orm import Session, sessionmaker
 
 from db import known_fakes
 from db.rescan_store import review_for_rescan
@@ -364,25 +365,39 @@ class Store:
     # -- reads -----------------------------------------------------------------------------------------
     def verdict_document(self, verdict_id: int) -> dict[str, Any]:
         """The verdict as the JSON the CLI and the API print (`deepscreen scan --json` field names)."""
+        documents = self.verdict_documents([verdict_id])
+        if verdict_id not in documents:
+            raise NoResultFound(f"no verdict {verdict_id}")
+        return documents[verdict_id]
+
+    def verdict_documents(self, verdict_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """`verdict_document` of many verdicts in two queries (a scan's batch of results), by verdict id;
+        ids with no verdict are left out."""
+        wanted = sorted(set(verdict_ids))
+        if not wanted:
+            return {}
+        documents: dict[int, dict[str, Any]] = {}
         with self.sessions() as session:
-            row = session.scalars(
-                select(Verdict).options(selectinload(Verdict.faces), selectinload(Verdict.image)).where(Verdict.id == verdict_id)
-            ).one()
-            return {
-                "verdict_id": row.id,
-                "sha256": row.image.sha256,
-                "status": row.status,
-                "verdict": row.verdict,
-                "fake_probability": row.fake_probability,
-                "faces": [
-                    {"box": [f.x1, f.y1, f.x2, f.y2], "detection_probability": f.detection_probability,
-                     "fake_probability": f.fake_probability, "verdict": f.verdict, "heatmap": f.heatmap_key}
-                    for f in row.faces
-                ],
-                "heatmap": row.heatmap_key,
-                "reason": row.reason,
-                "model_version": row.model_version,
-            }
+            rows = session.execute(
+                select(Verdict.id, Image.sha256, Verdict.status, Verdict.verdict, Verdict.fake_probability,
+                       Verdict.heatmap_key, Verdict.reason, Verdict.model_version)
+                .join(Image, Image.id == Verdict.image_id).where(Verdict.id.in_(wanted))
+            ).all()
+            for vid, sha256, status, verdict, prob, heatmap, reason, model_version in rows:
+                documents[vid] = {"verdict_id": vid, "sha256": sha256, "status": status, "verdict": verdict,
+                                  "fake_probability": prob, "faces": [], "heatmap": heatmap,
+                                  "reason": reason, "model_version": model_version}
+            faces = session.execute(
+                select(FaceRow.verdict_id, FaceRow.x1, FaceRow.y1, FaceRow.x2, FaceRow.y2,
+                       FaceRow.detection_probability, FaceRow.fake_probability, FaceRow.verdict,
+                       FaceRow.heatmap_key)
+                .where(FaceRow.verdict_id.in_(wanted)).order_by(FaceRow.verdict_id, FaceRow.face_index)
+            ).all()
+            for vid, x1, y1, x2, y2, detection, prob, verdict, heatmap in faces:
+                documents[vid]["faces"].append(
+                    {"box": [x1, y1, x2, y2], "detection_probability": detection, "fake_probability": prob,
+                     "verdict": verdict, "heatmap": heatmap})
+        return documents
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """Events that ended `failed` (retries exhausted), newest first: the dead-letter view."""

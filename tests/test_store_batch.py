@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import NoResultFound
 
 from db.schema import Event, FaceRow, Image, PerceptualHashRow, ReviewItem, Verdict
 from db.store import BlobKeys, Store
@@ -144,3 +145,28 @@ def test_save_many_writes_what_save_writes(two_stores: tuple[Store, Store], grou
     before = _snapshot(batched)
     assert [s.reused for s in batched.save_many(items) if s.verdict_id is not None] == [True] * 10
     assert _snapshot(batched) == before
+
+
+@pytest.mark.services
+def test_verdict_documents_read_every_verdict_of_a_batch(two_stores: tuple[Store, Store]) -> None:
+    """A scan's batch of results is read back in two queries; each document must hold what that verdict's own
+    rows hold (faces in index order, the image's sha256), and an id with no verdict is left out."""
+    store = two_stores[1]
+    saved = store.save_many(_batch())
+    ids = sorted({s.verdict_id for s in saved if s.verdict_id is not None})
+    documents = store.verdict_documents([*ids, ids[0], 10**9])
+    assert sorted(documents) == ids
+    with store.sessions() as session:
+        for verdict in session.scalars(select(Verdict).where(Verdict.id.in_(ids))):
+            faces = sorted(verdict.faces, key=lambda f: f.face_index)
+            assert documents[verdict.id] == {
+                "verdict_id": verdict.id, "sha256": verdict.image.sha256, "status": verdict.status,
+                "verdict": verdict.verdict, "fake_probability": verdict.fake_probability,
+                "faces": [{"box": [f.x1, f.y1, f.x2, f.y2], "detection_probability": f.detection_probability,
+                           "fake_probability": f.fake_probability, "verdict": f.verdict, "heatmap": f.heatmap_key}
+                          for f in faces],
+                "heatmap": verdict.heatmap_key, "reason": verdict.reason, "model_version": verdict.model_version}
+    assert len(documents[saved[0].verdict_id]["faces"]) == 2
+    assert store.verdict_document(ids[-1]) == documents[ids[-1]]
+    with pytest.raises(NoResultFound):
+        store.verdict_document(10**9)

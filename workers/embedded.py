@@ -7,7 +7,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +70,7 @@ def scan(runtime: Runtime, paths: list[Path], batch_size: int, progress: bool = 
 
     def save(chunk: list[Path], screened: Screened) -> list[dict[str, Any]]:
         outcomes = persist_events(runtime, screened)
-        return [result_row(runtime, path, outcome) for path, outcome in zip(chunk, outcomes, strict=True)]
+        return result_rows(runtime, chunk, outcomes)
 
     def collect(rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -103,29 +103,36 @@ def scan(runtime: Runtime, paths: list[Path], batch_size: int, progress: bool = 
     return report
 
 
-def result_row(runtime: Runtime, path: Path, outcome: Outcome) -> dict[str, Any]:
-    """One input's result in the stable `--json` shape."""
-    saved = outcome.saved
-    row: dict[str, Any] = {"source": str(path), "sha256": None, "status": "failed", "verdict": None,
-                           "fake_probability": None, "faces": [], "heatmap": None,
-                           "reason": outcome.retry_reason, "model_version": runtime.screener.model_version,
-                           "bank_matches": []}
-    if saved is None:
-        return row
-    if saved.verdict_id is None:
-        row.update(status=saved.status, reason=saved.reason)
-        return row
-    document = runtime.store.verdict_document(saved.verdict_id)
+def result_rows(runtime: Runtime, paths: Sequence[Path], outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """Each input's result in the stable `--json` shape, read back from the store: the batch's verdicts
+    in two queries and its bank matches in one (per-row reads held the interpreter lock long enough to
+    slow the screening threads beside them)."""
+    verdict_ids = [o.saved.verdict_id for o in outcomes if o.saved is not None and o.saved.verdict_id is not None]
+    documents = runtime.store.verdict_documents(verdict_ids)
+    matches = runtime.known_fakes.banks.matches_for_verdicts(verdict_ids) if runtime.known_fakes is not None else {}
     locate = runtime.blobs.locate
-    faces = [
-        {"box": [round(v, 1) for v in f["box"]], "detection_probability": f["detection_probability"],
-         "fake_probability": f["fake_probability"]}
-        for f in document["faces"]
-    ]
-    row.update(sha256=document["sha256"], status=document["status"], verdict=document["verdict"],
-               fake_probability=document["fake_probability"], faces=faces,
-               heatmap=locate(document["heatmap"]) if document["heatmap"] else None,
-               reason=document["reason"], model_version=document["model_version"])
-    if runtime.known_fakes is not None:
-        row["bank_matches"] = runtime.known_fakes.banks.matches_for_verdict(saved.verdict_id)
-    return row
+    rows = []
+    for path, outcome in zip(paths, outcomes, strict=True):
+        saved = outcome.saved
+        row: dict[str, Any] = {"source": str(path), "sha256": None, "status": "failed", "verdict": None,
+                               "fake_probability": None, "faces": [], "heatmap": None,
+                               "reason": outcome.retry_reason, "model_version": runtime.screener.model_version,
+                               "bank_matches": []}
+        rows.append(row)
+        if saved is None:
+            continue
+        if saved.verdict_id is None:
+            row.update(status=saved.status, reason=saved.reason)
+            continue
+        document = documents[saved.verdict_id]
+        faces = [
+            {"box": [round(v, 1) for v in f["box"]], "detection_probability": f["detection_probability"],
+             "fake_probability": f["fake_probability"]}
+            for f in document["faces"]
+        ]
+        row.update(sha256=document["sha256"], status=document["status"], verdict=document["verdict"],
+                   fake_probability=document["fake_probability"], faces=faces,
+                   heatmap=locate(document["heatmap"]) if document["heatmap"] else None,
+                   reason=document["reason"], model_version=document["model_version"],
+                   bank_matches=matches.get(saved.verdict_id, []))
+    return rows
