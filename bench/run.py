@@ -5,8 +5,8 @@ Rows:
   seed        the old single-image demo approach on the same frames (MTCNN full-size, 256 px, Grad-CAM x2)
   forward     bare batched classifier forward on pre-cut, pre-decoded crops, with TORCH_THREADS threads
   forward-all the same with TORCH_THREADS x SCREEN_THREADS threads: the ceiling of the cores scan uses
-  forward-chunks  the same cores arranged as scan arranges them: SCREEN_THREADS batches of OVERLAP_CHUNK
-              at once, each with TORCH_THREADS threads (the other ceiling; the higher one is the bar)
+  forward-chunks  the same cores arranged as scan --crops arranges them: SCREEN_THREADS batches of
+              CROPS_CHUNK at once, each with TORCH_THREADS threads (the other ceiling; the higher one is the bar)
   scan-crops  `deepscreen scan --crops` path (process_events + SQLite + local blobs) on crop files
   scan-crops-none  the same with no heatmaps (what explaining the flagged crops costs, by difference)
   scan        `deepscreen scan` on full frames, heatmaps for flagged faces (the default)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     crop_rows: dict[str, Any] = {
         "forward-all": lambda: bench_forward(settings.model_copy(update={"torch_threads": cores}), crops,
                                              settings.batch_size),
-        "forward-chunks": lambda: bench_forward(settings, crops, max(1, settings.overlap_chunk),
+        "forward-chunks": lambda: bench_forward(settings, crops, max(1, settings.crops_chunk),
                                                 threads=max(1, settings.screen_threads)),
         "scan-crops": lambda: _scan_once(settings, crops, crops=True),
         "scan-crops-none": lambda: _scan_once(settings.model_copy(update={"heatmaps": "none"}), crops, crops=True),
@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                                           rounds=args.rounds)
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "model_dir": str(settings.model_dir),
             "torch_threads": settings.torch_threads, "screen_threads": settings.screen_threads,
-            "overlap_chunk": settings.overlap_chunk, "precision": settings.precision,
+            "overlap_chunk": settings.overlap_chunk, "crops_chunk": settings.crops_chunk,
+            "precision": settings.precision, "decode_threads": settings.decode_threads,
             "batch_size": settings.batch_size, "detect_max_side": settings.detect_max_side,
             "python": sys.version.split()[0]}
     print_table(results, meta)
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(results: dict[str, Any], meta: dict[str, Any]) -> None:
     print(f"\n{meta['date']}  torch_threads={meta['torch_threads']} screen_threads={meta['screen_threads']} "
-          f"overlap_chunk={meta['overlap_chunk']} precision={meta['precision']} "
+          f"overlap_chunk={meta['overlap_chunk']} crops_chunk={meta['crops_chunk']} precision={meta['precision']} "
           f"batch={meta['batch_size']} detect_max_side={meta['detect_max_side']}")
     print(f"{'row':<15} {'images':>7} {'seconds':>8} {'images/s':>9}  ratio")
     speed = {name: row["images_per_s"] for name, row in results.items()}

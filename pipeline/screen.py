@@ -41,7 +41,7 @@ class ScreenConfig:
     decode: DecodeLimits = field(default_factory=DecodeLimits)
     heatmaps: HeatmapMode = "flagged"
     crops: bool = False  # each input is already a face crop: detection is skipped
-    decode_threads: int = 2
+    decode_threads: int = 1
     classify_batch: int = 64
     overlap_chunk: int = 8  # a batch runs in chunks of this many, on screen_threads threads; 0 = one piece
     screen_threads: int = 2  # chunks screened at once (each with the process's torch thread count)

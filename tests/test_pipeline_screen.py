@@ -112,7 +112,8 @@ def test_overlapped_chunks_give_the_sequential_verdicts(
         assert (a.fake_probability is None) == (b.fake_probability is None)
         if a.fake_probability is not None:
             assert a.fake_probability == pytest.approx(b.fake_probability, abs=1e-6)
-        assert [f.box for f in a.faces] == [f.box for f in b.faces]
+        # the same boxes; the detector's kernels may round differently for other batch sizes (seen on AMX)
+        assert [list(f.box) for f in a.faces] == [pytest.approx(list(f.box), abs=1e-3) for f in b.faces]
         assert [f.fake_probability for f in a.faces] == pytest.approx([f.fake_probability for f in b.faces], abs=1e-6)
         assert (a.heatmap_jpeg is None) == (b.heatmap_jpeg is None)
         assert all((f.heatmap_jpeg is None) == (g.heatmap_jpeg is None) for f, g in zip(a.faces, b.faces, strict=True))

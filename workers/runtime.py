@@ -90,6 +90,6 @@ def embedded_runtime(settings: Settings, home: Path, crops: bool = False) -> Run
         store=store,
         blobs=LocalBlobStore(home / "blobs"),
         reader=InputReader(allow_local=True, max_bytes=settings.max_image_bytes),
-        fetch_threads=settings.fetch_threads,
+        fetch_threads=1,  # local files and a local folder: nothing to wait on, so no threads to wait with
         known_fakes=known_fake_memory(settings, store, index_path=home / "known_fakes_index.npz"),
     )

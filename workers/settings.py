@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     batch_size: int = 32
     batch_wait_ms: int = 250
     fetch_threads: int = 8
-    decode_threads: int = 2
+    decode_threads: int = 1  # per chunk: chunks already decode SCREEN_THREADS at a time
     overlap_chunk: int = 8  # a batch runs in chunks of this many images; 0 = one piece
+    crops_chunk: int = 16  # the same in --crops mode: a crop costs little besides its forward, which pays at 16
     screen_threads: int = 2  # chunks screened at once, each with torch_threads threads
     heatmaps: Literal["flagged", "all", "none"] = "flagged"
     detect_max_side: int = 720
@@ -169,7 +170,7 @@ class Settings(BaseSettings):
             crops=crops,
             decode_threads=self.decode_threads,
             classify_batch=max(64, self.batch_size),
-            overlap_chunk=max(0, self.overlap_chunk),
+            overlap_chunk=max(0, self.crops_chunk if crops else self.overlap_chunk),
             screen_threads=max(1, self.screen_threads),
             pdq=self.known_fakes,
             pdq_max_side=self.pdq_max_side,

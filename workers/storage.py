@@ -42,15 +42,25 @@ class LocalBlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._made: set[str] = set()  # folders this store has made (or found): a scan writes thousands of blobs
 
     def _path(self, key: str) -> Path:
         return self.root / _safe_key(key)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
-        tmp.write_bytes(data)
+        path = os.path.join(self.root, _safe_key(key))
+        folder, name = os.path.split(path)
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+        except FileNotFoundError:  # the folder went away since (a deleted home, a retention sweep): make it again
+            os.makedirs(folder, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                handle.write(data)
         os.replace(tmp, path)
         return key
 
