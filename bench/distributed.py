@@ -34,6 +34,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def face_images(count: int, side: int, seed: int = 0):  # noqa: ANN201
     import numpy as np
     from PIL import Image
@@ -117,7 +124,11 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
 
         # Two phases, so both RSS readings are taken with the worker idle (between batches the heap is trimmed,
         # so a reading in the middle of a batch would measure the batch, not a leak).
+        spent = {"worker": 0.0, "moto": 0.0}  # CPU seconds of the measured parts, per process
+
         def phase(batch: list) -> float:
+            pids = {"worker": worker.process.pid, "moto": s3.process.pid}
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             began = time.perf_counter()
             submit(batch, celery_app=celery_app)
             target = finished() + len(batch)
@@ -125,12 +136,16 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
                 time.sleep(0.5)
                 if worker.process.poll() is not None:
                     raise RuntimeError("worker died: " + log_path.read_text()[-2000:])
-            return time.perf_counter() - began
+            took = time.perf_counter() - began
+            for name, pid in pids.items():
+                spent[name] += cpu_seconds(pid) - before[name]
+            return took
 
         from bench.run import bench_scan
 
         if warmup:
             phase(warmup)  # not counted: the first batches pay for lazy imports and kernel selection
+            spent.update(worker=0.0, moto=0.0)
         # The events go in parts: the first `rss_early`, then `--rounds` equal parts. After each distributed
         # part, embedded `scan` screens the same images while the worker sits idle, so both sides of the ratio
         # are measured in the same stretches of this shared machine's time (in one piece each, a slow spell
@@ -153,7 +168,11 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
             rss_final = rss_mb(worker.process.pid)
             if start == 0:
                 rss_early = rss_final
+            cpu_before = os.times()
             scanned = bench_scan(embedded_settings, files[start:end], crops=False)
+            cpu_after = os.times()
+            spent["embedded"] = spent.get("embedded", 0.0) + (cpu_after.user - cpu_before.user
+                                                             + cpu_after.system - cpu_before.system)
             embedded_seconds += scanned["seconds"]
             split.append(((end - start) / took, scanned["images_per_s"]))
         result: dict[str, Any] = {
@@ -162,6 +181,11 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
             "rss_growth": round((rss_final - rss_early) / rss_early, 4),
             "threads": args.threads, "image_side": args.side, "heatmaps": args.heatmaps,
             "parts_distributed_embedded": [[round(d, 2), round(e, 2)] for d, e in split],
+            # where the CPU went: the worker's own, and the moto server's (the S3 test double shares these
+            # cores; a real S3 or MinIO would not)
+            "worker_cpu_ms_per_image": round(1000 * spent["worker"] / args.events, 1),
+            "moto_cpu_ms_per_image": round(1000 * spent["moto"] / args.events, 1),
+            "embedded_cpu_ms_per_image": round(1000 * spent.get("embedded", 0.0) / args.events, 1),
         }
         if latency_events:
             result.update(latency_run(engine, celery_app, latency_events, rate=0.5 * args.events / seconds))

@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated rows to run")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of each frame row, and of the crops rows (run interleaved): one round is noisy")
+    parser.add_argument("--sweep", default="",
+                        help="comma-separated batch sizes: also time the forward-chunks arrangement at each, to check "
+                             "that CROPS_CHUNK is the bare forward's best (the bar scan --crops is held to)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
 
@@ -227,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = _merge_rounds(done)
     if "forward-all" in results:
         results["forward-all"]["torch_threads"] = cores
+    for size in [int(v) for v in args.sweep.split(",") if v.strip()]:
+        results[f"forward-chunks@{size}"] = _merge_rounds(
+            [bench_forward(settings, crops, size, threads=max(1, settings.screen_threads))
+             for _ in range(max(1, args.rounds))])
     if "scan" in rows:
         results["scan"] = bench_scan(settings, frames, crops=False, rounds=args.rounds)
     if "scan-all" in rows:
