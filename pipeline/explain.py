@@ -147,7 +147,7 @@ def overlay(crop: np.ndarray, cam: np.ndarray, strength: float = 0.6) -> np.ndar
     if cam.shape[:2] != (height, width):
         cam = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
     levels = _levels(cam)
-    # colour and weight looked up per level (tables of 256), not computed per pixel: 0.48 -> ~0.2 ms a
+    # colour and weight looked up per level (tables of 256), not computed per pixel: 0.48 -> 0.26 ms a
     # 224 px face; OpenCV's per-pixel weighted sum does the blend
     alpha = cv2.LUT(levels, _heat_weights(strength))
     return np.asarray(cv2.blendLinear(_colours(levels), np.ascontiguousarray(crop), alpha, 1.0 - alpha))
