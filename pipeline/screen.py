@@ -151,8 +151,11 @@ class Screener:
             self._prepare(part, clock)
             self._finish(part, clock)
 
-        if step <= 0 or threads == 1 or len(works) <= step:
+        if step <= 0 or len(works) <= step:
             run(works)
+        elif threads == 1:
+            for part in [works[i : i + step] for i in range(0, len(works), step)]:
+                run(part)
         else:
             parts = [works[i : i + step] for i in range(0, len(works), step)]
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="screen") as pool:

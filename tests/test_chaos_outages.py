@@ -71,6 +71,44 @@ def test_postgres_outage_is_ridden_out(redis_url, s3_server, flagging_model, cel
     assert "retry event_id=" in (tmp_path / "worker.log").read_text()
 
 
+def test_worker_started_during_a_postgres_outage_waits_for_it(redis_url, s3_server, flagging_model, celery_app,  # noqa: ANN001
+                                                              tmp_path: Path) -> None:
+    """A pool child that starts while Postgres is away cannot build its runtime (it registers its model there):
+    its batches go back on the queue as a database outage, which never counts toward an event's attempts, and
+    are screened once Postgres is back."""
+    from workers.submit import submit
+
+    pg = ThrowawayPostgres()
+    worker = None
+    try:
+        upgrade(pg.url)
+        events = _upload(s3_server, "pgdown", 12)
+        pg.stop()
+        env = service_env(pg.url, redis_url, s3_server, flagging_model, DEEPSCREEN_RETRY_BACKOFF_S="1",
+                          DEEPSCREEN_RETRY_BACKOFF_MAX_S="2", DEEPSCREEN_MAX_ATTEMPTS="2", DEEPSCREEN_POOL="prefork",
+                          DEEPSCREEN_CONCURRENCY="2")
+        worker = WorkerProcess(env, tmp_path / "worker.log")
+        wait_for(worker.ready, 120, what="worker ready")
+        submit(events, celery_app=celery_app)
+        log = tmp_path / "worker.log"
+        wait_for(lambda: log.read_text().count("database unavailable before screening") >= 2, 120, interval=0.5,
+                 what="batches sent back while the database is away")
+        assert worker.process.poll() is None, "the worker died during the outage"
+        pg.start()
+        engine = create_engine(pg.url, pool_pre_ping=True)
+        ids = [e.event_id for e in events]
+        wait_for(lambda: sum(s != "queued" for s in statuses_of(engine, ids).values()) == len(ids), 300,
+                 interval=1, what="every event finished after the outage")
+        statuses = statuses_of(engine, ids)
+        engine.dispose()
+    finally:
+        if worker is not None:
+            worker.stop()
+        pg.destroy()
+    assert set(statuses.values()) == {"scored"}  # MAX_ATTEMPTS=2: had the outage counted, some would be failed
+    assert "reason=batch_error" not in log.read_text()
+
+
 def test_s3_outage_is_retried_and_no_verdict_points_at_a_missing_object(
     redis_url, postgres_url, s3_server, flagging_model, celery_app, tmp_path: Path  # noqa: ANN001
 ) -> None:

@@ -31,13 +31,21 @@ REQUEUE_STUCK_TASK = "deepscreen.requeue_stuck"
 RETENTION_TASK = "deepscreen.retention"
 
 
+def prefetch_multiplier(settings: Settings) -> int:
+    """Celery reserves multiplier x concurrency messages. A batch needs `batch_size` of them reserved, and the
+    next one should be filling while the pool's batches run: `batch_size` x (concurrency + 1) in all (twice the
+    batch for `solo`)."""
+    wanted = settings.batch_size * (settings.concurrency + 1)
+    return max(1, -(-wanted // settings.concurrency))
+
+
 def create_app(settings: Settings) -> Celery:
     app = Celery("deepscreen", broker=settings.broker_url, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
-        worker_prefetch_multiplier=max(1, settings.batch_size // settings.concurrency) * 2,
+        worker_prefetch_multiplier=prefetch_multiplier(settings),
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
             "queue_order_strategy": "priority",

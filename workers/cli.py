@@ -146,6 +146,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.memory import ensure_arena_limit
     from workers.settings import get_settings
 
+    # the pool flags become settings before anything reads them, so the prefetch and each child's screening
+    # threads follow the pool that really runs
+    if args.pool:
+        os.environ["DEEPSCREEN_POOL"] = args.pool
+    if args.concurrency:
+        os.environ["DEEPSCREEN_CONCURRENCY"] = str(args.concurrency)
+    get_settings.cache_clear()
     settings = get_settings()
     ensure_arena_limit(settings.malloc_arena_max)  # re-executes once, before torch or the model are loaded
     if settings.metrics_port:
@@ -159,7 +166,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     argv = ["worker", f"--queues={args.queues}", f"--loglevel={args.loglevel}", "--without-gossip",
             "--without-mingle"]
     settings = app.conf.deepscreen_settings
-    argv += [f"--pool={args.pool or settings.pool}", f"--concurrency={args.concurrency or settings.concurrency}"]
+    argv += [f"--pool={settings.pool}", f"--concurrency={settings.concurrency}"]
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
     app.worker_main(argv)
@@ -339,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a Celery worker that screens queued events in micro-batches")
     p.add_argument("--queues", default="control,upload,rescan",
                    help="queues in priority order (default control,upload,rescan)")
-    p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default $DEEPSCREEN_POOL or solo)")
-    p.add_argument("--concurrency", type=int, help="pool processes (default $DEEPSCREEN_CONCURRENCY or 1)")
+    p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default $DEEPSCREEN_POOL or prefork)")
+    p.add_argument("--concurrency", type=int, help="pool processes (default $DEEPSCREEN_CONCURRENCY or 2; 1 per GPU)")
     p.add_argument("--hostname", help="Celery node name")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)

@@ -69,6 +69,7 @@ def known_fake_memory(settings: Settings, store: Store, index_path: Path | None 
 
 
 def distributed_runtime(settings: Settings) -> Runtime:
+    settings = settings.pool_child()
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
     store = Store.from_url(settings.database_url)
     screener = build_screener(settings)

@@ -123,6 +123,10 @@ def _screen(requests) -> None:  # noqa: ANN001
 def _process(jobs: list[Job]) -> list[Outcome]:
     try:
         return process_events(runtime(), jobs)
+    except TRANSIENT_DB as exc:  # the database is away while the runtime is built (a pool child started in
+        # an outage registers its model there): an outage, so it never counts toward the events' attempts
+        log.warning("database unavailable before screening size=%d error=%s", len(jobs), type(exc).__name__)
+        return [Outcome(job, retry_reason=f"database: {type(exc).__name__}") for job in jobs]
     except Exception as exc:  # noqa: BLE001 - a bug must not lose the batch: every job goes back on the queue
         log.exception("batch failed size=%d; requeueing every event", len(jobs))
         return [Outcome(job, retry_reason=f"batch_error: {type(exc).__name__}: {exc}"[:200]) for job in jobs]
