@@ -7,8 +7,9 @@
   if the worker dies, so the larger prefetch costs nothing in safety (tests/test_distributed.py).
 - Queues: `upload` is always polled before `rescan` (kombu's priority queue order), so a re-scan backlog
   never delays fresh uploads.
-- Pool: `solo` by default (one process, the model loaded once at process start, torch's own threads do
-  the parallel work); `prefork` is available, with one model per child loaded in worker_process_init.
+- Pool: `prefork` with 2 children by default, one model per child loaded in worker_process_init, each
+  screening on its share of SCREEN_THREADS (Settings.pool_child); `solo` (one process, torch's own threads
+  doing the parallel work) is available.
 """
 
 from __future__ import annotations
