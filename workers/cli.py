@@ -152,7 +152,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["DEEPSCREEN_POOL"] = args.pool
     if args.concurrency:
         os.environ["DEEPSCREEN_CONCURRENCY"] = str(args.concurrency)
-    get_settings.cache_clear()
     settings = get_settings()
     ensure_arena_limit(settings.malloc_arena_max)  # re-executes once, before torch or the model are loaded
     if settings.metrics_port:
