@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, create_engine, event, func, select, update
+from sqlalchemy import Engine, case, create_engine, event, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
@@ -87,6 +87,7 @@ class Store:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._plain = _PlainStatements(self._insert)
 
     @classmethod
     def from_url(cls, url: str, fast_commits: bool = False) -> Store:
@@ -228,13 +229,12 @@ class Store:
         """The batch form of `_save` for upload events with a verdict to write (scored or no face) and no bank match."""
         if not items:
             return {}
-        insert, now = self._insert, datetime.now(UTC)
+        plain, now = self._plain, datetime.now(UTC)
         first: dict[str, tuple[UploadEvent, ScreenVerdict]] = {}
         for _, upload, result, _, _ in items:
             first.setdefault(result.sha256 or "", (upload, result))
         image_rows = [_image_row(upload, result, now) for upload, result in first.values()]
-        image_ids = dict(session.execute(insert(Image).values(image_rows).on_conflict_do_nothing(
-            index_elements=["sha256"]).returning(Image.sha256, Image.id)).tuples().all())
+        image_ids = dict(session.execute(plain.images, image_rows).tuples().all())
         missing = [sha for sha in first if sha not in image_ids]
         if missing:
             image_ids.update(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(missing))).tuples().all())
@@ -243,10 +243,8 @@ class Store:
         for index, _, result, keys, attempts in items:
             writers.setdefault((image_ids[result.sha256 or ""], result.model_version), (index, result, keys, attempts))
         inserted = {(image_id, version): verdict_id for verdict_id, image_id, version in session.execute(
-            insert(Verdict).values([_verdict_row(image_id, result, keys, attempts)
-                                    for (image_id, _), (_, result, keys, attempts) in writers.items()])
-            .on_conflict_do_nothing(index_elements=["image_id", "model_version"])
-            .returning(Verdict.id, Verdict.image_id, Verdict.model_version))}
+            plain.verdicts, [_verdict_row(image_id, result, keys, attempts)
+                             for (image_id, _), (_, result, keys, attempts) in writers.items()])}
         known: dict[tuple[int, str], tuple[int, str, str | None]] = {}
         for key, (_, result, _, _) in writers.items():
             if key in inserted:
@@ -263,12 +261,11 @@ class Store:
                  if key in inserted]  # (verdict_id, image_id, result, keys) of the verdicts written here
         faces = [row for verdict_id, _, result, keys in fresh for row in _face_rows(verdict_id, result, keys)]
         if faces:
-            session.execute(insert(FaceRow).values(faces))
+            session.execute(plain.faces, faces)
         hashes = [known_fakes.hash_row(verdict_id, image_id, result.pdq)
                   for verdict_id, image_id, result, _ in fresh if result.pdq is not None]
         if hashes:
-            session.execute(insert(PerceptualHashRow).values(hashes)
-                            .on_conflict_do_nothing(index_elements=["verdict_id"]))
+            session.execute(plain.hashes, hashes)
         # review items: one per verdict that needs one (the first event's values, as `save` one by one would)
         per_item: dict[int, tuple[UploadEvent, ScreenVerdict, int, int, str, str | None, bool]] = {}
         reviews: dict[int, dict[str, Any]] = {}
@@ -281,9 +278,8 @@ class Store:
                 reviews[verdict_id] = _review_row(verdict_id, key[0], label, result, upload.source, now)
         review_ids: dict[int, int] = {}
         if reviews:
-            review_ids = {verdict_id: review_id for review_id, verdict_id in session.execute(
-                insert(ReviewItem).values(list(reviews.values())).on_conflict_do_nothing(index_elements=["verdict_id"])
-                .returning(ReviewItem.id, ReviewItem.verdict_id))}
+            review_ids = {verdict_id: review_id for review_id, verdict_id in
+                          session.execute(plain.reviews, list(reviews.values()))}
             missing_reviews = [v for v in reviews if v not in review_ids]
             if missing_reviews:
                 review_ids.update(session.execute(select(ReviewItem.verdict_id, ReviewItem.id)
@@ -293,11 +289,7 @@ class Store:
             _, _, image_id, verdict_id, status, _, _ = per_item[index]
             events.setdefault(upload.event_id, {**_event_row(upload),
                                                 **_done_row(status, result.reason, attempts, image_id, verdict_id, now)})
-        stmt = insert(Event).values([events[event_id] for event_id in sorted(events)])
-        # the first terminal status wins, as in _finish_event
-        session.execute(stmt.on_conflict_do_update(index_elements=["event_id"],
-                                                   set_={name: stmt.excluded[name] for name in DONE_COLUMNS},
-                                                   where=Event.status.not_in(TERMINAL)))
+        session.execute(plain.events, [events[event_id] for event_id in sorted(events)])
         out: dict[int, SavedResult] = {}
         for index, (upload, result, _, verdict_id, status, label, reused) in per_item.items():
             review_id = review_ids.get(verdict_id) if needs_review(label) else None
@@ -463,7 +455,31 @@ def _event_row(event: UploadEvent) -> dict[str, Any]:
     }
 
 
-PLAIN_GROUP = 100  # items per multi-row statement group in save_many
+PLAIN_GROUP = 100  # items per group of rows in save_many
+
+
+class _PlainStatements:
+    """save_many's statements, built once and run with a list of rows (executemany): SQLAlchemy compiles each
+    once and caches it, and its insertmanyvalues still sends them as multi-row INSERTs. A statement with the
+    rows inlined (`.values([...])`) is a new statement per batch, compiled afresh each time: that compile was
+    a third of the saving thread's time (py-spy, `scan --crops`)."""
+
+    def __init__(self, insert: Any) -> None:  # noqa: ANN401 - postgresql.insert or sqlite.insert
+        images, verdicts, reviews = Image.__table__, Verdict.__table__, ReviewItem.__table__
+        self.images = (insert(images).on_conflict_do_nothing(index_elements=["sha256"])
+                       .returning(images.c.sha256, images.c.id))
+        self.verdicts = (insert(verdicts).on_conflict_do_nothing(index_elements=["image_id", "model_version"])
+                         .returning(verdicts.c.id, verdicts.c.image_id, verdicts.c.model_version))
+        self.faces = insert(FaceRow.__table__)
+        self.hashes = insert(PerceptualHashRow.__table__).on_conflict_do_nothing(index_elements=["verdict_id"])
+        self.reviews = (insert(reviews).on_conflict_do_nothing(index_elements=["verdict_id"])
+                        .returning(reviews.c.id, reviews.c.verdict_id))
+        events = insert(Event.__table__)
+        # the first terminal status wins, as in _finish_event
+        self.events = events.on_conflict_do_update(
+            index_elements=["event_id"], set_={name: events.excluded[name] for name in DONE_COLUMNS},
+            # the statuses inline: a list parameter is expanded per execution, which executemany cannot do
+            where=Event.__table__.c.status.not_in([literal_column(f"'{status}'") for status in TERMINAL]))
 DONE_COLUMNS = ("status", "reason", "attempts", "image_id", "verdict_id", "finished_at")
 
 
