@@ -51,6 +51,48 @@ def test_a_reencoded_resized_copy_is_near_and_a_different_image_is_far(astronaut
     assert with_mirror.hex == original.hex and hamming(with_mirror.mirror, flipped.hex) <= 31
 
 
+def _reference_images() -> list[np.ndarray]:
+    """Natural images at sizes that exercise every window and edge case of PDQ's downsample (odd, prime,
+    below and above 64 and 128, above the 512 px bound), JPEG round trips, and noise down to PDQ's 5 px minimum."""
+    from skimage import data
+
+    images = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        base = Image.fromarray(getattr(data, name)()).convert("RGB")
+        for size in ((7, 5), (33, 64), (63, 65), (100, 300), (129, 257), (224, 224), (511, 200), (700, 1300)):
+            images.append(np.asarray(base.resize(size)))
+        images.append(_reencoded(np.asarray(base), 0.7, 60))
+    rng = np.random.default_rng(11)
+    images += [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((5, 5, 3), (6, 9, 3), (64, 64, 3), (97, 31, 3))]
+    images += [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((1, 1, 3), (4, 100, 3), (100, 4, 3))]
+    return [np.ascontiguousarray(image) for image in images]
+
+
+def test_pdq_gives_the_reference_implementation_s_bits_and_quality() -> None:
+    """Partners' hash lists are made with PDQ's reference; pipeline/pdq.py must give its exact bits (all eight
+    dihedral hashes, so the mirror too) and quality, not merely near ones."""
+    import pdqhash  # a dev dependency: the reference, never imported by the product
+
+    from pipeline.pdq import DIHEDRAL_NAMES, MIRROR, _bounded, bits_to_hex
+
+    for image in _reference_images():
+        reference, quality = pdqhash.compute_dihedral(_bounded(image, 512))
+        expected = [bits_to_hex(bits) for bits in reference]
+        ours = pdq_hash(image, mirror=True)
+        assert (ours.hex, ours.mirror, ours.quality) == (expected[0], expected[MIRROR], quality), image.shape
+        assert [pdq_dihedral(image)[name] for name in DIHEDRAL_NAMES] == expected, image.shape
+
+
+def test_pdq_hashes_on_two_threads_at_once_agree_with_one() -> None:
+    """The hash runs on the screening threads, several at a time: its cached matrices are shared."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = _reference_images()
+    alone = [pdq_hash(image, mirror=True) for image in images]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(lambda image: pdq_hash(image, mirror=True), images * 3)) == alone * 3
+
+
 def test_a_flat_image_is_marked_low_quality() -> None:
     flat = pdq_hash(np.full((200, 200, 3), 128, dtype=np.uint8))
     assert flat.low_quality and flat.quality < 50
