@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -128,6 +129,20 @@ class Screener:
         self.config = config
         self.thresholds = Thresholds(fake=classifier.meta.threshold_fake, real=classifier.meta.threshold_real)
         self._explain_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # the chunk threads, shared by every batch of this process
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
+
+    def _chunk_pool(self, threads: int) -> ThreadPoolExecutor:
+        """One pool of `threads` chunk threads for all batches, so two batches screened at once (`deepscreen
+        scan` keeps the next one going) share the cores instead of each taking its own: the next batch's chunks
+        queue behind this one's and start on a core as soon as this batch's last chunks leave it. Made again in
+        a forked child, which inherits the pool but not its threads."""
+        with self._pool_lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="screen")
+                self._pool_pid = os.getpid()
+            return self._pool
 
     @property
     def model_version(self) -> str:
@@ -159,8 +174,7 @@ class Screener:
                 for part in parts:
                     run(part)
             else:
-                with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="screen") as pool:
-                    list(pool.map(run, parts))  # re-raises the first failure
+                list(self._chunk_pool(threads).map(run, parts))  # re-raises the first failure
         total: dict[str, float] = {}
         for clock in clocks:
             for stage, seconds in clock.items():

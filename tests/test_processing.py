@@ -82,8 +82,8 @@ def _noise_crops(folder: Path, count: int, seed: int) -> list[Path]:
 
 
 def test_scan_saves_one_batch_while_screening_the_next(tmp_path: Path, tmp_model: Path) -> None:
-    """`scan` saves batch n in a background thread while it screens batch n+1: every input still gets its
-    row, in order, and the same bytes in two consecutive batches end with one verdict row."""
+    """`scan` saves batch n in a background thread while it screens the next ones (two at once): every input
+    still gets its row, in order, and the same bytes in two consecutive batches end with one verdict row."""
     from sqlalchemy import func, select
 
     from db.schema import Verdict
@@ -105,6 +105,51 @@ def test_scan_saves_one_batch_while_screening_the_next(tmp_path: Path, tmp_model
     assert report.results[0]["sha256"] == report.results[2]["sha256"]
     with runtime.store.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Verdict).where(Verdict.status == "scored")) == 5
+
+
+def test_scan_screens_two_batches_at_once_on_one_pool_of_chunk_threads(tmp_path: Path, tmp_model: Path) -> None:
+    """`scan` starts batch n+1 while batch n's last chunks run, and both batches' chunks share the screener's
+    threads: batches overlap, yet no more chunks run at once than SCREEN_THREADS, and rows stay in order."""
+    import threading
+    import time as _time
+
+    from workers.embedded import scan
+    from workers.runtime import embedded_runtime
+    from workers.settings import Settings
+
+    runtime = embedded_runtime(Settings(model_dir=tmp_model, torch_threads=1, screen_threads=2, crops_chunk=1),
+                               tmp_path / "home", crops=True)
+    screener = runtime.screener
+    lock, active, most, batches = threading.Lock(), [0], [0], []
+    prepare, screen_batch = screener._prepare, screener.screen_batch
+
+    def counted(works, clock):  # noqa: ANN001, ANN202 - one chunk
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            _time.sleep(0.05)
+            return prepare(works, clock)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    def timed(items):  # noqa: ANN001, ANN202 - one batch
+        began = _time.perf_counter()
+        out = screen_batch(items)
+        batches.append((began, _time.perf_counter()))
+        return out
+
+    screener._prepare, screener.screen_batch = counted, timed
+    paths = _noise_crops(tmp_path, 12, seed=21)
+    report = scan(runtime, paths, batch_size=3, progress=False)
+    assert [row["source"] for row in report.results] == [str(p) for p in paths]
+    assert all(row["status"] == "scored" for row in report.results)
+    batches.sort()
+    assert len(batches) == 4
+    assert any(later[0] < earlier[1] for earlier, later in zip(batches, batches[1:], strict=False)), \
+        "no two batches overlapped"
+    assert most[0] == 2  # both threads busy, never a third chunk
 
 
 def _screened(runtime, verdicts, jobs, to_screen):  # noqa: ANN001, ANN202

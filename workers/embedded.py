@@ -7,6 +7,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class ScanReport:
         return out
 
 
+SCREENED_AT_ONCE = 2  # batches in screening at once: one finishing, the next starting
+
+
 def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -61,9 +65,11 @@ def scan(runtime: Runtime, paths: list[Path], batch_size: int, progress: bool = 
          on_result: Any = None) -> ScanReport:
     """Screen files in micro-batches; `on_result(row)` is called for each input as soon as it is done.
 
-    One background thread saves batch n (blobs, rows, the result rows) while this thread screens batch n+1.
-    An image that appears in both batches is screened twice and saved once (the save links it to the
-    verdict already there)."""
+    Two batches are screened at once, on one pool of chunk threads (pipeline.screen.Screener): while batch n's
+    last chunks finish, batch n+1 is read, checked against the store and its first chunks start, so no core
+    waits at a batch's edge. One more thread saves batch n (blobs, rows, the result rows) while the next ones
+    screen; batches are saved and reported in order. An image that appears in two batches in flight is
+    screened twice and saved once (the save links it to the verdict already there)."""
     report = ScanReport()
     run_id = uuid.uuid4().hex[:12]
     started = time.perf_counter()
@@ -80,23 +86,38 @@ def scan(runtime: Runtime, paths: list[Path], batch_size: int, progress: bool = 
         bar.update(len(rows))
 
     with tqdm(total=len(paths), unit="img", disable=not progress, desc="screening", dynamic_ncols=True) as bar, \
+            ThreadPoolExecutor(max_workers=SCREENED_AT_ONCE, thread_name_prefix="batch") as screening, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="save") as saver:
+        in_flight: deque[tuple[list[Path], Future[Screened]]] = deque()
         saving: Future[list[dict[str, Any]]] | None = None
+
+        def next_done() -> None:
+            nonlocal saving
+            chunk, future = in_flight.popleft()
+            try:
+                screened = future.result()
+            except BaseException:
+                for _, later in in_flight:  # not begun: nothing of theirs is half done
+                    later.cancel()
+                if saving is not None:  # the batch already being saved is still reported, then the error
+                    collect(saving.result())
+                    saving = None
+                raise
+            if saving is not None:
+                collect(saving.result())
+            saving = saver.submit(save, chunk, screened)
+
         for offset, chunk in enumerate(_chunks(paths, batch_size)):
             jobs = [
                 Job(UploadEvent(event_id=f"scan-{run_id}-{offset * batch_size + i}", image_uri=str(p.resolve()),
                                 source="local"))
                 for i, p in enumerate(chunk)
             ]
-            try:
-                screened = screen_events(runtime, jobs)
-            except BaseException:
-                if saving is not None:  # the batch already being saved is still reported, then the error
-                    collect(saving.result())
-                raise
-            if saving is not None:
-                collect(saving.result())
-            saving = saver.submit(save, chunk, screened)
+            in_flight.append((chunk, screening.submit(screen_events, runtime, jobs)))
+            if len(in_flight) >= SCREENED_AT_ONCE:
+                next_done()
+        while in_flight:
+            next_done()
         if saving is not None:
             collect(saving.result())
     report.seconds = time.perf_counter() - started

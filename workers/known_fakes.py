@@ -9,6 +9,7 @@ decision) within `refresh_s` without a restart. In the embedded mode the index i
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ class KnownFakeMemory:
         self.clock = clock
         self.index: HashIndex | None = None
         self._checked_at: float | None = None
+        self._lock = threading.Lock()  # `deepscreen scan` screens two batches at once: one refresh, no search mid-update
 
     def refresh(self, force: bool = False) -> bool:
         """Bring the index up to the banks' latest revision when `refresh_s` has passed; True if it changed."""
@@ -62,6 +64,10 @@ class KnownFakeMemory:
 
     def apply(self, verdicts: Sequence[Verdict]) -> list[Verdict]:
         """The verdicts with their bank hits applied (pipeline.known_fakes.apply_bank_hits)."""
+        with self._lock:
+            return self._apply(verdicts)
+
+    def _apply(self, verdicts: Sequence[Verdict]) -> list[Verdict]:
         try:
             self.refresh()
         except (OperationalError, InterfaceError) as exc:  # match on what we have; the save will retry the batch
