@@ -456,6 +456,14 @@ def _event_row(event: UploadEvent) -> dict[str, Any]:
 
 
 PLAIN_GROUP = 100  # items per group of rows in save_many
+DONE_COLUMNS = ("status", "reason", "attempts", "image_id", "verdict_id", "finished_at")
+
+
+def _done_row(status: str, reason: str | None, attempts: int, image_id: int | None, verdict_id: int | None,
+              now: datetime) -> dict[str, Any]:
+    """An event's columns when it ends (DONE_COLUMNS)."""
+    return {"status": status, "reason": reason, "attempts": attempts, "image_id": image_id,
+            "verdict_id": verdict_id, "finished_at": now}
 
 
 class _PlainStatements:
@@ -480,14 +488,6 @@ class _PlainStatements:
             index_elements=["event_id"], set_={name: events.excluded[name] for name in DONE_COLUMNS},
             # the statuses inline: a list parameter is expanded per execution, which executemany cannot do
             where=Event.__table__.c.status.not_in([literal_column(f"'{status}'") for status in TERMINAL]))
-DONE_COLUMNS = ("status", "reason", "attempts", "image_id", "verdict_id", "finished_at")
-
-
-def _done_row(status: str, reason: str | None, attempts: int, image_id: int | None, verdict_id: int | None,
-              now: datetime) -> dict[str, Any]:
-    """An event's columns when it ends (DONE_COLUMNS)."""
-    return {"status": status, "reason": reason, "attempts": attempts, "image_id": image_id,
-            "verdict_id": verdict_id, "finished_at": now}
 
 
 def _image_row(event: UploadEvent, result: ScreenVerdict, now: datetime) -> dict[str, Any]:
