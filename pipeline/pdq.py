@@ -1,9 +1,9 @@
 """PDQ perceptual hashes of decoded images: 256 bits as 64 hex characters, with PDQ's quality score.
 
 The hex form is the ThreatExchange one: the 256 bits in order, most significant first. Hashes are taken on
-a copy at most `max_side` pixels long (PDQ itself works on a 64 x 64 downsample, and a 1080p frame costs
-60-100 ms at full size against about 3 ms at 512 px on this CPU); every hash deepscreen stores is made the
-same way, so stored hashes compare like with like.
+a copy at most `max_side` pixels long (PDQ itself works on a 64 x 64 downsample, and with the `pdqhash`
+binding used until session 8 a 1080p frame cost 60-100 ms at full size against about 3 ms at 512 px); every
+hash deepscreen stores is made the same way, so stored hashes compare like with like.
 
 The hash is computed here, in numpy, as PDQ's reference (Meta's ThreatExchange `pdq`) defines it: luma, two
 passes of Jarosz box filters along each axis, decimation to 64 x 64, a 16 x 16 DCT from the 64 x 64, and each
