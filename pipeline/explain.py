@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
+import weakref
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import cv2
 import numpy as np
@@ -86,34 +89,105 @@ class _Tail(torch.nn.Module):
             getattr(backbone, name).zero_grad(set_to_none=True)
 
 
-def gradcam_from_features(classifier: Classifier, features: torch.Tensor) -> list[np.ndarray]:
+def gradcam_from_features(classifier: Classifier, features: torch.Tensor,
+                           lock: AbstractContextManager[object] | None = None) -> list[np.ndarray]:
     """Grad-CAM from the activations the classification forward already produced (see
-    `Classifier.fake_probability_with_features`): only the network's tail runs forward and backward, in
-    float32, so a heatmap costs a small fraction of the face's forward instead of a forward and a backward of
-    the whole network. The maps equal `gradcam`'s (a test compares them): the same Grad-CAM weights on the
-    same activations, normalised, resized to the input size and normalised again as grad-cam does.
-    """
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.image import scale_cam_image
+    `Classifier.fake_probability_with_features`), so a heatmap never costs a second forward of the network.
 
+    When the network after the Grad-CAM layer is affine (InceptionResnetV1's is: average pool, dropout,
+    linear, batch norm, linear), the fake logit's gradient with respect to the layer's activations is the same
+    for every input. Grad-CAM's channel weights, the spatial means of that gradient, are then constants: they
+    are taken once per network with grad-cam's own GradCAM, and a batch's maps are ReLU(sum_c w_c A_c), one
+    weighted sum, with no backward at all and nothing on the shared network to lock. Otherwise the tail runs
+    forward and backward under grad-cam for each batch, in float32, holding `lock` (the network is shared).
+
+    Either way the maps equal `gradcam`'s (tests compare them): the same weights on the same activations,
+    normalised, resized to the input size and normalised again as grad-cam does.
+    """
     if len(features) == 0:
         return []
     stage = classifier.split_stage
     if stage is None:
         raise ValueError(f"{classifier.meta.gradcam_layer} cannot be resumed from; use gradcam()")
+    weights = _affine_tail_weights(classifier, stage, tuple(features.shape[1:]), lock)
+    if weights is not None:
+        # summed in float64: 1,792 products, whose float32 rounding the min-max scaling below would magnify
+        activations = features.detach().to(weights.device, torch.float64)
+        small = torch.einsum("c,nchw->nhw", weights.double(), activations).clamp_(min=0).cpu().numpy()
+        small = _rescale(_rescale(small))  # grad-cam scales each layer's map, then the layers' mean
+    else:
+        with lock if lock is not None else nullcontext():
+            small = _tail_gradcam(classifier, stage, features)
+    size = classifier.meta.input_size
+    maps = _rescale(np.stack([cv2.resize(m, (size, size)) for m in small.astype(np.float32, copy=False)]))
+    return list(np.nan_to_num(maps))
+
+
+def _rescale(maps: np.ndarray) -> np.ndarray:
+    """grad-cam's `scale_cam_image` without a resize, for a whole batch of maps at once: each map minus its
+    minimum, over its new maximum (plus 1e-7)."""
+    low = maps.min(axis=(1, 2), keepdims=True)
+    shifted = (maps - low).astype(np.float32, copy=False)
+    return shifted / (1e-7 + shifted.max(axis=(1, 2), keepdims=True))
+
+
+def _tail_gradcam(classifier: Classifier, stage: str, features: torch.Tensor) -> np.ndarray:
+    """grad-cam's GradCAM on the network's tail, from `features`: its maps at the features' own size."""
+    from pytorch_grad_cam import GradCAM
+
     tail = _Tail(classifier, stage)
     inputs = features.detach().float().to(classifier.device).requires_grad_(True)
     cam = None
     try:
         cam = GradCAM(model=tail, target_layers=[tail.entry])
-        small = cam(input_tensor=inputs, targets=[_FakeLogit()] * len(inputs))
+        return cam(input_tensor=inputs, targets=[_FakeLogit()] * len(inputs))
     finally:
         if cam is not None:
             cam.activations_and_grads.release()
         tail.clear_grads()
-    size = classifier.meta.input_size
-    maps = scale_cam_image(scale_cam_image(small, (size, size)))
-    return [np.nan_to_num(m.astype(np.float32)) for m in maps]
+
+
+# Per network: the constant Grad-CAM weights of an affine tail (None: the tail is not affine), by stage and
+# activation shape. Weak keys, so a network that is let go (a model switch) takes its entry with it. A
+# network's weights are not changed after loading (screening only), so the cache never goes stale.
+_TAIL_WEIGHTS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, tuple[int, ...]], torch.Tensor | None]] = (
+    weakref.WeakKeyDictionary())
+_TAIL_WEIGHTS_LOCK = threading.Lock()
+
+
+def _affine_tail_weights(classifier: Classifier, stage: str, shape: tuple[int, ...],
+                         lock: AbstractContextManager[object] | None) -> torch.Tensor | None:
+    """The tail's Grad-CAM channel weights (C,) when they are the same for every input, else None.
+
+    grad-cam computes them at three random activation tensors of different scales and signs; a tail with any
+    active non-linearity (a ReLU, a max pool, a batch norm in training mode) gives weights that differ between
+    them, and is explained per batch instead."""
+    key = (stage, shape)
+    with _TAIL_WEIGHTS_LOCK:
+        known = _TAIL_WEIGHTS.setdefault(classifier.net, {})
+        if key in known:
+            return known[key]
+        generator = torch.Generator().manual_seed(0)
+        probes = torch.randn((3, *shape), generator=generator) * torch.tensor([0.5, 2.0, 8.0]).view(3, 1, 1, 1)
+        probes[1] = probes[1].abs()
+        with lock if lock is not None else nullcontext():
+            cam = None
+            tail = _Tail(classifier, stage)
+            try:
+                from pytorch_grad_cam import GradCAM
+
+                cam = GradCAM(model=tail, target_layers=[tail.entry])
+                cam(input_tensor=probes.to(classifier.device).requires_grad_(True), targets=[_FakeLogit()] * 3)
+                grads = cam.activations_and_grads.gradients[0].float()
+            finally:
+                if cam is not None:
+                    cam.activations_and_grads.release()
+                tail.clear_grads()
+        channel = grads.mean(dim=(2, 3))  # GradCAM.get_cam_weights: the spatial mean of the gradient
+        affine = (torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+                  and torch.allclose(grads[0], grads[2], rtol=1e-4, atol=1e-7))
+        known[key] = channel[0].to(classifier.device).contiguous() if affine else None
+        return known[key]
 
 
 def _levels(cam: np.ndarray) -> np.ndarray:

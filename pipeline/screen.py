@@ -199,7 +199,7 @@ class Screener:
         hooked = self.config.heatmaps != "none" and self.classifier.split_stage is None
         with _timed(clock, "classify"), (self._explain_lock if hooked else nullcontext()):
             self._classify(live)
-        with _timed(clock, "explain"), self._explain_lock:  # a backward through the shared network
+        with _timed(clock, "explain"):
             cams = self._explain(live)
         with _timed(clock, "encode"):
             for work in works:
@@ -279,9 +279,12 @@ class Screener:
         for start in range(0, len(chosen), step):
             part = chosen[start : start + step]
             if all(live[w].features is not None for w, _ in part):
-                maps = gradcam_from_features(self.classifier, torch.stack([live[w].features[f] for w, f in part]))
-            else:  # a network that cannot be resumed from its Grad-CAM layer: a forward and backward of its own
-                maps = gradcam(self.classifier, [live[w].crops[f] for w, f in part])
+                # no lock for an affine tail (a weighted sum of the activations); a backward otherwise
+                maps = gradcam_from_features(self.classifier, torch.stack([live[w].features[f] for w, f in part]),
+                                             lock=self._explain_lock)
+            else:  # a network that cannot be resumed from its Grad-CAM layer: a forward and backward of its own,
+                with self._explain_lock:  # with hooks on the shared network
+                    maps = gradcam(self.classifier, [live[w].crops[f] for w, f in part])
             for (w, f), cam in zip(part, maps, strict=True):
                 cams[(id(live[w]), f)] = cam
         return cams

@@ -136,6 +136,67 @@ def test_gradcam_from_features_equals_the_full_gradcam(inverted: Classifier, ast
     assert all(p.grad is None for p in inverted.net.parameters())
 
 
+def test_an_affine_tail_is_explained_by_constant_weights_without_the_lock(inverted: Classifier,
+                                                                         astronaut: np.ndarray) -> None:
+    """After block8 the network is affine, so Grad-CAM's weights are taken once and a batch is one weighted
+    sum: nothing touches the shared network, so the screening threads' lock is not taken."""
+    from pipeline.explain import _affine_tail_weights
+
+    _, features = inverted.fake_probability_with_features(_crops(astronaut))
+    assert features is not None
+    weights = _affine_tail_weights(inverted, "block8", tuple(features.shape[1:]), None)
+    assert weights is not None and weights.shape == (features.shape[1],)
+
+    class Refused:
+        def __enter__(self) -> None:
+            raise AssertionError("the lock was taken")
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    maps = gradcam_from_features(inverted, features, lock=Refused())
+    for a, b in zip(gradcam(inverted, _crops(astronaut)), maps, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-4)
+
+
+def test_a_tail_that_is_not_affine_is_explained_by_a_backward_under_the_lock(inverted: Classifier,
+                                                                             astronaut: np.ndarray) -> None:
+    """From repeat_3, the tail holds block8's convolutions and ReLUs: its weights differ per input, so each
+    batch runs the tail forward and backward under grad-cam, holding the lock, and the maps still equal a full
+    Grad-CAM pass at that layer."""
+    import dataclasses
+    import threading
+
+    from pipeline.explain import _affine_tail_weights
+
+    earlier = dataclasses.replace(inverted, meta=dataclasses.replace(inverted.meta, gradcam_layer="backbone.repeat_3"))
+    crops = _crops(astronaut)
+    _, features = earlier.fake_probability_with_features(crops)
+    assert features is not None and earlier.split_stage == "repeat_3"
+    assert _affine_tail_weights(earlier, "repeat_3", tuple(features.shape[1:]), None) is None
+    taken = []
+
+    class Counted:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def __enter__(self) -> None:
+            taken.append(1)
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    resumed = gradcam_from_features(earlier, features, lock=Counted())
+    assert taken, "the backward through the shared network held the lock"
+    full = gradcam(earlier, crops)
+    assert full[0].std() > 0.01, "a map with structure to compare"
+    for a, b in zip(full, resumed, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-4)
+    assert _hooks(earlier.net) == 0
+    assert all(p.grad is None for p in earlier.net.parameters())
+
+
 def test_gradcam_from_features_under_bf16_matches_fp32(astronaut: np.ndarray) -> None:
     """On the shipped model, with the bf16 classification forward's activations: the fp32 maps, up to rounding."""
     import dataclasses
