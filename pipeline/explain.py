@@ -113,11 +113,11 @@ def gradcam_from_features(classifier: Classifier, features: torch.Tensor,
     if weights is not None:
         # summed in float64: 1,792 products, whose float32 rounding the min-max scaling below would magnify
         activations = features.detach().to(weights.device, torch.float64)
-        small = torch.einsum("c,nchw->nhw", weights.double(), activations).clamp_(min=0).cpu().numpy()
+        small = torch.einsum("c,nchw->nhw", weights, activations).clamp_(min=0).cpu().numpy()
         small = _rescale(_rescale(small))  # grad-cam scales each layer's map, then the layers' mean
     else:
         with lock if lock is not None else nullcontext():
-            small = _tail_gradcam(classifier, stage, features)
+            small, _ = _tail_gradcam(classifier, stage, features)
     size = classifier.meta.input_size
     maps = _rescale(np.stack([cv2.resize(m, (size, size)) for m in small.astype(np.float32, copy=False)]))
     return list(np.nan_to_num(maps))
@@ -131,8 +131,9 @@ def _rescale(maps: np.ndarray) -> np.ndarray:
     return shifted / (1e-7 + shifted.max(axis=(1, 2), keepdims=True))
 
 
-def _tail_gradcam(classifier: Classifier, stage: str, features: torch.Tensor) -> np.ndarray:
-    """grad-cam's GradCAM on the network's tail, from `features`: its maps at the features' own size."""
+def _tail_gradcam(classifier: Classifier, stage: str, features: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """grad-cam's GradCAM on the network's tail, from `features`: its maps at the features' own size, and the
+    fake logit's gradients with respect to the features."""
     from pytorch_grad_cam import GradCAM
 
     tail = _Tail(classifier, stage)
@@ -140,7 +141,8 @@ def _tail_gradcam(classifier: Classifier, stage: str, features: torch.Tensor) ->
     cam = None
     try:
         cam = GradCAM(model=tail, target_layers=[tail.entry])
-        return cam(input_tensor=inputs, targets=[_FakeLogit()] * len(inputs))
+        maps = cam(input_tensor=inputs, targets=[_FakeLogit()] * len(inputs))
+        return maps, cam.activations_and_grads.gradients[0].float()
     finally:
         if cam is not None:
             cam.activations_and_grads.release()
@@ -171,22 +173,11 @@ def _affine_tail_weights(classifier: Classifier, stage: str, shape: tuple[int, .
         probes = torch.randn((3, *shape), generator=generator) * torch.tensor([0.5, 2.0, 8.0]).view(3, 1, 1, 1)
         probes[1] = probes[1].abs()
         with lock if lock is not None else nullcontext():
-            cam = None
-            tail = _Tail(classifier, stage)
-            try:
-                from pytorch_grad_cam import GradCAM
-
-                cam = GradCAM(model=tail, target_layers=[tail.entry])
-                cam(input_tensor=probes.to(classifier.device).requires_grad_(True), targets=[_FakeLogit()] * 3)
-                grads = cam.activations_and_grads.gradients[0].float()
-            finally:
-                if cam is not None:
-                    cam.activations_and_grads.release()
-                tail.clear_grads()
+            _, grads = _tail_gradcam(classifier, stage, probes)
         channel = grads.mean(dim=(2, 3))  # GradCAM.get_cam_weights: the spatial mean of the gradient
         affine = (torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
                   and torch.allclose(grads[0], grads[2], rtol=1e-4, atol=1e-7))
-        known[key] = channel[0].to(classifier.device).contiguous() if affine else None
+        known[key] = channel[0].to(classifier.device, torch.float64).contiguous() if affine else None
         return known[key]
 
 
