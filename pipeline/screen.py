@@ -119,7 +119,8 @@ class _Work:
 
 class Screener:
     """Holds the loaded models and screens batches. Build one per process; a batch's chunks run on
-    `screen_threads` threads, and Grad-CAM is serialised inside."""
+    `screen_threads` threads. Grad-CAM runs unlocked where the network after its layer is affine (a weighted
+    sum of the kept activations); a backward or hooks on the shared network are serialised by `_explain_lock`."""
 
     def __init__(self, classifier: Classifier, config: ScreenConfig, detector: FaceDetector | None = None) -> None:
         if not config.crops and detector is None:
