@@ -75,7 +75,7 @@ def test_worker_started_during_a_postgres_outage_waits_for_it(redis_url, s3_serv
                                                               tmp_path: Path) -> None:
     """A pool child that starts while Postgres is away cannot build its runtime (it registers its model there):
     its batches go back on the queue as a database outage, which never counts toward an event's attempts, and
-    are screened once Postgres is back."""
+    are screened once Postgres is back. Each child loads its model once, not again at every batch it sends back."""
     from workers.submit import submit
 
     pg = ThrowawayPostgres()
@@ -106,7 +106,9 @@ def test_worker_started_during_a_postgres_outage_waits_for_it(redis_url, s3_serv
             worker.stop()
         pg.destroy()
     assert set(statuses.values()) == {"scored"}  # MAX_ATTEMPTS=2: had the outage counted, some would be failed
-    assert "reason=batch_error" not in log.read_text()
+    text = log.read_text()
+    assert "reason=batch_error" not in text
+    assert 1 <= text.count("model loaded version=") <= 2  # one load per pool child (CONCURRENCY=2)
 
 
 def test_s3_outage_is_retried_and_no_verdict_points_at_a_missing_object(

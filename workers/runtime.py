@@ -73,11 +73,13 @@ def known_fake_memory(settings: Settings, store: Store, index_path: Path | None 
     return KnownFakeMemory(BankStore(store.engine), settings.known_fake_distance, settings.bank_refresh_s, index_path)
 
 
-def distributed_runtime(settings: Settings) -> Runtime:
+def distributed_runtime(settings: Settings, screener: Screener | None = None) -> Runtime:
+    """A worker process's runtime. `screener`, when given, is one this process already loaded (with
+    `settings.pool_child()`): the runtime's database half can fail in an outage, the model need not load again."""
     settings = settings.pool_child()
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
     store = Store.from_url(settings.database_url)
-    screener = build_screener(settings)
+    screener = screener or build_screener(settings)
     return Runtime(
         screener=screener,
         store=store,

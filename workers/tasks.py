@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from celery import signals
 from celery_batches import Batches
@@ -25,20 +26,33 @@ from workers.logs import log_context
 from workers.memory import release_free_memory
 from workers.processing import TRANSIENT_DB, Job, Outcome, Runtime, process_events
 
+if TYPE_CHECKING:
+    from pipeline.screen import Screener
+
 log = logging.getLogger(__name__)
 
 _runtime: Runtime | None = None
 _runtime_pid: int | None = None
+_screener: Screener | None = None
+_screener_pid: int | None = None
 
 
 def runtime() -> Runtime:
-    """This process's runtime, built once (the worker builds it at process start, not at import)."""
-    global _runtime, _runtime_pid
-    if _runtime is None or _runtime_pid != os.getpid():
-        from workers.runtime import distributed_runtime
+    """This process's runtime, built once (the worker builds it at process start, not at import).
 
-        _runtime = distributed_runtime(app.conf.deepscreen_settings)
-        _runtime_pid = os.getpid()
+    The model is loaded first and kept on its own: building the rest needs the database (the process registers
+    its model there), and a pool child started during an outage retries that at each batch without loading the
+    model again."""
+    global _runtime, _runtime_pid, _screener, _screener_pid
+    pid = os.getpid()
+    if _runtime is None or _runtime_pid != pid:
+        from workers.runtime import build_screener, distributed_runtime
+
+        settings = app.conf.deepscreen_settings
+        if _screener is None or _screener_pid != pid:
+            _screener, _screener_pid = build_screener(settings.pool_child()), pid
+        _runtime = distributed_runtime(settings, screener=_screener)
+        _runtime_pid = pid
         metrics.WORKER_PROCESSES.labels(_runtime.screener.model_version).set(1)
     return _runtime
 
