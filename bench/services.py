@@ -17,6 +17,7 @@ class BenchServices:
     database_url: str
     broker_url: str
     s3: Any  # tests.services.S3Server
+    broker_pid: int  # the private redis-server, for its CPU
 
 
 @contextmanager
@@ -32,7 +33,7 @@ def bench_services(prefix: str) -> Iterator[BenchServices]:
             client = s3.client()
             for bucket in ("deepscreen", "uploads"):
                 client.create_bucket(Bucket=bucket)
-            yield BenchServices(url, broker.url, s3)
+            yield BenchServices(url, broker.url, s3, broker.process.pid)
     finally:
         s3.process.terminate()
         broker.destroy()

@@ -1,0 +1,49 @@
+"""`make bench` stays runnable: both harnesses run end to end at a tiny size and report every figure.
+
+These check that the harness works and its figures are coherent, never a speed (timings belong to the
+benchmark itself, on a quiet machine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow]
+
+CROPS = 8
+
+
+def test_bench_run_reports_the_crops_and_frame_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.run import main
+
+    assert main(["--crops", str(CROPS), "--rounds", "1", "--only", "forward-chunks,scan-crops,scan",
+                 "--out", str(tmp_path)]) == 0
+    [written] = tmp_path.glob("bench-*.json")
+    results = json.loads(written.read_text())["results"]
+    assert set(results) == {"forward-chunks", "scan-crops", "scan"}
+    assert all(row["images_per_s"] > 0 for row in results.values())
+    crops = results["scan-crops"]
+    assert crops["images"] == CROPS and sum(crops["counts"].values()) == CROPS
+    assert crops["cpu_seconds"] > 0  # the timed scan's own CPU, which bench.distributed compares against
+    assert "x forward-chunks" in capsys.readouterr().out  # the ratio the --crops target is read from
+
+
+@pytest.mark.services
+def test_bench_distributed_reports_throughput_cpu_rss_and_latency(tmp_path: Path) -> None:
+    from bench.distributed import main
+
+    out = tmp_path / "distributed.json"
+    assert main(["--events", "16", "--rss-early", "8", "--rounds", "1", "--warmup", "4", "--latency-events", "4",
+                 "--json-out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["events"] == 16 and result["images_per_s"] > 0 and result["embedded_images_per_s"] > 0
+    assert result["distributed_vs_embedded"] == pytest.approx(
+        result["images_per_s"] / result["embedded_images_per_s"], rel=0.02)
+    assert len(result["parts_distributed_embedded"]) == 2  # the first --rss-early events, then one part
+    assert 0 < result["rss_mb_early"] and 0 < result["rss_mb_final"]
+    for part in ("worker", "moto", "postgres", "embedded"):  # each of these did work for every image
+        assert result[f"{part}_cpu_ms_per_image"] > 0, part
+    assert result["redis_cpu_ms_per_image"] >= 0 and result["harness_cpu_ms_per_image"] >= 0
+    assert 0 < result["latency_p50_s"] <= result["latency_p95_s"]
