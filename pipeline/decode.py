@@ -121,7 +121,7 @@ def _to_rgb(img: Image.Image, limits: DecodeLimits) -> DecodedImage:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidInput("truncated" if _is_truncation(exc) else "corrupt", str(exc)[:200]) from None
     mode = img.mode
-    img = ImageOps.exif_transpose(img) or img
+    ImageOps.exif_transpose(img, in_place=True)  # in place: without a rotation, the default returns a copy
     rgb = _convert_mode(img)
     pixels = np.asarray(rgb, dtype=np.uint8)
     if pixels.ndim != 3 or pixels.shape[2] != 3:

@@ -287,6 +287,20 @@ def test_exif_orientation_applied() -> None:
     assert decoded.pixels[35, 10, 2] > 200 and decoded.pixels[35, 10, 0] < 60
 
 
+@pytest.mark.parametrize(("fmt", "mode"), [("JPEG", "L"), ("PNG", "RGB"), ("PNG", "RGBA")])
+def test_exif_orientation_applied_in_other_formats_and_modes(fmt: str, mode: str) -> None:
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # white left half, black right half
+    image = Image.fromarray(pixels).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise to display
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    decoded = _decode(buffer.getvalue())
+    assert (decoded.width, decoded.height) == (20, 40) and decoded.pixels.shape == (40, 20, 3)
+    assert decoded.pixels[35, 10].min() > 200 and decoded.pixels[5, 10].max() < 60  # the left half is at the bottom
+
+
 def test_one_pixel() -> None:
     decoded = _decode(_encode(np.array([[[1, 2, 3]]], np.uint8), "PNG"))
     assert decoded.pixels.tolist() == [[[1, 2, 3]]]
