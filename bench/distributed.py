@@ -53,15 +53,16 @@ def rss_mb(pid: int) -> float:
     return total or float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds so far of `pid` and its live descendants (all their threads). A descendant
-    that exits in between takes its seconds with it; pool children live as long as the worker."""
+def cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """User + system CPU seconds so far of `pid` (all its threads) and, unless `descendants` is False, of its
+    live descendants. A descendant that exits in between takes its seconds with it; pool children live as
+    long as the worker."""
     total = 0
-    for member in process_tree(pid):
+    for member in process_tree(pid) if descendants else [pid]:
         try:
             with open(f"/proc/{member}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
+        except OSError:  # gone in between (FileNotFoundError, ProcessLookupError)
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
@@ -76,7 +77,7 @@ def processes_named(name: str) -> list[int]:
                 with open(f"/proc/{entry}/comm") as handle:
                     if handle.read().strip() == name:
                         out.append(int(entry))
-            except (FileNotFoundError, ProcessLookupError):
+            except OSError:  # gone in between
                 continue
     return out
 
@@ -172,7 +173,9 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
         def phase(batch: list) -> float:
             pids = {"worker": worker.process.pid, "moto": s3.process.pid, "redis": svc.broker_pid}
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            postgres = {pid: cpu_seconds(pid) for pid in processes_named("postgres")}
+            # each server process on its own (the postmaster's tree would count every backend twice); this is
+            # the whole server's CPU, the benchmark's database and anything else on it
+            postgres = {pid: cpu_seconds(pid, descendants=False) for pid in processes_named("postgres")}
             harness = os.times()
             began = time.perf_counter()
             submit(batch, celery_app=celery_app)
@@ -185,7 +188,8 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
             for name, pid in pids.items():
                 spent[name] += cpu_seconds(pid) - before[name]
             # a backend that exits in between takes its seconds with it; one that starts counts from zero
-            spent["postgres"] += sum(cpu_seconds(pid) - postgres.get(pid, 0.0) for pid in processes_named("postgres"))
+            spent["postgres"] += sum(cpu_seconds(pid, descendants=False) - postgres.get(pid, 0.0)
+                                     for pid in processes_named("postgres"))
             after = os.times()
             spent["harness"] += after.user - harness.user + after.system - harness.system
             return took
@@ -207,6 +211,7 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
         embedded_settings = Settings(torch_threads=args.threads, heatmaps=args.heatmaps, batch_size=32)
         seconds = embedded_seconds = 0.0
         split: list[tuple[float, float]] = []
+        outcomes: dict[str, int] = {}
         rss_early = rss_final = float("nan")
         for start, end in zip(bounds, bounds[1:], strict=False):
             if end <= start:
@@ -219,6 +224,8 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
                 rss_early = rss_final
             scanned = bench_scan(embedded_settings, files[start:end], crops=False)
             spent["embedded"] = spent.get("embedded", 0.0) + scanned["cpu_seconds"]  # the timed scan's alone
+            for outcome, count in scanned["counts"].items():  # how many were flagged: they cost S3 writes
+                outcomes[outcome] = outcomes.get(outcome, 0) + count
             embedded_seconds += scanned["seconds"]
             split.append(((end - start) / took, scanned["images_per_s"]))
         result: dict[str, Any] = {
@@ -232,6 +239,7 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
             **{f"{name}_cpu_ms_per_image": round(1000 * spent[name] / args.events, 1)
                for name in ("worker", "moto", "redis", "postgres", "harness")},
             "embedded_cpu_ms_per_image": round(1000 * spent.get("embedded", 0.0) / args.events, 1),
+            "outcomes": outcomes,  # verdict (or status) of each image, from the embedded scans
         }
         if latency_events:
             result.update(latency_run(engine, celery_app, latency_events, rate=0.5 * args.events / seconds))

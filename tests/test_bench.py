@@ -43,7 +43,9 @@ def test_bench_distributed_reports_throughput_cpu_rss_and_latency(tmp_path: Path
         result["images_per_s"] / result["embedded_images_per_s"], rel=0.02)
     assert len(result["parts_distributed_embedded"]) == 2  # the first --rss-early events, then one part
     assert 0 < result["rss_mb_early"] and 0 < result["rss_mb_final"]
-    for part in ("worker", "moto", "postgres", "embedded"):  # each of these did work for every image
+    for part in ("worker", "moto", "embedded"):  # each of these did milliseconds of work for every image
         assert result[f"{part}_cpu_ms_per_image"] > 0, part
-    assert result["redis_cpu_ms_per_image"] >= 0 and result["harness_cpu_ms_per_image"] >= 0
+    for part in ("postgres", "redis", "harness"):  # about a millisecond an image or less: 16 images can stay
+        assert result[f"{part}_cpu_ms_per_image"] >= 0, part  # under /proc's 10 ms clock tick
+    assert sum(result["outcomes"].values()) == 16  # every image's verdict, so the flagged share can be read
     assert 0 < result["latency_p50_s"] <= result["latency_p95_s"]

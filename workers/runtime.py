@@ -79,7 +79,8 @@ def distributed_runtime(settings: Settings, screener: Screener | None = None) ->
     settings = settings.pool_child()
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
     store = Store.from_url(settings.database_url)
-    screener = screener or build_screener(settings)
+    if screener is None:
+        screener = build_screener(settings)
     return Runtime(
         screener=screener,
         store=store,
