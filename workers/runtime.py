@@ -73,14 +73,19 @@ def known_fake_memory(settings: Settings, store: Store, index_path: Path | None 
     return KnownFakeMemory(BankStore(store.engine), settings.known_fake_distance, settings.bank_refresh_s, index_path)
 
 
+def worker_screener(settings: Settings) -> Screener:
+    """A worker process's model, with its pool child's share of the screening threads."""
+    return build_screener(settings.pool_child())
+
+
 def distributed_runtime(settings: Settings, screener: Screener | None = None) -> Runtime:
-    """A worker process's runtime. `screener`, when given, is one this process already loaded (with
-    `settings.pool_child()`): the runtime's database half can fail in an outage, the model need not load again."""
+    """A worker process's runtime. `screener`, when given, is the `worker_screener` this process already
+    loaded: the runtime's database half can fail in an outage, and the model need not load again."""
+    if screener is None:
+        screener = worker_screener(settings)
     settings = settings.pool_child()
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
     store = Store.from_url(settings.database_url)
-    if screener is None:
-        screener = build_screener(settings)
     return Runtime(
         screener=screener,
         store=store,

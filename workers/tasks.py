@@ -46,11 +46,11 @@ def runtime() -> Runtime:
     global _runtime, _runtime_pid, _screener, _screener_pid
     pid = os.getpid()
     if _runtime is None or _runtime_pid != pid:
-        from workers.runtime import build_screener, distributed_runtime
+        from workers.runtime import distributed_runtime, worker_screener
 
         settings = app.conf.deepscreen_settings
         if _screener is None or _screener_pid != pid:
-            _screener, _screener_pid = build_screener(settings.pool_child()), pid
+            _screener, _screener_pid = worker_screener(settings), pid
         _runtime = distributed_runtime(settings, screener=_screener)
         _runtime_pid = pid
         metrics.WORKER_PROCESSES.labels(_runtime.screener.model_version).set(1)
