@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline import cascade
+
 log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
@@ -46,7 +48,8 @@ def downscale(pixels: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
 
 class FaceDetector:
-    """facenet-pytorch MTCNN over a batch of images. Images of the same downscaled size share a call."""
+    """facenet-pytorch's MTCNN networks over a batch of images, run by `pipeline.cascade` (facenet-pytorch's
+    boxes, with its resampling read from one integral image). Images of the same downscaled size share a call."""
 
     def __init__(self, config: DetectorConfig = DetectorConfig(), device: str | torch.device = "cpu") -> None:
         from facenet_pytorch import MTCNN  # heavy import kept off module import
@@ -92,21 +95,18 @@ class FaceDetector:
         smalls = [small for _, small, _ in chunk]
         if min(min(s.shape[:2]) for s in smalls) < 12:
             return  # below MTCNN's smallest window: no face can be found
+        mtcnn = self._mtcnn
         with torch.inference_mode():
-            batch = np.stack(smalls) if len(smalls) > 1 else smalls[0]
-            boxes, probs = self._mtcnn.detect(batch)
-        if len(smalls) == 1:
-            boxes, probs = [boxes], [probs]
-        for (index, _, factor), image_boxes, image_probs in zip(chunk, boxes, probs, strict=True):
-            results[index] = self._faces(image_boxes, image_probs, factor, images[index].shape)
+            found = cascade.detect(np.stack(smalls), mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.min_face_size,
+                                   self.config.thresholds, mtcnn.factor)
+        for (index, _, factor), (boxes, probs) in zip(chunk, found, strict=True):
+            results[index] = self._faces(boxes, probs, factor, images[index].shape)
 
-    def _faces(self, boxes: np.ndarray | None, probs, factor: float, shape: tuple[int, ...]) -> list[Face]:
-        if boxes is None:
-            return []
+    def _faces(self, boxes: np.ndarray, probs: np.ndarray, factor: float, shape: tuple[int, ...]) -> list[Face]:
         height, width = shape[:2]
         faces = []
         for box, prob in zip(boxes, probs, strict=True):
-            if prob is None or float(prob) < self.config.min_probability:
+            if float(prob) < self.config.min_probability:
                 continue
             x1, y1, x2, y2 = (float(v) * factor for v in box)
             x1, y1 = max(0.0, x1), max(0.0, y1)

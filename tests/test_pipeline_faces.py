@@ -207,3 +207,85 @@ def test_every_face_is_kept_three_faces_give_three_boxes(detector, astronaut) ->
     assert len(found) == 3
     centres = sorted((f.box[0] + f.box[2]) / 2 for f in found)
     assert centres[0] < 300 < centres[1] < 600 < centres[2]
+
+
+# -- the cascade: facenet-pytorch's results, resampling from one integral image --------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 57, 91, 3), (3, 64, 48, 3), (2, 405, 720, 3)])
+def test_integral_resize_is_torch_area_interpolation_bit_for_bit(shape: tuple[int, ...]) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.cascade import Integral
+
+    images = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    reference = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    integral = Integral(images)
+    height, width = shape[1:3]
+    # not 1 x 1: torch takes that as a plain mean, a different sum order (the cascade's sizes are >= 12 px)
+    for size in [(height, width), (int(height * 0.6 + 1), int(width * 0.6 + 1)), (13, 12), (2, 3), (height + 5, 7)]:
+        got = integral.resize(size)
+        assert got.dtype == torch.float32 and got.shape == (shape[0], 3, *size)
+        assert torch.equal(got, F.interpolate(reference, size=size, mode="area")), size
+
+
+@pytest.mark.parametrize("side", [24, 48])
+def test_integral_crops_are_torch_area_interpolation_of_each_box_bit_for_bit(side: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.cascade import Integral
+
+    rng = np.random.default_rng(side)
+    images = rng.integers(0, 256, (3, 120, 200, 3), dtype=np.uint8)
+    reference = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    # random boxes, plus a one-pixel box, a whole image and boxes on the far edges
+    y0 = np.concatenate([rng.integers(0, 119, 40), [5, 0, 119, 0]])
+    x0 = np.concatenate([rng.integers(0, 199, 40), [7, 0, 0, 199]])
+    y1 = np.minimum(120, y0 + np.concatenate([rng.integers(1, 150, 40), [1, 120, 1, 120]]))
+    x1 = np.minimum(200, x0 + np.concatenate([rng.integers(1, 150, 40), [1, 200, 200, 1]]))
+    owners = torch.from_numpy(rng.integers(0, 3, len(y0)))
+    got = Integral(images).crops(owners, y0, y1, x0, x1, side)
+    expected = torch.cat([F.interpolate(reference[n : n + 1, :, a:b, c:d], size=(side, side), mode="area")
+                          for n, a, b, c, d in zip(owners.tolist(), y0, y1, x0, x1, strict=True)])
+    assert torch.equal(got, expected)
+
+
+def test_integral_refuses_anything_but_a_uint8_batch() -> None:
+    from pipeline.cascade import Integral
+
+    with pytest.raises(ValueError, match="uint8"):
+        Integral(np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        Integral(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_cascade_returns_facenet_pytorchs_boxes_and_probabilities(detector: FaceDetector,
+                                                                    astronaut: np.ndarray) -> None:
+    """Bit-identical to facenet-pytorch's own `MTCNN.detect` (same networks): one face, three faces, a batch
+    of two, and an image with none."""
+    import torch
+
+    from pipeline import cascade
+
+    mtcnn = detector._mtcnn
+    face = astronaut[0:300, 100:400]
+    three = np.ascontiguousarray(np.concatenate([face, face[:, ::-1], face], axis=1))
+    flipped = np.ascontiguousarray(astronaut[:, ::-1])
+    batches = [[astronaut], [three], [astronaut, flipped], [np.full((200, 260, 3), 90, np.uint8)]]
+    found_faces = 0
+    for batch in batches:
+        with torch.inference_mode():
+            boxes, probs = mtcnn.detect(np.stack(batch))
+            ours = cascade.detect(np.stack(batch), mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.min_face_size,
+                                  tuple(mtcnn.thresholds), mtcnn.factor)
+        assert len(ours) == len(batch)
+        for (got_boxes, got_probs), want_boxes, want_probs in zip(ours, boxes, probs, strict=True):
+            if want_boxes is None:
+                assert got_boxes.shape == (0, 4) and got_probs.shape == (0,)
+                continue
+            assert np.array_equal(got_boxes, want_boxes)
+            assert np.array_equal(got_probs, np.asarray(want_probs, dtype=np.float32))
+            found_faces += len(got_boxes)
+    assert found_faces >= 1 + 3 + 2
