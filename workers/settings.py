@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 60.0
     malloc_arena_max: int = 2  # glibc malloc arenas per worker process (0: glibc's default); see workers/memory.py
-    malloc_trim: bool = True  # hand freed heap back to the system after each batch
+    malloc_trim: bool = True  # hand freed heap back to the system when the worker goes idle (workers/memory.py)
+    malloc_trim_interval_s: float = 30.0  # and after a batch at most this often under load (0: every batch)
     # A prefork pool of two processes, each screening on one of SCREEN_THREADS (measured: about 8-15% more
     # images/s than one `solo` process screening on two threads, whose threads queue for Python's lock while
     # it fetches and writes). One process per GPU on a GPU host: DEEPSCREEN_CONCURRENCY=1.

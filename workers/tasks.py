@@ -23,7 +23,7 @@ from workers.app import (
     enqueue,
 )
 from workers.logs import log_context
-from workers.memory import release_free_memory
+from workers.memory import HeapTrimmer
 from workers.processing import TRANSIENT_DB, Job, Outcome, Runtime, process_events
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ heartbeat.connect_signals()
 
 
 settings = app.conf.deepscreen_settings
+_trimmer = HeapTrimmer(settings.malloc_trim_interval_s) if settings.malloc_trim else None
 
 
 @app.task(
@@ -86,10 +87,12 @@ def screen(requests) -> None:  # noqa: ANN001 - celery-batches SimpleRequest lis
     # nothing may escape: each event is either saved, re-queued, dead-lettered, or (a malformed message that
     # has no event to record) logged.
     try:
+        if _trimmer is not None:
+            _trimmer.batch_started()
         with log_context(batch_id=requests[0].id if requests else None, model_version=_model_version()):
             _screen(requests)
-        if app.conf.deepscreen_settings.malloc_trim:
-            release_free_memory()
+        if _trimmer is not None:
+            _trimmer.batch_finished()
     except Exception:  # noqa: BLE001
         log.critical("batch handling failed outside the per-event paths; exiting so the broker redelivers",
                      exc_info=True)
