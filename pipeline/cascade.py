@@ -4,9 +4,11 @@ facenet-pytorch's `detect_face` resamples with torch's area interpolation: the w
 scale (about ten passes over every pixel), then every candidate box on its own (one call per box, about a
 hundred an image). Here each batch gets one summed-area table, and every one of those resamplings becomes a
 few gathers from it. The windows are torch's adaptive-pooling windows, the sums of 8-bit pixels are exact
-integers, and each mean is taken as torch takes it (sum / window height / window width, in float32), so the
-networks see bit-identical inputs and the cascade returns facenet-pytorch's boxes and probabilities
-(`tests/test_pipeline_faces.py` checks this against `MTCNN.detect`). A window must cover under 2**24 / 255
+integers, and each mean is taken as torch's CPU kernel takes it (sum / window height / window width, in
+float32), so on CPU the networks see bit-identical inputs and the cascade returns facenet-pytorch's boxes and
+probabilities (`tests/test_pipeline_faces.py` checks this against `MTCNN.detect`). On CUDA torch's kernel
+multiplies by the reciprocal of the window's area instead, so its means and these can differ by one float32
+rounding step; no GPU was at hand to measure what that does to the boxes. A window must cover under 2**24 / 255
 (about 65,800) pixels for its float32 sum to be exact in torch too (at the detector's sizes, a few thousand),
 and the output must not be 1 x 1, which torch takes as a plain mean (the cascade's are 12 px and more).
 
@@ -17,8 +19,10 @@ resampler from a module global, so the only other way in is patching the library
 benchmark's seed-style baseline runs facenet-pytorch's MTCNN as shipped). Measured on one torch thread:
 detection of a 320 px image 32 -> 27.5 ms, of a 1080p frame's 720 px copy 60 -> 45 ms; `deepscreen scan` on
 1080p frames 6-13% more images/s (three alternations). The bit-for-bit test against `MTCNN.detect` keeps it honest.
-One difference: a candidate box wholly outside the image is dropped together with its score, where
-`detect_face` dropped only its crop and misaligned the boxes after it.
+Two differences, both where `detect_face` raised: a candidate box wholly outside the image is dropped with
+its score (`detect_face` dropped only its crop, and then failed on boxes and scores of different lengths), and
+an image too small for the smallest face (short side under `min_face_size`) has no faces rather than an
+empty pyramid.
 """
 
 from __future__ import annotations
@@ -151,6 +155,8 @@ def detect(images: np.ndarray, pnet: torch.nn.Module, rnet: torch.nn.Module, one
         scales.append(scale)
         scale *= factor
         side *= factor
+    if not scales:  # the image is smaller than the smallest face looked for
+        return [(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)) for _ in range(count)]
 
     # Stage 1: PNet over the pyramid; NMS within each scale and image, then within each image
     proposals, proposal_inds = [], []

@@ -70,15 +70,18 @@ def test_no_idle_trim_while_a_batch_runs() -> None:
 def test_the_watcher_thread_trims_an_idle_process() -> None:
     trims: list[float] = []
     trimmer = HeapTrimmer(3600.0, idle_s=0.05, trim=lambda: trims.append(time.monotonic()))
-    trimmer.batch_started()
-    trimmer.batch_finished()
-    ended = time.monotonic()
-    deadline = ended + 5.0
-    while not trims and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(trims) == 1 and trims[0] - ended >= 0.05
-    time.sleep(0.2)
-    assert len(trims) == 1  # once per idle spell
+    try:
+        trimmer.batch_started()
+        ended = time.monotonic()  # before the batch's recorded end, so the idle wait is measured from no later
+        trimmer.batch_finished()
+        deadline = ended + 5.0
+        while not trims and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(trims) == 1 and trims[0] - ended >= 0.05
+        time.sleep(0.2)
+        assert len(trims) == 1  # once per idle spell
+    finally:
+        trimmer.stop()
 
 
 def test_release_free_memory_runs_here() -> None:

@@ -273,7 +273,10 @@ def test_cascade_returns_facenet_pytorchs_boxes_and_probabilities(detector: Face
     face = astronaut[0:300, 100:400]
     three = np.ascontiguousarray(np.concatenate([face, face[:, ::-1], face], axis=1))
     flipped = np.ascontiguousarray(astronaut[:, ::-1])
-    batches = [[astronaut], [three], [astronaut, flipped], [np.full((200, 260, 3), 90, np.uint8)]]
+    cut = np.ascontiguousarray(astronaut[100:, 150:])  # the face cut by the top and left edges
+    noise = np.random.default_rng(5).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    batches = [[astronaut], [three], [astronaut, flipped], [np.full((200, 260, 3), 90, np.uint8)],
+               [astronaut, np.zeros_like(astronaut)], [cut], [noise]]
     found_faces = 0
     for batch in batches:
         with torch.inference_mode():
@@ -289,3 +292,30 @@ def test_cascade_returns_facenet_pytorchs_boxes_and_probabilities(detector: Face
             assert np.array_equal(got_probs, np.asarray(want_probs, dtype=np.float32))
             found_faces += len(got_boxes)
     assert found_faces >= 1 + 3 + 2
+
+
+def test_an_image_smaller_than_the_smallest_face_has_none(detector: FaceDetector, astronaut: np.ndarray) -> None:
+    """Short side between MTCNN's 12 px window and the 20 px smallest face: an empty pyramid, not an error."""
+    strip = np.ascontiguousarray(astronaut[200:216])
+    assert detector.detect([strip, strip]) == [[], []]
+
+
+def test_a_candidate_wholly_outside_the_image_is_dropped_with_its_score() -> None:
+    """facenet-pytorch dropped only the crop and then failed on boxes and scores of different lengths."""
+    import torch
+
+    from pipeline.cascade import Integral, _refine
+
+    class Scores(torch.nn.Module):  # RNet's outputs: offsets, then (not-face, face) probabilities
+        def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            face = crops.mean(dim=(1, 2, 3)).sigmoid()
+            return torch.full((len(crops), 4), 0.01), torch.stack([1 - face, face], dim=1)
+
+    images = np.full((2, 60, 80, 3), 255, np.uint8)
+    boxes = torch.tensor([[10.0, 10, 40, 40, 0.9], [200, 10, 230, 40, 0.9], [5, 5, 30, 30, 0.8]])
+    owners = torch.tensor([0, 0, 1])
+    kept, kept_owners, offsets = _refine(Integral(images), boxes, owners, Scores(), 24, 0.5)
+    assert kept[:, :4].tolist() == [[10.0, 10, 40, 40], [5, 5, 30, 30]]
+    assert kept_owners.tolist() == [0, 1]
+    assert offsets.shape == (2, 4)
+    assert torch.all(kept[:, 4] > 0.5)

@@ -89,10 +89,12 @@ def screen(requests) -> None:  # noqa: ANN001 - celery-batches SimpleRequest lis
     try:
         if _trimmer is not None:
             _trimmer.batch_started()
-        with log_context(batch_id=requests[0].id if requests else None, model_version=_model_version()):
-            _screen(requests)
-        if _trimmer is not None:
-            _trimmer.batch_finished()
+        try:
+            with log_context(batch_id=requests[0].id if requests else None, model_version=_model_version()):
+                _screen(requests)
+        finally:
+            if _trimmer is not None:
+                _trimmer.batch_finished()
     except Exception:  # noqa: BLE001
         log.critical("batch handling failed outside the per-event paths; exiting so the broker redelivers",
                      exc_info=True)
