@@ -27,15 +27,10 @@ empty pyramid.
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 import torch
-from facenet_pytorch.models.utils.detect_face import (
-    batched_nms_numpy,
-    bbreg,
-    generateBoundingBox,
-    pad,
-    rerec,
-)
 from torchvision.ops.boxes import batched_nms
 
 _NETWORK_BATCH = 512  # candidate crops per RNet/ONet call, as facenet-pytorch runs them
@@ -112,6 +107,14 @@ def _means(sums: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> t
     return sums.to(torch.float32).div_(heights.to(torch.float32)).div_(widths.to(torch.float32))
 
 
+def _facenet() -> ModuleType:
+    """facenet-pytorch's `detect_face` helpers. Imported on first use: the package's import pulls in `requests`
+    (its weight downloads), which importing `pipeline` must not (tests/test_layering.py)."""
+    from facenet_pytorch.models.utils import detect_face
+
+    return detect_face
+
+
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - 127.5) * 0.0078125
 
@@ -125,7 +128,7 @@ def _refine(integral: Integral, boxes: torch.Tensor, image_inds: torch.Tensor, n
             threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One refinement stage: crop every candidate, score it with `net`, keep those over `threshold`.
     Returns the kept boxes (x1, y1, x2, y2, score), their image indices and their regression offsets."""
-    y, ey, x, ex = pad(boxes, integral.width, integral.height)
+    y, ey, x, ex = _facenet().pad(boxes, integral.width, integral.height)
     inside = (ey > y - 1) & (ex > x - 1)
     if not inside.all():
         keep = torch.from_numpy(np.flatnonzero(inside)).to(boxes.device)
@@ -146,6 +149,7 @@ def detect(images: np.ndarray, pnet: torch.nn.Module, rnet: torch.nn.Module, one
            ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Faces in a batch of same-size 8-bit RGB images (N, H, W, 3): per image, boxes (n, 4) as x1, y1, x2, y2
     and their probabilities (n,), most confident first within facenet-pytorch's final NMS order."""
+    facenet = _facenet()
     count, height, width = images.shape[:3]
     integral = Integral(np.ascontiguousarray(images), next(pnet.parameters()).device)
     scale = 12.0 / min_face_size
@@ -163,7 +167,7 @@ def detect(images: np.ndarray, pnet: torch.nn.Module, rnet: torch.nn.Module, one
     for scale in scales:
         pixels = _normalise(integral.resize((int(height * scale + 1), int(width * scale + 1))))
         reg, probs = pnet(pixels)
-        found, inds = generateBoundingBox(reg, probs[:, 1], scale, thresholds[0])
+        found, inds = facenet.generateBoundingBox(reg, probs[:, 1], scale, thresholds[0])
         pick = batched_nms(found[:, :4], found[:, 4], inds, 0.5)
         proposals.append(found[pick])
         proposal_inds.append(inds[pick])
@@ -174,20 +178,20 @@ def detect(images: np.ndarray, pnet: torch.nn.Module, rnet: torch.nn.Module, one
     boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * widths, boxes[:, 1] + boxes[:, 6] * heights,
                          boxes[:, 2] + boxes[:, 7] * widths, boxes[:, 3] + boxes[:, 8] * heights,
                          boxes[:, 4]], dim=1)
-    boxes = rerec(boxes)
+    boxes = facenet.rerec(boxes)
 
     # Stage 2: RNet on 24 px crops
     if len(boxes):
         boxes, image_inds, offsets = _refine(integral, boxes, image_inds, rnet, 24, thresholds[1])
         pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-        boxes = rerec(bbreg(boxes[pick], offsets[pick]))
+        boxes = facenet.rerec(facenet.bbreg(boxes[pick], offsets[pick]))
         image_inds = image_inds[pick]
 
     # Stage 3: ONet on 48 px crops; final NMS by the smaller box's area
     if len(boxes):
         boxes, image_inds, offsets = _refine(integral, boxes, image_inds, onet, 48, thresholds[2])
-        boxes = bbreg(boxes, offsets)
-        pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
+        boxes = facenet.bbreg(boxes, offsets)
+        pick = facenet.batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
         boxes, image_inds = boxes[pick], image_inds[pick]
 
     found = boxes.cpu().numpy()

@@ -91,7 +91,7 @@ class HeapTrimmer:
             self._trim()
             return True
 
-    def _trim(self) -> None:  # with the lock held: a batch that starts meanwhile waits a few milliseconds
+    def _trim(self) -> None:  # with the lock held: a batch that starts meanwhile waits for the trim to end
         self._trim_now()
         self._dirty = False
         self._last_trim = self._clock()
