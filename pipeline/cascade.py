@@ -149,9 +149,7 @@ def detect(images: np.ndarray, pnet: torch.nn.Module, rnet: torch.nn.Module, one
            ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Faces in a batch of same-size 8-bit RGB images (N, H, W, 3): per image, boxes (n, 4) as x1, y1, x2, y2
     and their probabilities (n,), most confident first within facenet-pytorch's final NMS order."""
-    facenet = _facenet()
     count, height, width = images.shape[:3]
-    integral = Integral(np.ascontiguousarray(images), next(pnet.parameters()).device)
     scale = 12.0 / min_face_size
     side = min(height, width) * scale
     scales = []
@@ -159,8 +157,10 @@ def detect(images: np.ndarray, pnet: torch.nn.Module, rnet: torch.nn.Module, one
         scales.append(scale)
         scale *= factor
         side *= factor
-    if not scales:  # the image is smaller than the smallest face looked for
+    if not scales:  # the image is smaller than the smallest face looked for (or PNet's 12 px window)
         return [(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)) for _ in range(count)]
+    facenet = _facenet()
+    integral = Integral(np.ascontiguousarray(images), next(pnet.parameters()).device)
 
     # Stage 1: PNet over the pyramid; NMS within each scale and image, then within each image
     proposals, proposal_inds = [], []

@@ -93,8 +93,6 @@ class FaceDetector:
         results: list[list[Face]],
     ) -> None:
         smalls = [small for _, small, _ in chunk]
-        if min(min(s.shape[:2]) for s in smalls) < 12:
-            return  # below MTCNN's smallest window: no face can be found
         mtcnn = self._mtcnn
         with torch.inference_mode():
             found = cascade.detect(np.stack(smalls), mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.min_face_size,

@@ -86,3 +86,17 @@ def test_the_watcher_thread_trims_an_idle_process() -> None:
 
 def test_release_free_memory_runs_here() -> None:
     release_free_memory()  # glibc's malloc_trim on this machine; a no-op where there is none
+
+
+def test_batch_context_brackets_a_batch_even_when_it_raises() -> None:
+    trimmer, clock, trims = _trimmer(30.0)
+    try:
+        with trimmer.batch():
+            clock.now += 5.0
+            assert not trimmer.trim_if_idle()  # running: never trimmed from under it
+            raise RuntimeError("the batch failed")
+    except RuntimeError:
+        pass
+    clock.now += 1.0
+    assert trimmer.trim_if_idle()  # the batch's end was recorded: idle, and there is memory to hand back
+    assert trims == [1006.0]

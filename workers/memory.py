@@ -15,7 +15,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,15 @@ class HeapTrimmer:
         self._watcher_pid: int | None = None
         self._stopped = threading.Event()
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Around one batch: no idle trim while it runs; its end may trim (the interval)."""
+        self.batch_started()
+        try:
+            yield
+        finally:
+            self.batch_finished()
+
     def batch_started(self) -> None:
         with self._lock:
             self._busy += 1
@@ -97,9 +107,10 @@ class HeapTrimmer:
         self._last_trim = self._clock()
 
     def _ensure_watcher(self) -> None:
-        """One watcher thread per process (a forked pool child inherits the object, not the thread)."""
+        """One watcher thread per process (a forked pool child inherits the object, not the thread); none when
+        every batch trims (`interval_s` 0), which leaves nothing for it to do."""
         pid = os.getpid()
-        if self._watcher_pid == pid:
+        if self._watcher_pid == pid or self.interval_s <= 0:
             return
         self._watcher_pid = pid
         try:

@@ -64,8 +64,10 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 60.0
     malloc_arena_max: int = 2  # glibc malloc arenas per worker process (0: glibc's default); see workers/memory.py
-    malloc_trim: bool = True  # hand freed heap back to the system when the worker goes idle (workers/memory.py)
-    malloc_trim_interval_s: float = 30.0  # and after a batch at most this often under load (0: every batch)
+    malloc_trim: bool = True  # hand freed heap back to the system (workers/memory.py)
+    # 0: after every batch. Above 0: when a worker process goes idle, and after a batch at most this often;
+    # 3-5% more images/s, but not the default while a kill -9 chaos run that lost an event with it is unexplained
+    malloc_trim_interval_s: float = 0.0
     # A prefork pool of two processes, each screening on one of SCREEN_THREADS (measured: about 8-15% more
     # images/s than one `solo` process screening on two threads, whose threads queue for Python's lock while
     # it fetches and writes). One process per GPU on a GPU host: DEEPSCREEN_CONCURRENCY=1.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from celery import signals
@@ -87,14 +88,9 @@ def screen(requests) -> None:  # noqa: ANN001 - celery-batches SimpleRequest lis
     # nothing may escape: each event is either saved, re-queued, dead-lettered, or (a malformed message that
     # has no event to record) logged.
     try:
-        if _trimmer is not None:
-            _trimmer.batch_started()
-        try:
-            with log_context(batch_id=requests[0].id if requests else None, model_version=_model_version()):
-                _screen(requests)
-        finally:
-            if _trimmer is not None:
-                _trimmer.batch_finished()
+        with (_trimmer.batch() if _trimmer is not None else nullcontext(),
+              log_context(batch_id=requests[0].id if requests else None, model_version=_model_version())):
+            _screen(requests)
     except Exception:  # noqa: BLE001
         log.critical("batch handling failed outside the per-event paths; exiting so the broker redelivers",
                      exc_info=True)
