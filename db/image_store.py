@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import sessionmaker
 
 from db.review_store import aware, face_dict, item_dict, now_utc
@@ -58,11 +58,6 @@ class ImageStore:
             return {"event_id": row.event_id, "status": row.status, "reason": row.reason, "source": row.source,
                     "image_id": row.image_id, "verdict_id": row.verdict_id,
                     "received_at": aware(row.received_at), "finished_at": aware(row.finished_at)}
-
-    def forget_queued(self, event_ids: list[str]) -> None:
-        """Events recorded but never enqueued (the broker was down): remove them so a retry queues them."""
-        with self.sessions.begin() as session:
-            session.execute(delete(Event).where(Event.event_id.in_(event_ids), Event.status == "queued"))
 
     def latest_verdict_id(self) -> int:
         with self.sessions() as session:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, create_engine, event, func, literal_column, select, update
+from sqlalchemy import Engine, case, create_engine, delete, event, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
@@ -103,6 +103,11 @@ class Store:
             stmt = self._insert(Event).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
             result = session.execute(stmt.returning(Event.event_id))
             return [r[0] for r in result]
+
+    def forget_queued(self, event_ids: list[str]) -> None:
+        """Events recorded but never enqueued (the broker was down): remove them so a retry queues them."""
+        with self.sessions.begin() as session:
+            session.execute(delete(Event).where(Event.event_id.in_(event_ids), Event.status == "queued"))
 
     def count_deliveries(self, deliveries: Sequence[tuple[UploadEvent, int]]) -> dict[str, int]:
         """Record that screening begins for each (event, attempt) message; return how often it has now begun

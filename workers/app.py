@@ -1,7 +1,11 @@
 """The Celery app and its settings, configured the way Celery's docs prescribe for long ML tasks.
 
 - acks_late + task_reject_on_worker_lost: a message is acknowledged only after its verdict is committed;
-  a worker killed mid-batch leaves it unacknowledged and Redis redelivers it after `visibility_timeout`.
+  a worker killed mid-batch leaves it unacknowledged and Redis redelivers it after `visibility_timeout`
+  (and at most 10 s more: the restore scan is not throttled).
+- kombu's Redis transport pops a message (BRPOP) and records it as unacknowledged in a second command, so a
+  worker killed between the two loses that message from Redis. The event's `queued` row, written by every
+  producer before it enqueues (workers/submit.py), is what the stuck-event sweeper re-sends.
 - Micro-batches need the messages reserved: the prefetch is twice the batch size per process (not 1),
   because a worker can only batch what it holds, and the next batch fills while one runs. With acks_late, reserved-but-unprocessed messages are redelivered
   if the worker dies, so the larger prefetch costs nothing in safety (tests/test_distributed.py).
@@ -50,6 +54,10 @@ def create_app(settings: Settings) -> Celery:
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
             "queue_order_strategy": "priority",
+            # kombu looks for messages whose worker died every `unacked_restore_interval` (10 s), but scans only
+            # one call in `unacked_restore_throttle` (10 by default): a killed worker's messages would come back
+            # up to 100 s after their visibility timeout. The scan is one ZRANGE on a small index.
+            "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(CONTROL_QUEUE), Queue(UPLOAD_QUEUE), Queue(RESCAN_QUEUE)],

@@ -96,14 +96,16 @@ def _short(path: str) -> str:
 
 # -- submit ----------------------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
+    from db.store import Store
     from pipeline.errors import InvalidEvent
     from workers.embedded import expand_paths
     from workers.storage import s3_client
-    from workers.submit import local_events, s3_prefix_events, submit
+    from workers.submit import QueueUnavailable, local_events, parse_events, s3_prefix_events, submit
 
     settings = _settings(args)
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
     events = []
+    store = None
     try:
         if args.events:
             events.extend(_read_event_file(args.events))
@@ -118,18 +120,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             bucket = args.bucket or settings.upload_bucket
             events.extend(local_events(client, bucket, expand_paths(local), args.source, args.priority))
-        ids = submit(events)
+        # recorded as `queued` before they are queued, so a message Redis loses is re-sent by the sweeper
+        events = parse_events(events)
+        store = Store.from_url(settings.database_url)
+        ids = submit(events, store=store)
     except InvalidEvent as exc:
         print(f"deepscreen submit: invalid event: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except QueueUnavailable as exc:
+        print(f"deepscreen submit: {exc} ({len(exc.queued)} queued; run it again for the rest)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except Exception as exc:  # noqa: BLE001 - a CLI reports service trouble as an exit code
         print(f"deepscreen submit: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    finally:
+        if store is not None:
+            store.engine.dispose()
+    again = len({e.event_id for e in events}) - len(ids)
     if args.json:
         for event_id in ids:
             print(json.dumps({"event_id": event_id}))
     else:
-        print(f"submitted {len(ids)} events")
+        print(f"submitted {len(ids)} events" + (f" ({again} submitted before, not queued again)" if again else ""))
     return EXIT_OK
 
 
@@ -332,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="enqueue upload events for the workers",
                        description="Enqueue events: local files (uploaded to the upload bucket with --upload), "
-                       "every object under s3://bucket/prefix, or JSON events from a file (--events).")
+                       "every object under s3://bucket/prefix, or JSON events from a file (--events). Each event "
+                       "is recorded in the database ($DEEPSCREEN_DATABASE_URL) as queued first, as the API does, "
+                       "so one the broker loses is sent again by the stuck-event sweeper; an event id recorded "
+                       "before is not queued again.")
     p.add_argument("targets", nargs="*", help="local files/folders or s3://bucket/prefix")
     p.add_argument("--events", help="a file of JSON events (one per line, a JSON list, or an S3 notification); - for stdin")
     p.add_argument("--upload", action="store_true", help="upload local files to the upload bucket first")

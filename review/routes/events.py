@@ -9,18 +9,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.errors import InvalidEvent
-from pipeline.events import UploadEvent, parse_payload
+from pipeline.events import parse_payload
 from review.auth import Ingest
 from review.context import ReviewContext
 from review.schemas import Error, EventsAccepted
-from workers.app import enqueue
+from workers.submit import QueueUnavailable, record_and_enqueue
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["ingest"])
-
-
-class QueueUnavailable(Exception):
-    pass
 
 
 @router.post("/events", status_code=202, response_model=EventsAccepted,
@@ -48,28 +44,10 @@ async def post_events(request: Request, principal: Ingest) -> JSONResponse:
     if ctx.celery_app is None:
         return JSONResponse({"error": "no_queue", "detail": "this server has no queue"}, status_code=503)
     try:
-        accepted = await run_in_threadpool(_record_and_enqueue, ctx, events)
+        accepted = await run_in_threadpool(record_and_enqueue, ctx.store, ctx.celery_app, events)
     except QueueUnavailable:
         return JSONResponse({"error": "queue_unavailable"}, status_code=503)
     fresh = set(accepted)
     duplicates = sorted({e.event_id for e in events} - fresh)
     log.info("events accepted=%d duplicates=%d by=%s", len(accepted), len(duplicates), principal.name)
     return JSONResponse({"accepted": accepted, "duplicates": duplicates}, status_code=202)
-
-
-def _record_and_enqueue(ctx: ReviewContext, events: list[UploadEvent]) -> list[str]:
-    unique = list({e.event_id: e for e in events}.values())
-    fresh = set(ctx.store.record_events(unique))
-    queued: list[str] = []
-    try:
-        for event in unique:
-            if event.event_id in fresh:
-                enqueue(ctx.celery_app, event.model_dump(mode="json"), event.priority)
-                queued.append(event.event_id)
-                log.info("queued event_id=%s source=%s priority=%s", event.event_id, event.source, event.priority)
-    except Exception as exc:  # noqa: BLE001 - the broker is down: unrecord the rest so the producer's retry queues them
-        log.error("enqueue failed error=%s; %d events left for the producer to retry", type(exc).__name__,
-                  len(fresh) - len(queued))
-        ctx.images.forget_queued(sorted(fresh - set(queued)))
-        raise QueueUnavailable() from exc
-    return queued
