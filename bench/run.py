@@ -33,6 +33,19 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (the machine behind these figures changes between sessions), or the platform's."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def crop_files(limit: int) -> list[Path]:
     """Face crops: the DFDC test split when present, else generated crops of a real face."""
     root = SHARED / "dfdc-faces"
@@ -187,12 +200,14 @@ def _scan_once(settings, files: list[Path], crops: bool) -> dict[str, Any]:  # n
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.model import cpu_has_bf16_units, resolve_device, resolve_precision
     from workers.settings import Settings
 
     parser = argparse.ArgumentParser(prog="bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--crops", type=int, default=1000, help="number of face crops (default 1000)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: settings)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="the classifier's autocast (default: settings, auto)")
     parser.add_argument("--only", default="seed,forward,forward-all,forward-chunks,scan-crops,scan-crops-none,scan,scan-all,scan-none",
                         help="comma-separated rows to run")
     parser.add_argument("--rounds", type=int, default=3,
@@ -251,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "model_dir": str(settings.model_dir),
             "torch_threads": settings.torch_threads, "screen_threads": settings.screen_threads,
             "overlap_chunk": settings.overlap_chunk, "crops_chunk": settings.crops_chunk,
-            "precision": settings.precision, "decode_threads": settings.decode_threads,
+            "precision": resolve_precision(settings.precision, resolve_device(settings.device)),
+            "cpu": cpu_name(), "cpu_bf16_units": cpu_has_bf16_units(), "decode_threads": settings.decode_threads,
             "batch_size": settings.batch_size, "detect_max_side": settings.detect_max_side,
             "python": sys.version.split()[0]}
     print_table(results, meta)
@@ -266,6 +282,7 @@ def print_table(results: dict[str, Any], meta: dict[str, Any]) -> None:
     print(f"\n{meta['date']}  torch_threads={meta['torch_threads']} screen_threads={meta['screen_threads']} "
           f"overlap_chunk={meta['overlap_chunk']} crops_chunk={meta['crops_chunk']} precision={meta['precision']} "
           f"batch={meta['batch_size']} detect_max_side={meta['detect_max_side']}")
+    print(f"cpu: {meta['cpu']} (bf16 units: {'yes' if meta['cpu_bf16_units'] else 'no'})")
     print(f"{'row':<15} {'images':>7} {'seconds':>8} {'images/s':>9}  ratio")
     speed = {name: row["images_per_s"] for name, row in results.items()}
     against = {"scan-crops": "forward", "scan-crops-none": "forward", "scan": "seed", "scan-all": "seed",

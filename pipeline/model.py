@@ -281,12 +281,36 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX-512 BF16). Without them oneDNN converts every
+    bf16 operand to fp32 and back: on an Ice Lake Xeon (AVX-512, no BF16) bf16 autocast ran the classifier at
+    10.2 crops/s against 33.6 in fp32; with AMX it ran 3x faster than fp32."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` is the fastest autocast that keeps the model's validation AUC on `device`: bf16 on a CPU with bf16
+    units, fp32 on one without; on CUDA bf16 where the GPU has it, else fp16."""
+    if precision not in PRECISIONS:
+        raise ModelLoadError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16_units() else "fp32"
+
+
 def load_classifier(
     folder: Path | str, device: str | torch.device = "cpu", precision: str = "fp32", fold: bool = True
 ) -> Classifier:
     """Load a model folder; refuse weights whose sha256 differs from the metadata's.
 
-    `fold` folds BatchNorm into the convolutions for serving; pass False to get a trainable network."""
+    `fold` folds BatchNorm into the convolutions for serving; pass False to get a trainable network.
+    `precision` is the autocast of inference: fp32, bf16, fp16, or auto (resolve_precision)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -309,8 +333,7 @@ def load_classifier(
     if fold:
         fold_batchnorm(net)
     net = net.to(device).to(memory_format=torch.channels_last)
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ModelLoadError(f"unknown precision {precision!r}")
+    precision = resolve_precision(precision, device)
     log.info("model loaded version=%s sha256=%s device=%s precision=%s", meta.version, actual[:12], device, precision)
     return Classifier(net=net, meta=meta, device=device, precision=precision)
 

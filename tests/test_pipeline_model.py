@@ -265,3 +265,24 @@ def test_bf16_autocast_on_cpu_tracks_fp32(tmp_model) -> None:  # noqa: ANN001
     fp32 = load_classifier(tmp_model, precision="fp32").fake_probability(crops)
     bf16 = load_classifier(tmp_model, precision="bf16").fake_probability(crops)
     np.testing.assert_allclose(bf16, fp32, atol=2e-2)
+
+
+@pytest.mark.parametrize(("amx", "avx512_bf16", "expected"),
+                         [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")])
+def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch, amx: bool, avx512_bf16: bool,  # noqa: ANN001
+                                                              expected: str) -> None:
+    # Without bf16 units oneDNN emulates bf16 and the forward runs 3x slower than fp32 (README, PRECISION).
+    from pipeline.model import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(explicit, torch.device("cpu")) == explicit
+
+
+def test_auto_precision_matches_this_cpu_and_reaches_the_loaded_classifier(tmp_model: Path) -> None:
+    from pipeline.model import cpu_has_bf16_units
+
+    classifier = load_classifier(tmp_model, precision="auto")
+    assert classifier.precision == ("bf16" if cpu_has_bf16_units() else "fp32")

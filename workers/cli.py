@@ -37,7 +37,8 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
 
 def _add_compute_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", dest="model_dir", type=Path, help="model folder (model.safetensors + model.json)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision of the classifier")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision of the classifier (auto: bf16 where the CPU or GPU computes it natively, else fp32 on a CPU)")
     p.add_argument("--threads", dest="torch_threads", type=int, help="torch intra-op threads")
     p.add_argument("--batch-size", type=int, help="images per micro-batch")
     p.add_argument("--heatmaps", choices=["flagged", "all", "none"], help="which faces get a Grad-CAM heatmap")
