@@ -10,6 +10,7 @@ messages after the visibility timeout).
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import time
@@ -104,7 +105,8 @@ def test_an_event_recorded_but_never_enqueued_is_requeued_and_screened(s3_server
 
     from db.store import Store
     from workers.app import create_app, enqueue
-    from workers.requeue import requeue_stuck
+    from workers.queues import held_event_ids
+    from workers.requeue import requeue_stuck, requeue_stuck_events
     from workers.settings import Settings
 
     s3_server.client().put_object(Bucket="uploads", Key="stuck/face.jpg", Body=_jpeg(9))
@@ -126,6 +128,22 @@ def test_an_event_recorded_but_never_enqueued_is_requeued_and_screened(s3_server
         assert requeue_stuck(store, lambda e, attempt: None, 1800, now=later, dry_run=True) == ["stuck-1", "stuck-2"]
         assert requeue_stuck(store, lambda e, attempt: None, 1800, now=later, dry_run=True, backlog_age_s=7200) == [], \
             "while the queues hold a two-hour backlog, an hour-old queued event is waiting, not lost"
+        # stuck-2's message taken by a worker (BRPOP) and recorded unacknowledged, as kombu does: in flight, not
+        # lost. stuck-1's requeued message is lost from the list (a Redis restart without persistence, say).
+        with app.connection_for_read() as connection:
+            client = connection.default_channel.client
+            client.delete("upload")
+            send(young, 1)
+            message = json.loads(client.rpop("upload"))
+            info = message["properties"]["delivery_info"]
+            client.hset("unacked", "tag-stuck-2", json.dumps([message, info["exchange"], info["routing_key"]]))
+            assert held_event_ids(client) == {"stuck-2"}
+            assert requeue_stuck(store, lambda e, attempt: None, 1800, now=later, dry_run=True,
+                                 held={"stuck-2"}) == ["stuck-1"]
+            # as beat sweeps: the broker read for the backlog and what is held; stuck-1 queued again
+            assert requeue_stuck_events(app, store, 0) == ["stuck-1"]
+            assert client.llen("upload") == 1
+            client.delete("unacked")
         worker = WorkerProcess(service_env(url, redis.url, s3_server, flagging_model), tmp_path / "worker.log")
         try:
             wait_for(worker.ready, 120, what="worker ready")

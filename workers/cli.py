@@ -228,21 +228,15 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 def cmd_requeue_stuck(args: argparse.Namespace) -> int:
     from db.store import Store
-    from workers.requeue import requeue_stuck
+    from workers.app import app
+    from workers.requeue import requeue_stuck_events
     from workers.settings import Settings
 
     settings = Settings()
     try:
         store = Store.from_url(args.database_url or settings.database_url)
-        if args.dry_run:
-            ids = requeue_stuck(store, lambda e, attempt: None, args.older_than or settings.stuck_after_s,
-                                args.limit, dry_run=True)
-        else:
-            from workers.app import app, enqueue
-
-            ids = requeue_stuck(store, lambda e, attempt: enqueue(app, e.model_dump(mode="json"), e.priority,
-                                                                  attempt=attempt),
-                                args.older_than or settings.stuck_after_s, args.limit)
+        ids = requeue_stuck_events(app, store, args.older_than or settings.stuck_after_s, args.limit,
+                                   dry_run=args.dry_run)
     except Exception as exc:  # noqa: BLE001
         print(f"deepscreen requeue-stuck: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -384,8 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("requeue-stuck", help="put events stuck in `queued` back on their queue (beat does this too)",
                        description="Events recorded as queued longer ago than --older-than seconds (default "
-                       "$DEEPSCREEN_STUCK_AFTER_S) are enqueued again; screening is idempotent, so a duplicate "
-                       "message writes nothing new.")
+                       "$DEEPSCREEN_STUCK_AFTER_S), and longer than the oldest message waiting on a queue, are "
+                       "enqueued again, except those whose message a worker holds unacknowledged (in flight, not "
+                       "lost); screening is idempotent, so a duplicate message writes nothing new. Needs the "
+                       "broker ($DEEPSCREEN_BROKER_URL), --dry-run too.")
     p.add_argument("--older-than", type=float, help="seconds (default $DEEPSCREEN_STUCK_AFTER_S)")
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--dry-run", action="store_true", help="only list them")

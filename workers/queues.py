@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 QUEUES = ("upload", "rescan")
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
+UNACKED_HASH = "unacked"  # kombu's Redis transport: delivery tag -> [message, exchange, routing key]
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,33 @@ def _lists(queue: str) -> list[str]:
     return [queue] + [f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS if step]
 
 
+def _task_call(message: dict) -> tuple[list, dict]:
+    """The args and kwargs a kombu message (parsed JSON) carries for its task."""
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args, kwargs, _embed = json.loads(body)
+    return args, kwargs
+
+
+def held_event_ids(client: Any) -> set[str]:
+    """Event ids of the messages in kombu's unacknowledged hash (a redis.Redis client): reserved by a live worker
+    (prefetched, being screened, a retry waiting for its countdown), or held for a dead one until the visibility
+    timeout puts them back on their queue. Such an event is not lost. Bounded by the workers' prefetch."""
+    ids = set()
+    for value in client.hvals(UNACKED_HASH):
+        try:
+            args, _kwargs = _task_call(json.loads(value)[0])
+            ids.add(str(args[0]["event_id"]))
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue  # not a screening message
+    return ids
+
+
 def message_time(raw: bytes | str) -> float | None:
     """Epoch seconds a queued kombu message was first enqueued (or its event uploaded), if it says."""
     try:
-        message = json.loads(raw)
-        body = message["body"]
-        if message.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args, kwargs, _embed = json.loads(body)
+        args, kwargs = _task_call(json.loads(raw))
         if kwargs.get("enqueued_at"):
             return float(kwargs["enqueued_at"])
         uploaded = (args[0] or {}).get("uploaded_at") if args else None

@@ -265,14 +265,9 @@ def rescan_nightly() -> None:
 
 @app.task(name=REQUEUE_STUCK_TASK, ignore_result=True)
 def requeue_stuck() -> None:
-    from workers.queues import queue_states
-    from workers.requeue import requeue_stuck as sweep
+    from workers.requeue import requeue_stuck_events
 
-    settings = app.conf.deepscreen_settings
-    with app.connection_for_read() as connection:
-        ages = [q.oldest_age_s or 0.0 for q in queue_states(connection.default_channel.client)]
-    sweep(runtime().store, lambda e, attempt: enqueue(app, e.model_dump(mode="json"), e.priority, attempt=attempt),
-          settings.stuck_after_s, backlog_age_s=max(ages, default=0.0))
+    requeue_stuck_events(app, runtime().store, app.conf.deepscreen_settings.stuck_after_s)
 
 
 @app.task(name=RETENTION_TASK, acks_late=True)
