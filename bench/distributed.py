@@ -167,6 +167,8 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
             """Epoch seconds of the latest `finished_at` among `event_ids` (the worker's clock is this machine's)."""
             with engine.connect() as conn:
                 latest = conn.scalar(select(func.max(Event.finished_at)).where(Event.event_id.in_(event_ids)))
+            if latest is None:
+                raise RuntimeError("every event finished, but none has a finished_at")
             return latest.timestamp()
 
         # Two phases, so both RSS readings are taken with the worker idle (between batches the heap is trimmed,

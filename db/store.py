@@ -97,12 +97,14 @@ class Store:
     def record_events(self, events: Iterable[UploadEvent]) -> list[str]:
         """Insert events that are new; return the ids that were new (a resubmission inserts nothing)."""
         rows = [_event_row(e) for e in events]
-        if not rows:
-            return []
+        fresh: list[str] = []
         with self.sessions.begin() as session:
-            stmt = self._insert(Event).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
-            result = session.execute(stmt.returning(Event.event_id))
-            return [r[0] for r in result]
+            # in chunks: one statement binds every column of its rows, and SQLite allows 32,766 variables
+            for start in range(0, len(rows), 1000):
+                stmt = (self._insert(Event).values(rows[start:start + 1000])
+                        .on_conflict_do_nothing(index_elements=["event_id"]))
+                fresh.extend(r[0] for r in session.execute(stmt.returning(Event.event_id)))
+        return fresh
 
     def forget_queued(self, event_ids: list[str]) -> None:
         """Events recorded but never enqueued (the broker was down): remove them so a retry queues them."""

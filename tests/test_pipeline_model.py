@@ -286,3 +286,15 @@ def test_auto_precision_matches_this_cpu_and_reaches_the_loaded_classifier(tmp_m
 
     classifier = load_classifier(tmp_model, precision="auto")
     assert classifier.precision == ("bf16" if cpu_has_bf16_units() else "fp32")
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_on_cuda_is_bf16_from_ampere_on(monkeypatch, capability: tuple[int, int],  # noqa: ANN001
+                                                       expected: str) -> None:
+    # torch.cuda.is_bf16_supported() says yes on a T4 or V100 too, where bf16 is emulated
+    from pipeline.model import resolve_precision
+
+    asked: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability)
+    assert resolve_precision("auto", torch.device("cuda:1")) == expected
+    assert asked == [torch.device("cuda:1")]

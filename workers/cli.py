@@ -38,7 +38,8 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
 def _add_compute_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", dest="model_dir", type=Path, help="model folder (model.safetensors + model.json)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision of the classifier (auto: bf16 where the CPU or GPU computes it natively, else fp32 on a CPU)")
+                   help="autocast precision of the classifier (auto: bf16 where the CPU or GPU computes it natively, else fp32 on a CPU "
+                   "and fp16 on a GPU)")
     p.add_argument("--threads", dest="torch_threads", type=int, help="torch intra-op threads")
     p.add_argument("--batch-size", type=int, help="images per micro-batch")
     p.add_argument("--heatmaps", choices=["flagged", "all", "none"], help="which faces get a Grad-CAM heatmap")
@@ -99,9 +100,16 @@ def _short(path: str) -> str:
 def cmd_submit(args: argparse.Namespace) -> int:
     from db.store import Store
     from pipeline.errors import InvalidEvent
+    from workers.app import app as celery_app
     from workers.embedded import expand_paths
     from workers.storage import s3_client
-    from workers.submit import QueueUnavailable, local_events, parse_events, s3_prefix_events, submit
+    from workers.submit import (
+        QueueUnavailable,
+        local_events,
+        parse_events,
+        record_and_enqueue,
+        s3_prefix_events,
+    )
 
     settings = _settings(args)
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
@@ -124,7 +132,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         # recorded as `queued` before they are queued, so a message Redis loses is re-sent by the sweeper
         events = parse_events(events)
         store = Store.from_url(settings.database_url)
-        ids = submit(events, store=store)
+        ids = record_and_enqueue(store, celery_app, events)
     except InvalidEvent as exc:
         print(f"deepscreen submit: invalid event: {exc}", file=sys.stderr)
         return EXIT_USAGE

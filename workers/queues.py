@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 QUEUES = ("upload", "rescan")
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
-UNACKED_HASH = "unacked"  # kombu's Redis transport: delivery tag -> [message, exchange, routing key]
+UNACKED_HASH = "unacked"  # kombu's Redis transport's default: delivery tag -> [message, exchange, routing key]
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,14 @@ def _task_call(message: dict) -> tuple[list, dict]:
     return args, kwargs
 
 
-def held_event_ids(client: Any) -> set[str]:
-    """Event ids of the messages in kombu's unacknowledged hash (a redis.Redis client): reserved by a live worker
-    (prefetched, being screened, a retry waiting for its countdown), or held for a dead one until the visibility
-    timeout puts them back on their queue. Such an event is not lost. Bounded by the workers' prefetch."""
+def held_event_ids(client: Any, unacked_key: str = UNACKED_HASH) -> set[str]:
+    """Event ids of the messages in kombu's unacknowledged hash (a redis.Redis client; the key is the channel's
+    `unacked_key`): reserved by a live worker (prefetched, being screened, a retry waiting for its countdown), or
+    held for a dead one until the visibility timeout puts them back on their queue. Such an event is not lost.
+    Bounded by the workers' prefetch. A message in another format (compressed, Celery's protocol 1) is not
+    read, so its event may be sent twice, which screening's idempotence makes harmless."""
     ids = set()
-    for value in client.hvals(UNACKED_HASH):
+    for value in client.hvals(unacked_key):
         try:
             args, _kwargs = _task_call(json.loads(value)[0])
             ids.add(str(args[0]["event_id"]))

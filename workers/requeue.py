@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
-
-from celery import Celery
+from typing import TYPE_CHECKING
 
 from db.store import Store
 from pipeline.events import UploadEvent
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,9 @@ def requeue_stuck_events(celery_app: Celery, store: Store, stuck_after_s: float,
     from workers.queues import held_event_ids, queue_states
 
     with celery_app.connection_for_read() as connection:
-        client = connection.default_channel.client
-        ages = [q.oldest_age_s or 0.0 for q in queue_states(client)]
-        held = held_event_ids(client)
+        channel = connection.default_channel
+        ages = [q.oldest_age_s or 0.0 for q in queue_states(channel.client)]
+        held = held_event_ids(channel.client, channel.unacked_key)
     return requeue_stuck(store, lambda e, attempt: enqueue(celery_app, e.model_dump(mode="json"), e.priority,
                                                            attempt=attempt),
                          stuck_after_s, limit, dry_run=dry_run, backlog_age_s=max(ages, default=0.0), held=held)

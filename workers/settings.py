@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     # model and compute
     model_dir: Path = Field(default_factory=default_model_dir)
     device: str = "cpu"
-    # auto: bf16 autocast where the CPU has bf16 units (AMX, AVX-512 BF16) or on CUDA, fp32 on a CPU without them,
-    # where bf16 is emulated and 3x slower (pipeline.model.resolve_precision)
+    # auto: bf16 autocast where the CPU has bf16 units (AMX, AVX-512 BF16) or the GPU is Ampere or later (else fp16),
+    # fp32 on a CPU without them, where bf16 is emulated and 3x slower (pipeline.model.resolve_precision)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     torch_threads: int = 1  # per screening thread; SCREEN_THREADS chunks run at once (measured best on 2 vCPUs)
     # batching and stages

@@ -73,11 +73,13 @@ def record_and_enqueue(store: Store, celery_app: Celery, events: list[UploadEven
                 enqueue(celery_app, event.model_dump(mode="json"), event.priority)
                 queued.append(event.event_id)
                 log.info("queued event_id=%s source=%s priority=%s", event.event_id, event.source, event.priority)
-    except Exception as exc:  # noqa: BLE001 - the broker is down: unrecord the rest so the producer's retry queues them
+    except BaseException as exc:  # the broker is down, or an interrupt: unrecord the rest so a retry queues them
         left = sorted(fresh - set(queued))
         log.error("enqueue failed error=%s; %d events left for the producer to retry", type(exc).__name__, len(left))
         store.forget_queued(left)
-        raise QueueUnavailable(queued, left) from exc
+        if isinstance(exc, Exception):
+            raise QueueUnavailable(queued, left) from exc
+        raise
     if len(queued) < len(unique):
         log.info("not queued again (recorded before) count=%d", len(unique) - len(queued))
     return queued
