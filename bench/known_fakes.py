@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import os
-import platform
 import sys
 import time
 from datetime import UTC, datetime
@@ -315,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", type=int, default=100, help="DFDC face crops in the robustness study (one per group)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    from bench.run import cpu_name
+
     results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} vCPU"}
+                               "machine": f"{cpu_name()}, {os.cpu_count()} vCPU"}
     if args.what in ("lookup", "all"):
         results["lookup"] = bench_lookup([int(s) for s in args.sizes.split(",")], args.queries)
     if args.what in ("robustness", "all"):

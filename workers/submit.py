@@ -36,8 +36,8 @@ def submit(events: Iterable[UploadEvent | dict[str, Any] | str], celery_app: Cel
     Raises InvalidEvent before anything is enqueued if any event is malformed. `celery_app` defaults to the
     app configured from DEEPSCREEN_ settings.
 
-    With a `store` (what `deepscreen submit` and the API do), each event is first recorded as `queued`, and an
-    event id recorded before is not queued again (a producer may retry). A message Redis loses (a worker killed
+    With a `store`, each event is first recorded as `queued` (record_and_enqueue, which `deepscreen submit` and the
+    API call), and an event id recorded before is not queued again (a producer may retry). A message Redis loses (a worker killed
     between kombu's BRPOP and its unacknowledged-record write, a Redis restart without persistence) is then
     re-sent by the stuck-event sweeper. Without one the events only go on the queue, and such a loss is final.
     """
