@@ -22,7 +22,8 @@ from PIL import Image, ImageDraw
 from pipeline.faces import Box, square_region
 from pipeline.model import Classifier, DeepfakeNet, crops_to_tensor
 
-VERDICT_COLOURS = {"fake": (220, 30, 30), "uncertain": (245, 160, 0), "real": (30, 170, 60)}
+VERDICT_COLOURS = {"fake": (220, 30, 30), "uncertain": (245, 160, 0), "real": (30, 170, 60),
+                   "too_small": (150, 150, 150)}
 
 
 class _FakeLogit:

@@ -39,6 +39,9 @@ class ModelMetadata:
     threshold_fake: float = 0.9  # calibrated P(fake) at or above: verdict `fake`
     threshold_real: float = 0.5  # calibrated P(fake) at or below: verdict `real`; between: `uncertain`
     gradcam_layer: str = "backbone.block8"
+    # Faces whose box's longer side is under this many pixels get no verdict of their own (`too_small`) and
+    # do not count toward the image's: the model never saw faces that small. 0 = no limit.
+    min_face_side: int = 0
     sha256: str = ""  # of the weights file
     placeholder: bool = False
     training_data: str = ""
@@ -60,7 +63,20 @@ class ModelMetadata:
         return replace(meta, extra={**meta.extra, **unknown}) if unknown else meta
 
 
-class DeepfakeNet(nn.Module):
+class DetectorNet(nn.Module):
+    """A real/fake network: one logit per image, plus an optional training-only manipulation-mask output."""
+
+    mask_head: nn.Module | None
+
+    def forward_with_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (N, 1)."""
+        return self.forward_with_mask(x)[0]
+
+
+class DeepfakeNet(DetectorNet):
     """InceptionResnetV1 with one logit (P(fake)) and an optional auxiliary manipulation-mask head.
 
     The mask head reads the 896-channel map after `repeat_2` and is used only in training.
@@ -105,17 +121,55 @@ class DeepfakeNet(nn.Module):
         x = b.last_bn(x)
         return b.logits(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (N, 1)."""
-        return self.forward_with_mask(x)[0]
+
+class FaceResNet(DetectorNet):
+    """The faceres-deep MobileNetV1 trunk (pipeline.backbones) with one logit on its pooled blocks 5, 11 and 13:
+    the middle of a face-identity network carries more of the manipulation signal than its end."""
+
+    TAPS = (5, 11, 13)
+    MASK_TAP = 11
+
+    def __init__(self, mask_head: bool = False, dropout: float = 0.2) -> None:
+        super().__init__()
+        from pipeline.backbones import WIDTHS, MobileNetV1Trunk
+
+        self.backbone = MobileNetV1Trunk()
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(sum(WIDTHS[t - 1] for t in self.TAPS), 1)
+        self.mask_head = nn.Conv2d(WIDTHS[self.MASK_TAP - 1], 1, kernel_size=1) if mask_head else None
+
+    def forward_with_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        taps = self.backbone(x, self.TAPS)
+        pooled = torch.cat([t.mean(dim=(2, 3)) for t in taps], dim=1)
+        mask = self.mask_head(taps[self.TAPS.index(self.MASK_TAP)]) if self.mask_head is not None else None
+        return self.head(self.dropout(pooled)), mask
+
+    def load_pretrained(self, folder: Path) -> None:
+        """The trunk's weights converted from the original faceres-deep files (sha256 checked)."""
+        from pipeline.backbones import faceres_trunk_state
+
+        self.backbone.load_state_dict(faceres_trunk_state(folder))
 
 
-ARCHITECTURES: dict[str, Callable[..., DeepfakeNet]] = {
+ARCHITECTURES: dict[str, Callable[..., DetectorNet]] = {
     "inception_resnet_v1": DeepfakeNet,
+    "faceres_mobilenet_v1": FaceResNet,
+}
+
+# What a model of each architecture is served with unless its metadata says otherwise. faceres-deep takes
+# 0-255 pixels minus the VGGFace2 means (its first convolution converted to take RGB); Grad-CAM reads its
+# block 11 (14 x 14 at 224 px: block 13's 7 x 7 is too coarse to point at a face part).
+ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "inception_resnet_v1": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "gradcam_layer": "backbone.block8"},
+    "faceres_mobilenet_v1": {
+        "mean": tuple(round(m / 255.0, 9) for m in (131.0912, 103.8827, 91.4953)),
+        "std": (1 / 255.0, 1 / 255.0, 1 / 255.0),
+        "gradcam_layer": "backbone.blocks.10",
+    },
 }
 
 
-def build_network(architecture: str, **kwargs: Any) -> DeepfakeNet:
+def build_network(architecture: str, **kwargs: Any) -> DetectorNet:
     try:
         return ARCHITECTURES[architecture](**kwargs)
     except KeyError:
@@ -149,7 +203,7 @@ def file_sha256(path: Path) -> str:
 class Classifier:
     """A loaded network plus its metadata, ready for batched inference on one device."""
 
-    net: DeepfakeNet
+    net: DetectorNet
     meta: ModelMetadata
     device: torch.device
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
@@ -202,10 +256,12 @@ class Classifier:
                 continue
             if self.device.type == "cuda":
                 batch = batch.pin_memory()
+            net = self.net
+            assert isinstance(net, DeepfakeNet)  # split_stage says so
             # No hook on the shared network: two screening threads may run this at once.
             with torch.inference_mode(), self.autocast():
-                features = self.net.forward_until(stage, batch.to(self.device, non_blocking=True))
-                out = self.net.forward_from(stage, features)
+                features = net.forward_until(stage, batch.to(self.device, non_blocking=True))
+                out = net.forward_from(stage, features)
             outs.append(out.float().squeeze(1).cpu())
             captured.append(features)
         logits = torch.cat(outs).double()
@@ -227,7 +283,7 @@ def save_model(net: nn.Module, meta: ModelMetadata, folder: Path, half: bool = F
     """Write model.safetensors (without training-only heads) and model.json with its sha256."""
     from safetensors.torch import save_file
 
-    if not any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
+    if isinstance(net, DeepfakeNet) and not any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
         raise ValueError("this network has its BatchNorm folded (a serving copy); save the unfolded one")
     folder.mkdir(parents=True, exist_ok=True)
     state = {

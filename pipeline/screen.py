@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pipeline.decide import Thresholds, decide, image_score
+from pipeline.decide import FACE_TOO_SMALL, Thresholds, decide, image_score, too_small
 from pipeline.decode import DecodedImage, DecodeLimits, decode_image
 from pipeline.errors import InvalidInput
 from pipeline.explain import annotate, gradcam, gradcam_from_features, jpeg_bytes, overlay
@@ -271,8 +271,11 @@ class Screener:
         if mode == "none":
             return {}
         chosen: list[tuple[int, int]] = []
+        min_side = self.classifier.meta.min_face_side
         for w_index, work in enumerate(live):
             for f_index, prob in enumerate(work.probabilities):
+                if too_small(work.faces[f_index].box, min_side):
+                    continue
                 if mode == "all" or decide(prob, self.thresholds) != "real":
                     chosen.append((w_index, f_index))
         cams: dict[tuple[int, int], np.ndarray] = {}
@@ -302,18 +305,24 @@ class Screener:
             return Verdict(status="no_face", reason="no_face", **base)
         faces = []
         face_cams: list[np.ndarray | None] = []
+        min_side = self.classifier.meta.min_face_side
         for index, (face, crop, prob) in enumerate(zip(work.faces, work.crops, work.probabilities, strict=True)):
             cam = cams.get((id(work), index))
             face_cams.append(cam)
+            small = too_small(face.box, min_side)
             faces.append(FaceVerdict(
                 index=index, box=face.box,
                 detection_probability=None if self.config.crops else face.detection_probability,
-                fake_probability=prob, verdict=decide(prob, self.thresholds),
+                fake_probability=prob, verdict=FACE_TOO_SMALL if small else decide(prob, self.thresholds),
                 heatmap_jpeg=jpeg_bytes(overlay(crop, cam)) if cam is not None else None,
                 crop_jpeg=jpeg_bytes(crop, quality=92) if cam is not None else None,
             ))
-        score = image_score([f.fake_probability for f in faces])
-        assert score is not None
+        # A face too small to judge is no evidence either way. Counting it as uncertain would send every crowd
+        # shot to review on a score the model cannot back, so it is left out of the image's score; an image
+        # whose every face is too small is recorded as having no face that can be judged.
+        score = image_score([f.fake_probability for f in faces if f.verdict != FACE_TOO_SMALL])
+        if score is None:
+            return Verdict(status="no_face", reason="face_too_small", faces=tuple(faces), **base)
         heatmap = None
         if self.config.crops and face_cams[0] is not None:
             heatmap = faces[0].heatmap_jpeg  # the image is the face: its heatmap is the face's, not drawn twice

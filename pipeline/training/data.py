@@ -70,6 +70,56 @@ def read_pairs(root: Path, samples: list[Sample]) -> list[Pair]:
     return [Pair(r, f) for r, f in zip(reals, fakes, strict=False)]
 
 
+@dataclass(frozen=True)
+class RealWithFakes:
+    """A real and every fake made from it, in the order the provenance file lists them (its first fake is
+    the one the first build of the data set paired it with)."""
+
+    real: Sample
+    fakes: tuple[Sample, ...]
+
+
+def group_by_real(pairs: list[Pair]) -> list[RealWithFakes]:
+    """The pairs gathered per real, keeping the order in which each real first appears."""
+    fakes: dict[Sample, list[Sample]] = {}
+    for pair in pairs:
+        fakes.setdefault(pair.real, [])
+        if pair.fake is not None:
+            fakes[pair.real].append(pair.fake)
+    return [RealWithFakes(real, tuple(found)) for real, found in fakes.items()]
+
+
+def epoch_pairs(groups: list[RealWithFakes], epoch: int, seed: int, fakes: str = "all") -> list[Pair]:
+    """One pair per real for this epoch. `fakes` = "all": each real's fakes are drawn in turn, in an order
+    shuffled once per real, so over n epochs a real with n fakes shows each of them once and a batch never
+    holds the same real twice. "one": always the real's first fake (the first build's one-fake-per-real)."""
+    if fakes not in ("all", "one"):
+        raise ValueError(f"fakes must be 'all' or 'one', got {fakes!r}")
+    chosen = []
+    for index, group in enumerate(groups):
+        if not group.fakes:
+            chosen.append(Pair(group.real, None))
+            continue
+        if fakes == "one":
+            chosen.append(Pair(group.real, group.fakes[0]))
+            continue
+        order = np.random.default_rng([seed, index, 7]).permutation(len(group.fakes))
+        chosen.append(Pair(group.real, group.fakes[int(order[epoch % len(group.fakes)])]))
+    return chosen
+
+
+def unpaired_pairs(samples: list[Sample], split: str, seed: int) -> list[Pair]:
+    """For a family without provenance (fully generated faces): each real of `split` beside a fake of the
+    same split, drawn without replacement; pair-aware batches still get one of each class, and no sample
+    crosses into another split."""
+    rng = np.random.default_rng([seed, 11])
+    reals = [s for s in samples if s.split == split and s.label == 0]
+    fakes = [s for s in samples if s.split == split and s.label == 1]
+    reals = [reals[i] for i in rng.permutation(len(reals))]
+    fakes = [fakes[i] for i in rng.permutation(len(fakes))]
+    return [Pair(r, f) for r, f in zip(reals, fakes, strict=False)]
+
+
 def load_crop(root: Path, sample: Sample, side: int = SOURCE_SIDE) -> np.ndarray:
     """The crop as serving sees it: decoded by the pipeline's decoder and resized to side x side."""
     return resize_square(decode_image((root / sample.file).read_bytes()).pixels, side)

@@ -20,9 +20,28 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline.model import DeepfakeNet, ModelMetadata, crops_to_tensor, save_model
+from pipeline.model import (
+    ARCHITECTURE_DEFAULTS,
+    DetectorNet,
+    ModelMetadata,
+    build_network,
+    crops_to_tensor,
+    file_sha256,
+    save_model,
+)
 from pipeline.training.augment import AugmentConfig
-from pipeline.training.data import Pair, Sample, load_crop, make_pair_batch, read_manifest, read_pairs
+from pipeline.training.data import (
+    Pair,
+    RealWithFakes,
+    Sample,
+    epoch_pairs,
+    group_by_real,
+    load_crop,
+    make_pair_batch,
+    read_manifest,
+    read_pairs,
+    unpaired_pairs,
+)
 from pipeline.training.metrics import auc, choose_thresholds, ece, fit_temperature
 
 log = logging.getLogger(__name__)
@@ -62,6 +81,16 @@ class TrainConfig:
     pair_batches: bool = True  # False: each batch's reals come from other pairs, with their own augmentation
     source_side: int = 224  # train crops are resized to this before the window is cut; 224 = native scale
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    architecture: str = "inception_resnet_v1"
+    pretrained: str = ""  # folder of the original pretrained files (faceres-deep) the backbone starts from
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate as a share of `lr` (the head's)
+    layer_decay: float = 1.0  # each backbone block's rate is this times the next one's (1 = one rate)
+    head_only_steps: int = 0  # the backbone is held still for the first steps while the fresh head settles
+    # "pairs": every (real, fake) row is a sample of the epoch; "all": one pair per real per epoch, its fakes
+    # drawn in turn; "one": each real with its first fake only
+    fakes_per_real: str = "pairs"
+    extra_data: tuple[str, ...] = ()  # more families: face-crop folders (facecrops), reals and fakes unpaired
+    tta_flip: bool = False  # validation (and the shipped model) average the logits of the crop and its mirror
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -70,6 +99,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         values = dict(data)
+        if isinstance(values.get("extra_data"), list):
+            values["extra_data"] = tuple(values["extra_data"])
         if isinstance(values.get("augment"), dict):
             aug: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values["augment"].items()}
             values["augment"] = AugmentConfig(**aug)
@@ -89,12 +120,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _metadata(cfg: TrainConfig, version: str, **kw: Any) -> ModelMetadata:
+    families = " + ".join([cfg.data, *cfg.extra_data])
+    extra: dict[str, Any] = {"tta_flip": True} if cfg.tta_flip else {}
+    if cfg.pretrained:
+        from pipeline.backbones import FACERES_SHA256, FACERES_SOURCE
+
+        folder = Path(cfg.pretrained)
+        extra["pretrained"] = {"source": FACERES_SOURCE,
+                               "sha256": {name: file_sha256(folder / name) for name in FACERES_SHA256}}
     return ModelMetadata(
         version=version,
+        architecture=cfg.architecture,
         input_size=cfg.input_size,
         crop_margin=cfg.crop_margin,
-        training_data=f"{cfg.data} (manifest.csv train split; validation split for selection and calibration)",
+        training_data=f"{families} (manifest.csv train split; validation split for selection and calibration)",
         terms=DATA_TERMS,
+        extra=extra,
+        **ARCHITECTURE_DEFAULTS[cfg.architecture],
         **kw,
     )
 
@@ -114,14 +156,18 @@ def _autocast(device: torch.device, precision: str):
 
 
 def predict_logits(
-    net: DeepfakeNet, crops: list[np.ndarray], meta: ModelMetadata, device: torch.device, precision: str, batch: int = 64
+    net: torch.nn.Module, crops: list[np.ndarray], meta: ModelMetadata, device: torch.device, precision: str,
+    batch: int = 64, tta_flip: bool = False,
 ) -> np.ndarray:
     net.eval()
     outs = []
     with torch.inference_mode(), _autocast(device, precision):
         for start in range(0, len(crops), batch):
             x = crops_to_tensor(crops[start : start + batch], meta).to(device)
-            outs.append(net(x).float().squeeze(1).cpu().numpy())
+            logits = net(x).float()
+            if tta_flip:
+                logits = (logits + net(x.flip(3)).float()) / 2
+            outs.append(logits.squeeze(1).cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros(0)
 
 
@@ -136,24 +182,47 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         samples = read_manifest(self.root)
         pairs = [p for p in read_pairs(self.root, samples) if p.real.split == "train"]
-        if cfg.max_train_pairs:
+        if cfg.fakes_per_real != "pairs":
+            self.groups: list[RealWithFakes] = group_by_real(pairs)[: cfg.max_train_pairs or None]
+            pairs = epoch_pairs(self.groups, 0, cfg.seed, cfg.fakes_per_real)
+        elif cfg.max_train_pairs:
             pairs = pairs[: cfg.max_train_pairs]
         if not pairs:
             raise ValueError(f"no train pairs in {self.root}/manifest.csv")
         self.pairs: list[Pair] = pairs
         self.val: list[Sample] = [s for s in samples if s.split == "val"][: cfg.max_val or None]
-        self.version = cfg.version or f"irv1-{Path(cfg.out).name}"
+        # other families: samples carry absolute paths (root / absolute path is the absolute path)
+        self.extra_pairs: list[Pair] = []
+        self.extra_val: dict[str, list[Sample]] = {}
+        for folder in cfg.extra_data:
+            extra = [replace(s, file=str(Path(folder).resolve() / s.file)) for s in read_manifest(Path(folder))]
+            self.extra_pairs += unpaired_pairs(extra, "train", cfg.seed)
+            self.extra_val[Path(folder).name] = [s for s in extra if s.split == "val"][: cfg.max_val or None]
+        self.version = cfg.version or f"{cfg.architecture}-{Path(cfg.out).name}"
         self.meta = _metadata(cfg, self.version)
         torch.manual_seed(cfg.seed)
-        self.net = DeepfakeNet(mask_head=cfg.mask_weight > 0, dropout=cfg.dropout).to(self.device)
+        self.net = build_network(cfg.architecture, mask_head=cfg.mask_weight > 0, dropout=cfg.dropout)
+        if cfg.pretrained:
+            load_pretrained = getattr(self.net, "load_pretrained", None)
+            if load_pretrained is None:
+                raise ValueError(f"{cfg.architecture} has no pretrained start; leave `pretrained` empty")
+            load_pretrained(Path(cfg.pretrained))
+        self.net = self.net.to(self.device)
         if cfg.init_from:
             self._warm_start(Path(cfg.init_from))
         self.net = self.net.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = max(1, len(pairs) // cfg.pairs_per_batch)
+        self.opt = torch.optim.AdamW(param_groups(self.net, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = max(1, (len(pairs) + len(self.extra_pairs)) // cfg.pairs_per_batch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "best_auc": -1.0, "history": []}
         self._val_crops: list[np.ndarray] | None = None
+        self._extra_val_crops: dict[str, list[np.ndarray]] = {}
+
+    def epoch_pairs(self, epoch: int) -> list[Pair]:
+        """The pairs of one epoch, before shuffling: the same for an epoch whenever it is (re)started."""
+        if self.cfg.fakes_per_real == "pairs":
+            return self.pairs + self.extra_pairs
+        return epoch_pairs(self.groups, epoch, self.cfg.seed, self.cfg.fakes_per_real) + self.extra_pairs
 
     def _warm_start(self, folder: Path) -> None:
         """Start from a shipped model's weights (sha256 checked). Heads it lacks, such as the training-only
@@ -198,17 +267,18 @@ class Trainer:
         grid = _mask_grid(self.net, cfg.augment.window, self.device)
         while self.state["epoch"] < cfg.epochs:
             epoch = self.state["epoch"]
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.pairs))
+            pairs = self.epoch_pairs(epoch)
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(pairs))
             # a stream of its own: [seed, epoch, step] seeds each step's augmentation
-            other = np.random.default_rng([cfg.seed, epoch, 1 << 31, 1]).permutation(len(self.pairs))
+            other = np.random.default_rng([cfg.seed, epoch, 1 << 31, 1]).permutation(len(pairs))
             bar = tqdm(range(self.state["step"], self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not self.progress, initial=self.state["step"], total=self.steps_per_epoch)
             running = None
             started = time.time()
             for step in bar:
                 window = slice(step * cfg.pairs_per_batch, (step + 1) * cfg.pairs_per_batch)
-                chosen = [self.pairs[i] for i in order[window]]
-                reals = None if cfg.pair_batches else [self.pairs[i] for i in other[window]]
+                chosen = [pairs[i] for i in order[window]]
+                reals = None if cfg.pair_batches else [pairs[i] for i in other[window]]
                 torch.manual_seed(hash((cfg.seed, epoch, step)) & 0x7FFFFFFF)  # dropout too replays on resume
                 loss = self._train_step(chosen, np.random.default_rng([cfg.seed, epoch, step]), grid, reals)
                 running = loss if running is None else 0.98 * running + 0.02 * loss
@@ -227,8 +297,10 @@ class Trainer:
         batch = make_pair_batch(self.root, chosen, rng, cfg.augment, grid, cfg.sbi_fraction, cfg.source_side, reals)
         x = crops_to_tensor(batch.images, self.meta, size=cfg.augment.window).to(self.device)
         y = torch.from_numpy(batch.labels).to(self.device)
+        base = _lr(cfg, self.state["global_step"], self.total_steps)
+        frozen = self.state["global_step"] < cfg.head_only_steps
         for group in self.opt.param_groups:
-            group["lr"] = _lr(cfg, self.state["global_step"], self.total_steps)
+            group["lr"] = 0.0 if frozen and group["backbone"] else base * group["lr_scale"]
         self.net.train()
         with _autocast(self.device, cfg.precision):
             logits, mask = self.net.forward_with_mask(x)
@@ -249,10 +321,17 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, loss: float | None, seconds: float) -> float:
         labels = np.array([s.label for s in self.val])
-        logits = predict_logits(self.net, self.val_crops(), self.meta, self.device, self.cfg.precision)
+        logits = predict_logits(self.net, self.val_crops(), self.meta, self.device, self.cfg.precision,
+                                tta_flip=self.cfg.tta_flip)
         val_auc = auc(labels, logits)
         row = {"epoch": epoch + 1, "train_loss": loss, "val_auc": val_auc, "seconds": round(seconds, 1),
                "images_per_s": round(2 * self.steps_per_epoch * self.cfg.pairs_per_batch / max(seconds, 1e-9), 2)}
+        for name, samples in self.extra_val.items():  # reported; selection stays on the main family
+            if name not in self._extra_val_crops:
+                self._extra_val_crops[name] = [load_crop(self.root, s, self.cfg.input_size) for s in samples]
+            extra_logits = predict_logits(self.net, self._extra_val_crops[name], self.meta, self.device,
+                                          self.cfg.precision, tta_flip=self.cfg.tta_flip)
+            row[f"val_auc_{name}"] = auc(np.array([s.label for s in samples]), extra_logits)
         self.state["history"].append(row)
         with (self.run / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -277,7 +356,7 @@ def calibrate_folder(folder: Path, root: Path, val: list[Sample], cfg: TrainConf
     classifier = load_classifier(folder, device=device, precision=cfg.precision, fold=False)
     crops = [load_crop(root, s, cfg.input_size) for s in val]
     labels = np.array([s.label for s in val])
-    logits = predict_logits(classifier.net, crops, classifier.meta, device, cfg.precision)
+    logits = predict_logits(classifier.net, crops, classifier.meta, device, cfg.precision, tta_flip=cfg.tta_flip)
     temperature = fit_temperature(labels, logits)
     probs = 1.0 / (1.0 + np.exp(-logits / temperature))
     fake_t, real_t = choose_thresholds(labels, probs, cfg.max_fpr, cfg.max_miss)
@@ -310,7 +389,31 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _mask_grid(net: DeepfakeNet, window: int, device: torch.device) -> int:
+def param_groups(net: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups, each with its share of the scheduled rate (`lr_scale`) and whether it is backbone.
+
+    A network without a `backbone.blocks` list (InceptionResnetV1, whose head lives inside its backbone) is one
+    group at the full rate. Otherwise the head is at `lr`, the last block at `lr * backbone_lr_scale`, and each
+    block before it `layer_decay` times the next; the stem takes the first block's rate."""
+    blocks = getattr(getattr(net, "backbone", None), "blocks", None)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        return [{"params": list(net.parameters()), "lr_scale": 1.0, "backbone": False}]
+    depth = len(blocks)
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    heads: list[torch.nn.Parameter] = []
+    for name, param in net.named_parameters():
+        if not name.startswith("backbone."):
+            heads.append(param)
+            continue
+        parts = name.split(".")
+        index = int(parts[2]) if parts[1] == "blocks" else 0
+        scale = cfg.backbone_lr_scale * cfg.layer_decay ** (depth - 1 - index)
+        groups.setdefault(scale, []).append(param)
+    return ([{"params": heads, "lr_scale": 1.0, "backbone": False}]
+            + [{"params": params, "lr_scale": scale, "backbone": True} for scale, params in groups.items()])
+
+
+def _mask_grid(net: DetectorNet, window: int, device: torch.device) -> int:
     if net.mask_head is None:
         return 1
     with torch.inference_mode():
