@@ -168,3 +168,167 @@ def load_faceres_identity(folder: Path) -> FaceResIdentity:
 def faceres_trunk_state(folder: Path) -> dict[str, torch.Tensor]:
     """Only the trunk's weights, keys relative to the trunk (what a classifier starts from)."""
     return {k.removeprefix("trunk."): v for k, v in faceres_state(folder).items() if k.startswith("trunk.")}
+
+
+# -- ImageNet MobileNetV2 (torchvision's, int8-quantized TorchScript of 2019) -------------------------------------
+
+MOBILENET_V2_SHA256 = "b8551c91eb9653d5dbe9d07ae2d65bd056fc336461635deb1dd871f282ba7ad7"
+MOBILENET_V2_SOURCE = ("torchvision MobileNetV2 trained on ImageNet, int8-quantized TorchScript "
+                       "(mobilenet_quantized_scripted_925, cedrickchee/pytorch-mobile-kit, MIT), dequantized")
+# torchvision's inverted-residual settings: expansion, output channels, repeats, first stride
+_MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                  (6, 320, 1, 1))
+
+
+class InvertedResidual(nn.Module):
+    """Expand 1x1, depthwise 3x3, project 1x1 (no activation), with the skip where shapes allow. ReLU, not ReLU6:
+    the quantized model the weights come from used ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = cin * expansion
+        self.expand = nn.Conv2d(cin, hidden, 1) if expansion != 1 else None
+        self.dw = nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden)
+        self.project = nn.Conv2d(hidden, cout, 1)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.expand(x)) if self.expand is not None else x
+        y = self.project(F.relu(self.dw(y)))
+        return x + y if self.skip else y
+
+
+class MobileNetV2Trunk(nn.Module):
+    """torchvision's MobileNetV2 features with batch norm folded: `blocks[0]` the stem, 1-17 the inverted
+    residuals, 18 the last 1x1 (1280); `forward` returns the outputs of the blocks in `taps` (0-based, as in
+    torchvision's `features`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU())]
+        cin = 32
+        for expansion, cout, repeats, stride in _MBV2_SETTINGS:
+            for index in range(repeats):
+                blocks.append(InvertedResidual(cin, cout, stride if index == 0 else 1, expansion))
+                cin = cout
+        blocks.append(nn.Sequential(nn.Conv2d(cin, 1280, 1), nn.ReLU()))
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor, taps: tuple[int, ...] = (18,)) -> list[torch.Tensor]:
+        outs = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in taps:
+                outs.append(x)
+            if index >= max(taps):
+                break
+        return outs
+
+
+class _ScriptObject:
+    """A TorchScript module as its pickle describes it: its class name and its state."""
+
+    cls = ""
+
+    def __init__(self, *args: object) -> None:
+        self.state: object = None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+
+def _read_scripted(path: Path) -> _ScriptObject:
+    """Unpickle a 2019 TorchScript archive without torch.jit (which no longer opens it): modules become
+    _ScriptObjects, quantized tensors (int values, per-tensor scale, zero point) are dequantized to float32."""
+    import io
+    import pickle
+    import zipfile
+
+    archive = zipfile.ZipFile(path)
+    prefix = archive.namelist()[0].split("/")[0]
+    dtypes = {"FloatStorage": np.float32, "QInt8Storage": np.int8, "QUInt8Storage": np.uint8,
+              "LongStorage": np.int64, "IntStorage": np.int32}
+
+    def tensor(storage: tuple[str, str], offset: int, size: tuple[int, ...], stride: tuple[int, ...],
+               *_: object) -> torch.Tensor:
+        raw = np.frombuffer(archive.read(f"{prefix}/data/{storage[1]}"), dtypes[storage[0]])
+        view = np.lib.stride_tricks.as_strided(raw[offset:], size, [s * raw.itemsize for s in stride])
+        return torch.from_numpy(np.array(view))
+
+    def qtensor(storage: tuple[str, str], offset: int, size: tuple[int, ...], stride: tuple[int, ...],
+                params: tuple[str, float, int], *_: object) -> torch.Tensor:
+        if params[0] != "per_tensor_affine":
+            raise ModelLoadError(f"{path}: quantization scheme {params[0]} is not supported")
+        return (tensor(storage, offset, size, stride).float() - params[2]) * params[1]
+
+    class Reader(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            if module == "torch._utils":
+                return {"_rebuild_tensor_v2": tensor, "_rebuild_qtensor": qtensor}[name]
+            if module == "torch":
+                return name  # storage types and the quantization scheme, by name
+            if module == "collections" and name == "OrderedDict":
+                import collections
+
+                return collections.OrderedDict
+            return type(name, (_ScriptObject,), {"cls": f"{module}.{name}"})
+
+        def persistent_load(self, pid: tuple[object, ...]) -> tuple[str, str]:
+            return str(pid[1]), str(pid[2])
+
+    root = Reader(io.BytesIO(archive.read(f"{prefix}/data.pkl"))).load()
+    assert isinstance(root, _ScriptObject)
+    return root
+
+
+def _conv_state(module: _ScriptObject) -> tuple[torch.Tensor, torch.Tensor]:
+    state = module.state
+    if not isinstance(state, tuple) or len(state) < 12:
+        raise ModelLoadError(f"unexpected quantized convolution state in {module.cls}")
+    return state[10], state[11]  # the dequantized weight and the float bias
+
+
+def mobilenet_v2_state(path: Path) -> dict[str, torch.Tensor]:
+    """The ImageNet MobileNetV2's weights as a MobileNetV2Trunk state dict (plus `classifier.*`), sha256-checked."""
+    check_sha256(Path(path), MOBILENET_V2_SHA256)
+    root = _read_scripted(Path(path))
+    attrs = root.state
+    assert isinstance(attrs, dict)
+
+    def child(obj: _ScriptObject, *names: str) -> _ScriptObject:
+        for name in names:
+            assert isinstance(obj.state, dict)
+            obj = obj.state[name]
+        return obj
+
+    features = attrs["features"]
+    state: dict[str, torch.Tensor] = {}
+
+    def put(key: str, module: _ScriptObject) -> None:
+        state[f"{key}.weight"], state[f"{key}.bias"] = _conv_state(module)
+
+    put("blocks.0.0", child(features, "0", "0"))
+    put("blocks.18.0", child(features, "18", "0"))
+    for index in range(1, 18):
+        convs = child(features, str(index), "conv")
+        names = ["expand", "dw", "project"] if index > 1 else ["dw", "project"]
+        for position, name in enumerate(names):
+            step = child(convs, str(position))
+            put(f"blocks.{index}.{name}", step if name == "project" else child(step, "0"))
+    linear = child(attrs["classifier"], "1").state
+    assert isinstance(linear, tuple)
+    state["classifier.weight"], state["classifier.bias"] = linear[3], linear[2]
+    return {k: v.float().contiguous() for k, v in state.items()}
+
+
+def mobilenet_v2_trunk_state(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in mobilenet_v2_state(path).items() if k.startswith("blocks.")}
+
+
+def pretrained_files(architecture: str) -> tuple[str, tuple[str, ...]]:
+    """Where an architecture's pretrained start comes from (and its terms), and the files it is converted from."""
+    if architecture == "faceres_mobilenet_v1":
+        return FACERES_SOURCE, tuple(FACERES_SHA256)
+    if architecture == "mobilenet_v2_imagenet":
+        return MOBILENET_V2_SOURCE, ("mobilenet_v2_imagenet_int8.pt",)
+    raise ModelLoadError(f"{architecture} has no pretrained start")

@@ -122,21 +122,25 @@ class DeepfakeNet(DetectorNet):
         return b.logits(x)
 
 
-class FaceResNet(DetectorNet):
-    """The faceres-deep MobileNetV1 trunk (pipeline.backbones) with one logit on its pooled blocks 5, 11 and 13:
-    the middle of a face-identity network carries more of the manipulation signal than its end."""
+class PooledTapsNet(DetectorNet):
+    """A pretrained trunk with one logit on the global-average-pooled outputs of several of its blocks: the
+    middle of a face-identity network carries more of the manipulation signal than its end. Subclasses name
+    the trunk, the blocks tapped (`TAPS`, with their channel counts) and the one the mask head reads."""
 
-    TAPS = (5, 11, 13)
-    MASK_TAP = 11
+    TAPS: tuple[int, ...] = ()
+    TAP_CHANNELS: tuple[int, ...] = ()
+    MASK_TAP = 0
 
     def __init__(self, mask_head: bool = False, dropout: float = 0.2) -> None:
         super().__init__()
-        from pipeline.backbones import WIDTHS, MobileNetV1Trunk
-
-        self.backbone = MobileNetV1Trunk()
+        self.backbone = self._trunk()
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(sum(WIDTHS[t - 1] for t in self.TAPS), 1)
-        self.mask_head = nn.Conv2d(WIDTHS[self.MASK_TAP - 1], 1, kernel_size=1) if mask_head else None
+        self.head = nn.Linear(sum(self.TAP_CHANNELS), 1)
+        mask_channels = self.TAP_CHANNELS[self.TAPS.index(self.MASK_TAP)]
+        self.mask_head = nn.Conv2d(mask_channels, 1, kernel_size=1) if mask_head else None
+
+    def _trunk(self) -> nn.Module:
+        raise NotImplementedError
 
     def forward_with_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         taps = self.backbone(x, self.TAPS)
@@ -145,15 +149,50 @@ class FaceResNet(DetectorNet):
         return self.head(self.dropout(pooled)), mask
 
     def load_pretrained(self, folder: Path) -> None:
-        """The trunk's weights converted from the original faceres-deep files (sha256 checked)."""
+        """The trunk's weights, converted from the original file(s) in `folder` (sha256 checked)."""
+        raise NotImplementedError
+
+
+class FaceResNet(PooledTapsNet):
+    """faceres-deep: MobileNetV1 trained on VGGFace2 for face identification (pipeline.backbones)."""
+
+    TAPS = (5, 11, 13)
+    TAP_CHANNELS = (256, 512, 1024)
+    MASK_TAP = 11
+
+    def _trunk(self) -> nn.Module:
+        from pipeline.backbones import MobileNetV1Trunk
+
+        return MobileNetV1Trunk()
+
+    def load_pretrained(self, folder: Path) -> None:
         from pipeline.backbones import faceres_trunk_state
 
         self.backbone.load_state_dict(faceres_trunk_state(folder))
 
 
+class MobileNetV2Net(PooledTapsNet):
+    """torchvision's MobileNetV2 trained on ImageNet (pipeline.backbones), tapped at feature blocks 6, 13, 18."""
+
+    TAPS = (6, 13, 18)
+    TAP_CHANNELS = (32, 96, 1280)
+    MASK_TAP = 13
+
+    def _trunk(self) -> nn.Module:
+        from pipeline.backbones import MobileNetV2Trunk
+
+        return MobileNetV2Trunk()
+
+    def load_pretrained(self, folder: Path) -> None:
+        from pipeline.backbones import mobilenet_v2_trunk_state
+
+        self.backbone.load_state_dict(mobilenet_v2_trunk_state(folder / "mobilenet_v2_imagenet_int8.pt"))
+
+
 ARCHITECTURES: dict[str, Callable[..., DetectorNet]] = {
     "inception_resnet_v1": DeepfakeNet,
     "faceres_mobilenet_v1": FaceResNet,
+    "mobilenet_v2_imagenet": MobileNetV2Net,
 }
 
 # What a model of each architecture is served with unless its metadata says otherwise. faceres-deep takes
@@ -166,6 +205,8 @@ ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
         "std": (1 / 255.0, 1 / 255.0, 1 / 255.0),
         "gradcam_layer": "backbone.blocks.10",
     },
+    "mobilenet_v2_imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                              "gradcam_layer": "backbone.blocks.13"},
 }
 
 

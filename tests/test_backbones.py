@@ -274,3 +274,37 @@ def test_a_face_below_the_model_size_gets_no_verdict(classifier, astronaut: np.n
     plain = Screener(replace(strict, meta=replace(strict.meta, min_face_side=0)), ScreenConfig(pdq=False))
     [again] = plain.screen_batch([ScreenItem("tiny", _tiny_face_scene(astronaut, big=False))])
     assert again.status == "scored" and again.faces[0].verdict == "fake"
+
+
+# -- the ImageNet MobileNetV2 ---------------------------------------------------------------------------------
+
+
+@needs_pretrained
+def test_converted_mobilenet_v2_classifies_imagenet_photos() -> None:
+    """Dequantized from the 2019 int8 TorchScript: a cat photo is a cat, a coffee cup an espresso."""
+    from skimage import data
+
+    from pipeline.backbones import MobileNetV2Trunk, mobilenet_v2_state
+
+    state = mobilenet_v2_state(PRETRAINED / "mobilenet_v2_imagenet_int8.pt")
+    trunk = MobileNetV2Trunk()
+    trunk.load_state_dict({k: v for k, v in state.items() if k.startswith("blocks.")})
+    meta = ModelMetadata(version="t", **ARCHITECTURE_DEFAULTS["mobilenet_v2_imagenet"])
+    crops = [np.asarray(Image.fromarray(image).resize((224, 224))) for image in (data.chelsea(), data.coffee())]
+    with torch.no_grad():
+        pooled = trunk(crops_to_tensor(crops, meta))[0].mean(dim=(2, 3))
+        probs = (pooled @ state["classifier.weight"].t() + state["classifier.bias"]).softmax(dim=1)
+    assert int(probs[0].argmax()) in range(281, 286)  # the ImageNet cats
+    assert int(probs[1].argmax()) == 967 and float(probs[1].max()) > 0.9  # espresso
+
+
+@needs_pretrained
+def test_mobilenet_v2_with_a_wrong_sha256_is_refused(tmp_path: Path) -> None:
+    from pipeline.backbones import mobilenet_v2_state
+
+    copy = tmp_path / "mobilenet_v2_imagenet_int8.pt"
+    data = bytearray((PRETRAINED / "mobilenet_v2_imagenet_int8.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="sha256 mismatch"):
+        mobilenet_v2_state(copy)

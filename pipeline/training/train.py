@@ -123,11 +123,11 @@ def _metadata(cfg: TrainConfig, version: str, **kw: Any) -> ModelMetadata:
     families = " + ".join([cfg.data, *cfg.extra_data])
     extra: dict[str, Any] = {"tta_flip": True} if cfg.tta_flip else {}
     if cfg.pretrained:
-        from pipeline.backbones import FACERES_SHA256, FACERES_SOURCE
+        from pipeline.backbones import pretrained_files
 
         folder = Path(cfg.pretrained)
-        extra["pretrained"] = {"source": FACERES_SOURCE,
-                               "sha256": {name: file_sha256(folder / name) for name in FACERES_SHA256}}
+        source, names = pretrained_files(cfg.architecture)
+        extra["pretrained"] = {"source": source, "sha256": {name: file_sha256(folder / name) for name in names}}
     return ModelMetadata(
         version=version,
         architecture=cfg.architecture,
