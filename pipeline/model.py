@@ -42,6 +42,7 @@ class ModelMetadata:
     # Faces whose box's longer side is under this many pixels get no verdict of their own (`too_small`) and
     # do not count toward the image's: the model never saw faces that small. 0 = no limit.
     min_face_side: int = 0
+    tta_flip: bool = False  # the logit is the mean of the crop's and its mirror image's (two forwards)
     sha256: str = ""  # of the weights file
     placeholder: bool = False
     training_data: str = ""
@@ -263,8 +264,11 @@ class Classifier:
         if self.device.type == "cuda":  # page-locked host memory, so the copy overlaps the GPU's work
             batch = batch.pin_memory()
         with torch.inference_mode(), self.autocast():
-            out = self.net(batch.to(self.device, non_blocking=True))
-        return out.float().squeeze(1).cpu()
+            batch = batch.to(self.device, non_blocking=True)
+            out = self.net(batch).float()
+            if self.meta.tta_flip:
+                out = (out + self.net(batch.flip(3)).float()) / 2
+        return out.squeeze(1).cpu()
 
     @property
     def split_stage(self) -> str | None:
@@ -287,7 +291,7 @@ class Classifier:
         `explain.gradcam_from_features`."""
         if not crops:
             return np.zeros(0, dtype=np.float64), None
-        stage = self.split_stage if keep else None
+        stage = self.split_stage if keep and not self.meta.tta_flip else None
         outs: list[torch.Tensor] = []
         captured: list[torch.Tensor] = []
         for i in range(0, len(crops), batch_size):

@@ -308,3 +308,23 @@ def test_mobilenet_v2_with_a_wrong_sha256_is_refused(tmp_path: Path) -> None:
     copy.write_bytes(bytes(data))
     with pytest.raises(ModelLoadError, match="sha256 mismatch"):
         mobilenet_v2_state(copy)
+
+
+def test_flip_averaging_scores_a_crop_and_its_mirror_alike(tmp_path: Path) -> None:
+    from pipeline.model import save_model
+
+    torch.manual_seed(0)
+    meta = ModelMetadata(version="t", architecture="faceres_mobilenet_v1", input_size=96, tta_flip=True,
+                         **ARCHITECTURE_DEFAULTS["faceres_mobilenet_v1"])
+    save_model(FaceResNet().eval(), meta, tmp_path / "m")
+    model = load_classifier(tmp_path / "m")
+    crop = np.random.default_rng(2).integers(0, 256, (96, 96, 3)).astype(np.uint8)
+    mirrored = np.ascontiguousarray(crop[:, ::-1])
+    both = model.fake_probability([crop, mirrored])
+    assert both[0] == pytest.approx(both[1], rel=1e-6)
+    plain = load_classifier(tmp_path / "m")
+    plain.meta = replace(plain.meta, tta_flip=False)
+    one, other = plain.fake_probability([crop, mirrored])
+    assert one != other  # a random network is not mirror-symmetric on its own
+    expected = 1 / (1 + np.exp(-(np.log(one / (1 - one)) + np.log(other / (1 - other))) / 2))
+    assert both[0] == pytest.approx(expected, rel=1e-4)

@@ -266,7 +266,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     if args.model_command == "export":
         from pipeline.training.export import export_model
 
-        print(json.dumps(export_model(Path(args.run), Path(args.out), args.version, args.max_val), indent=2))
+        print(json.dumps(export_model(Path(args.run), Path(args.out), args.version, args.max_val,
+                                      min_face_side=args.min_face_side), indent=2))
         return EXIT_OK
     if args.model_command == "placeholder":
         meta = make_placeholder(Path(args.out))
@@ -282,7 +283,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     print(json.dumps({"folder": str(folder), "version": meta.version, "placeholder": meta.placeholder,
                       "sha256": meta.sha256, "input_size": meta.input_size, "crop_margin": meta.crop_margin,
                       "temperature": meta.temperature, "threshold_fake": meta.threshold_fake,
-                      "threshold_real": meta.threshold_real}, indent=2))
+                      "threshold_real": meta.threshold_real, "architecture": meta.architecture,
+                      "min_face_side": meta.min_face_side}, indent=2))
     return EXIT_OK
 
 
@@ -406,9 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "validation AUC with fp16 weights and bf16 autocast, and writes the model folder (fp16 "
                         "weights when they cost no AUC).")
     m.add_argument("--run", required=True, help="training run folder (with config.json and best/)")
-    m.add_argument("--out", default="models/deepscreen-irv1")
+    m.add_argument("--out", required=True, help="model folder to write (e.g. models/deepscreen-v2)")
     m.add_argument("--version", required=True, help="version string recorded with every verdict")
     m.add_argument("--max-val", type=int, default=0, help="use only the first N validation crops (0 = all)")
+    m.add_argument("--min-face-side", type=int, default=0,
+                   help="faces smaller than this (box's longer side, px) get no verdict; measure it with "
+                   "`python -m bench.face_size --model RUN/best` (0 = no limit)")
     m = msub.add_parser("placeholder", help="write the seeded random PLACEHOLDER model (not a detector)")
     m.add_argument("--out", default="models/placeholder")
     add_registry_parsers(msub)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 FP16_AUC_TOLERANCE = 0.001  # fp16 weights ship only if they cost less validation AUC than this
 
 
-def export_model(run: Path, out: Path, version: str, max_val: int = 0) -> dict[str, Any]:
+def export_model(run: Path, out: Path, version: str, max_val: int = 0, min_face_side: int = 0) -> dict[str, Any]:
     cfg = TrainConfig.from_file(run / "config.json", out=str(run))
     device = resolve_device(cfg.device)
     root = Path(cfg.data)
@@ -31,14 +31,15 @@ def export_model(run: Path, out: Path, version: str, max_val: int = 0) -> dict[s
     best = load_classifier(run / "best", device=device, precision="fp32", fold=False)
     crops = [load_crop(root, s, cfg.input_size) for s in val]
     labels = np.array([s.label for s in val])
-    aucs = {"fp32": auc(labels, predict_logits(best.net, crops, best.meta, device, "fp32")),
-            "bf16_autocast": auc(labels, predict_logits(best.net, crops, best.meta, device, "bf16"))}
+    tta = cfg.tta_flip
+    aucs = {"fp32": auc(labels, predict_logits(best.net, crops, best.meta, device, "fp32", tta_flip=tta)),
+            "bf16_autocast": auc(labels, predict_logits(best.net, crops, best.meta, device, "bf16", tta_flip=tta))}
     with tempfile.TemporaryDirectory() as scratch:
         save_model(best.net, best.meta, Path(scratch), half=True)
         half = load_classifier(scratch, device=device, precision="fp32", fold=False)
-        aucs["fp16_weights"] = auc(labels, predict_logits(half.net, crops, half.meta, device, "fp32"))
+        aucs["fp16_weights"] = auc(labels, predict_logits(half.net, crops, half.meta, device, "fp32", tta_flip=tta))
     ship_half = aucs["fp32"] - aucs["fp16_weights"] < FP16_AUC_TOLERANCE
-    meta = dataclasses.replace(best.meta, version=version, extra={
+    meta = dataclasses.replace(best.meta, version=version, min_face_side=min_face_side, extra={
         **best.meta.extra, "validation": calibration, "validation_auc_by_precision": aucs,
         "weights_dtype": "float16" if ship_half else "float32", "run": str(run),
         "train_config": json.loads((run / "config.json").read_text()),

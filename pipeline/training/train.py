@@ -121,7 +121,7 @@ def resolve_device(name: str) -> torch.device:
 
 def _metadata(cfg: TrainConfig, version: str, **kw: Any) -> ModelMetadata:
     families = " + ".join([cfg.data, *cfg.extra_data])
-    extra: dict[str, Any] = {"tta_flip": True} if cfg.tta_flip else {}
+    extra: dict[str, Any] = {}
     if cfg.pretrained:
         from pipeline.backbones import pretrained_files
 
@@ -131,6 +131,7 @@ def _metadata(cfg: TrainConfig, version: str, **kw: Any) -> ModelMetadata:
     return ModelMetadata(
         version=version,
         architecture=cfg.architecture,
+        tta_flip=cfg.tta_flip,
         input_size=cfg.input_size,
         crop_margin=cfg.crop_margin,
         training_data=f"{families} (manifest.csv train split; validation split for selection and calibration)",
