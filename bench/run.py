@@ -13,6 +13,10 @@ Rows:
   scan-all    the same with a heatmap for every face
   scan-none   the same with no heatmaps (the cost of explaining, by difference)
 Times cover the screening loop only (model load excluded, reported separately).
+
+`--compare MODEL` adds forward, scan-crops and scan rows for a second model (suffixed `@compare`) in the same
+run, so a new model's serving cost is read beside the one it replaces; MODEL is a folder, or `git:REV:PATH` for
+a model folder as committed at REV (a replaced model stays in the history, not in the tree).
 """
 
 from __future__ import annotations
@@ -91,6 +95,21 @@ def frame_files() -> list[Path]:
         canvas.save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def model_folder(spec: str) -> Path:
+    """A model folder from a path, or from `git:REV:PATH` (its model.json and model.safetensors at REV)."""
+    import subprocess
+
+    if not spec.startswith("git:"):
+        return Path(spec)
+    _, rev, path = spec.split(":", 2)
+    folder = Path(tempfile.mkdtemp(prefix="bench-model-"))
+    for name in ("model.json", "model.safetensors"):
+        blob = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path.rstrip('/')}/{name}"],
+                              check=True, capture_output=True).stdout
+        (folder / name).write_bytes(blob)
+    return folder
 
 
 def bench_seed_baseline(settings, files: list[Path]) -> dict[str, Any]:  # noqa: ANN001
@@ -216,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated batch sizes: also time the forward-chunks arrangement at each, to check "
                              "that CROPS_CHUNK is the bare forward's best (the bar scan --crops is held to)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--model", default=None, help="model folder (default: settings' model_dir)")
+    parser.add_argument("--compare", default=None,
+                        help="a second model (folder or git:REV:PATH) whose forward, scan-crops and scan rows run "
+                             "in the same run, suffixed @compare")
     args = parser.parse_args(argv)
 
     overrides: dict[str, Any] = {}
@@ -223,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["torch_threads"] = args.threads
     if args.precision:
         overrides["precision"] = args.precision
+    if args.model:
+        overrides["model_dir"] = model_folder(args.model)
     settings = Settings(**overrides)
     rows = set(args.only.split(","))
     crops = crop_files(args.crops)
@@ -263,7 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     if "scan-none" in rows:
         results["scan-none"] = bench_scan(settings.model_copy(update={"heatmaps": "none"}), frames, crops=False,
                                           rounds=args.rounds)
+    if args.compare:
+        other = settings.model_copy(update={"model_dir": model_folder(args.compare)})
+        if "forward" in rows:
+            results["forward@compare"] = bench_forward(other, crops, other.batch_size)
+        if "scan-crops" in rows:
+            results["scan-crops@compare"] = _merge_rounds(
+                [_scan_once(other, crops, crops=True) for _ in range(max(1, args.rounds))])
+        if "scan" in rows:
+            results["scan@compare"] = bench_scan(other, frames, crops=False, rounds=args.rounds)
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "model_dir": str(settings.model_dir),
+            "compare": args.compare,
             "torch_threads": settings.torch_threads, "screen_threads": settings.screen_threads,
             "overlap_chunk": settings.overlap_chunk, "crops_chunk": settings.crops_chunk,
             "precision": resolve_precision(settings.precision, resolve_device(settings.device)),
@@ -286,7 +321,8 @@ def print_table(results: dict[str, Any], meta: dict[str, Any]) -> None:
     print(f"{'row':<15} {'images':>7} {'seconds':>8} {'images/s':>9}  ratio")
     speed = {name: row["images_per_s"] for name, row in results.items()}
     against = {"scan-crops": "forward", "scan-crops-none": "forward", "scan": "seed", "scan-all": "seed",
-               "scan-none": "seed"}
+               "scan-none": "seed", "forward@compare": "forward", "scan-crops@compare": "scan-crops",
+               "scan@compare": "scan"}
     for name, row in results.items():
         base = against.get(name)
         ratio = f"{speed[name] / speed[base]:.2f} x {base}" if base in speed and speed[base] else ""

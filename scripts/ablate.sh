@@ -15,7 +15,7 @@ fi
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   if [ "$prefix" = abl ]; then names=(r no-mask no-pairs sbi downscaled no-upload-aug r-seed2)
-  else names=(r mnv2 irv1-random head-first layer-decay one-lr w224 one-fake no-gan sbi); fi
+  else names=(r gan-x3 mnv2 irv1-random head-first layer-decay w224 one-fake no-gan sbi one-lr); fi
 fi
 mkdir -p runs
 for name in "${names[@]}"; do

@@ -90,6 +90,7 @@ class TrainConfig:
     # drawn in turn; "one": each real with its first fake only
     fakes_per_real: str = "pairs"
     extra_data: tuple[str, ...] = ()  # more families: face-crop folders (facecrops), reals and fakes unpaired
+    extra_repeat: int = 1  # each extra family's pairs appear this many times an epoch (a small family's weight)
     tta_flip: bool = False  # validation (and the shipped model) average the logits of the crop and its mirror
 
     @classmethod
@@ -197,7 +198,7 @@ class Trainer:
         self.extra_val: dict[str, list[Sample]] = {}
         for folder in cfg.extra_data:
             extra = [replace(s, file=str(Path(folder).resolve() / s.file)) for s in read_manifest(Path(folder))]
-            self.extra_pairs += unpaired_pairs(extra, "train", cfg.seed)
+            self.extra_pairs += unpaired_pairs(extra, "train", cfg.seed) * max(1, cfg.extra_repeat)
             self.extra_val[Path(folder).name] = [s for s in extra if s.split == "val"][: cfg.max_val or None]
         self.version = cfg.version or f"{cfg.architecture}-{Path(cfg.out).name}"
         self.meta = _metadata(cfg, self.version)
