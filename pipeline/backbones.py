@@ -61,7 +61,7 @@ class DepthwiseBlock(nn.Module):
 
 class MobileNetV1Trunk(nn.Module):
     """conv1 and the 13 depthwise-separable blocks; `forward` returns the outputs of the blocks in `taps`
-    (1-based block numbers)."""
+    (indices into `blocks`: Keras's conv_pw_5 is block 4)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,14 +69,14 @@ class MobileNetV1Trunk(nn.Module):
         widths = (32, *WIDTHS)
         self.blocks = nn.ModuleList(DepthwiseBlock(widths[i], widths[i + 1], STRIDES[i]) for i in range(13))
 
-    def forward(self, x: torch.Tensor, taps: tuple[int, ...] = (13,)) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, taps: tuple[int, ...] = (12,)) -> list[torch.Tensor]:
         x = F.relu6(self.conv1(x))
         outs = []
-        for number, block in enumerate(self.blocks, start=1):
+        for index, block in enumerate(self.blocks):
             x = block(x)
-            if number in taps:
+            if index in taps:
                 outs.append(x)
-            if number >= max(taps):
+            if index >= max(taps):
                 break
         return outs
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline.faces import Box, square_region
-from pipeline.model import Classifier, DeepfakeNet, crops_to_tensor
+from pipeline.model import Classifier, DetectorNet, crops_to_tensor
 
 VERDICT_COLOURS = {"fake": (220, 30, 30), "uncertain": (245, 160, 0), "real": (30, 170, 60),
                    "too_small": (150, 150, 150)}
@@ -66,7 +66,7 @@ def gradcam(classifier: Classifier, crops: Sequence[np.ndarray]) -> list[np.ndar
 class _Tail(torch.nn.Module):
     """The network from the Grad-CAM layer's output to the logit; `entry` stands for the layer itself."""
 
-    net: DeepfakeNet
+    net: DetectorNet
 
     def __init__(self, classifier: Classifier, stage: str) -> None:
         super().__init__()
@@ -84,10 +84,8 @@ class _Tail(torch.nn.Module):
     def clear_grads(self) -> None:
         """Drop the gradients the backward left on the tail's own parameters (the rest of the network is not
         reached by it)."""
-        stages = DeepfakeNet.STAGES
-        backbone = self.net.backbone
-        for name in (*stages[stages.index(self.stage) + 1 :], "last_linear", "last_bn", "logits"):
-            getattr(backbone, name).zero_grad(set_to_none=True)
+        for module in self.net.tail_modules(self.stage):
+            module.zero_grad(set_to_none=True)
 
 
 def gradcam_from_features(classifier: Classifier, features: torch.Tensor,

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -76,6 +76,23 @@ class DetectorNet(nn.Module):
         """Logits of shape (N, 1)."""
         return self.forward_with_mask(x)[0]
 
+    # Grad-CAM from the classification forward's own activations (pipeline.explain.gradcam_from_features):
+    # a network that can be split at a stage returns that stage's output beside its logits, and computes from
+    # such an output a logit whose gradient with respect to it is the full logit's.
+    def can_split(self, stage: str) -> bool:
+        return False
+
+    def forward_split(self, stage: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the output of `stage`) in one forward."""
+        raise NotImplementedError
+
+    def forward_from(self, stage: str, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def tail_modules(self, stage: str) -> list[nn.Module]:
+        """The modules a backward from the logit through forward_from reaches."""
+        raise NotImplementedError
+
 
 class DeepfakeNet(DetectorNet):
     """InceptionResnetV1 with one logit (P(fake)) and an optional auxiliary manipulation-mask head.
@@ -115,6 +132,17 @@ class DeepfakeNet(DetectorNet):
             x = getattr(self.backbone, name)(x)
         return self._head(x)
 
+    def can_split(self, stage: str) -> bool:
+        return stage in self.STAGES
+
+    def forward_split(self, stage: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.forward_until(stage, x)
+        return self.forward_from(stage, features), features
+
+    def tail_modules(self, stage: str) -> list[nn.Module]:
+        names = (*self.STAGES[self.STAGES.index(stage) + 1 :], "last_linear", "last_bn", "logits")
+        return [getattr(self.backbone, name) for name in names]
+
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         b = self.backbone
         x = b.dropout(x)
@@ -153,13 +181,56 @@ class PooledTapsNet(DetectorNet):
         """The trunk's weights, converted from the original file(s) in `folder` (sha256 checked)."""
         raise NotImplementedError
 
+    def _block(self, stage: str) -> int | None:
+        prefix, _, number = stage.partition(".")
+        blocks = getattr(self.backbone, "blocks", None)
+        if prefix != "blocks" or not number.isdigit() or blocks is None or int(number) >= len(blocks):
+            return None
+        return int(number)
+
+    def can_split(self, stage: str) -> bool:
+        index = self._block(stage)
+        return index is not None and index <= max(self.TAPS)
+
+    def forward_split(self, stage: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self._block(stage)
+        assert index is not None
+        taps = self.backbone(x, tuple(sorted({*self.TAPS, index})))
+        order = sorted({*self.TAPS, index})
+        pooled = torch.cat([taps[order.index(t)].mean(dim=(2, 3)) for t in self.TAPS], dim=1)
+        return self.head(self.dropout(pooled)), taps[order.index(index)]
+
+    def forward_from(self, stage: str, x: torch.Tensor) -> torch.Tensor:
+        """The logit less the share of the taps before `stage` (a constant here, so the gradient with respect to
+        `x` is the full logit's), from the output `x` of block `stage`."""
+        index = self._block(stage)
+        assert index is not None
+        blocks = cast(nn.ModuleList, self.backbone.blocks)
+        pooled, start, width, current = [], 0, 0, index
+        for tap, channels in zip(self.TAPS, self.TAP_CHANNELS, strict=True):  # TAPS ascend
+            if tap < index:
+                start += channels
+                continue
+            for block in blocks[current + 1 : tap + 1]:
+                x = block(x)
+            current = tap
+            pooled.append(x.mean(dim=(2, 3)))
+            width += channels
+        weight = self.head.weight[:, start : start + width]
+        return torch.nn.functional.linear(self.dropout(torch.cat(pooled, dim=1)), weight, self.head.bias)
+
+    def tail_modules(self, stage: str) -> list[nn.Module]:
+        index = self._block(stage)
+        assert index is not None
+        return [*cast(nn.ModuleList, self.backbone.blocks)[index + 1 : max(self.TAPS) + 1], self.head]
+
 
 class FaceResNet(PooledTapsNet):
     """faceres-deep: MobileNetV1 trained on VGGFace2 for face identification (pipeline.backbones)."""
 
-    TAPS = (5, 11, 13)
+    TAPS = (4, 10, 12)  # Keras's conv_pw_5, 11 and 13
     TAP_CHANNELS = (256, 512, 1024)
-    MASK_TAP = 11
+    MASK_TAP = 10
 
     def _trunk(self) -> nn.Module:
         from pipeline.backbones import MobileNetV1Trunk
@@ -273,9 +344,9 @@ class Classifier:
     @property
     def split_stage(self) -> str | None:
         """The backbone stage named by `gradcam_layer` when the network can be resumed from it
-        (DeepfakeNet.forward_from), else None: Grad-CAM then needs a full forward of its own."""
+        (DetectorNet.forward_from), else None: Grad-CAM then needs a full forward of its own."""
         prefix, _, stage = self.meta.gradcam_layer.partition(".")
-        if prefix == "backbone" and stage in DeepfakeNet.STAGES and isinstance(self.net, DeepfakeNet):
+        if prefix == "backbone" and self.net.can_split(stage):
             return stage
         return None
 
@@ -301,12 +372,9 @@ class Classifier:
                 continue
             if self.device.type == "cuda":
                 batch = batch.pin_memory()
-            net = self.net
-            assert isinstance(net, DeepfakeNet)  # split_stage says so
             # No hook on the shared network: two screening threads may run this at once.
             with torch.inference_mode(), self.autocast():
-                features = net.forward_until(stage, batch.to(self.device, non_blocking=True))
-                out = net.forward_from(stage, features)
+                out, features = self.net.forward_split(stage, batch.to(self.device, non_blocking=True))
             outs.append(out.float().squeeze(1).cpu())
             captured.append(features)
         logits = torch.cat(outs).double()

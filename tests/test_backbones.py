@@ -328,3 +328,30 @@ def test_flip_averaging_scores_a_crop_and_its_mirror_alike(tmp_path: Path) -> No
     assert one != other  # a random network is not mirror-symmetric on its own
     expected = 1 / (1 + np.exp(-(np.log(one / (1 - one)) + np.log(other / (1 - other))) / 2))
     assert both[0] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ["faceres_mobilenet_v1", "mobilenet_v2_imagenet"])
+def test_gradcam_resumed_from_the_forward_equals_the_full_gradcam(architecture: str, tmp_path: Path) -> None:
+    """The pooled-taps networks split at their Grad-CAM layer: one forward gives the probabilities and the
+    layer's activations, and the maps from those equal a full Grad-CAM pass."""
+    from pipeline.explain import gradcam, gradcam_from_features
+    from pipeline.model import build_network, save_model
+
+    torch.manual_seed(3)
+    net = build_network(architecture).eval()
+    with torch.no_grad():
+        net.head.weight.mul_(50)  # a random head's logit barely moves; make the maps worth comparing
+    meta = ModelMetadata(version="t", architecture=architecture, input_size=112, **ARCHITECTURE_DEFAULTS[architecture])
+    save_model(net, meta, tmp_path / "m")
+    model = load_classifier(tmp_path / "m")
+    assert model.split_stage == meta.gradcam_layer.removeprefix("backbone.")
+    rng = np.random.default_rng(4)
+    crops = [rng.integers(0, 256, (112, 112, 3)).astype(np.uint8) for _ in range(3)]
+    probs, features = model.fake_probability_with_features(crops)
+    assert features is not None and len(features) == 3
+    np.testing.assert_allclose(probs, model.fake_probability(crops), rtol=1e-6)
+    full, resumed = gradcam(model, crops), gradcam_from_features(model, features)
+    for a, b in zip(full, resumed, strict=True):
+        assert a.std() > 0.01
+        np.testing.assert_allclose(a, b, atol=1e-3)
+    assert all(p.grad is None for p in model.net.parameters())
