@@ -36,6 +36,7 @@ class ModelMetadata:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     temperature: float = 1.0
+    logit_bias: float = 0.0  # calibrated P(fake) = sigmoid(logit / temperature + logit_bias)
     threshold_fake: float = 0.9  # calibrated P(fake) at or above: verdict `fake`
     threshold_real: float = 0.5  # calibrated P(fake) at or below: verdict `real`; between: `uncertain`
     gradcam_layer: str = "backbone.block8"
@@ -378,7 +379,7 @@ class Classifier:
             outs.append(out.float().squeeze(1).cpu())
             captured.append(features)
         logits = torch.cat(outs).double()
-        probs = torch.sigmoid(logits / self.meta.temperature).numpy()
+        probs = torch.sigmoid(logits / self.meta.temperature + self.meta.logit_bias).numpy()
         if stage is None:
             return probs, None
         with torch.inference_mode(False):

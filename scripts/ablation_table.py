@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| run | start | val AUC | vs r | gan-faces val AUC | vs r | val ECE | train minutes | images | images/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, row in rows.items():
-        def delta(key: str, row: dict = row) -> str:
+        def delta(key: str, row: dict = row, name: str = name) -> str:
             if reference is None or row[key] is None or reference[key] is None or name == args.against:
                 return "-"
             return f"{row[key] - reference[key]:+.3f}"

@@ -35,8 +35,9 @@ def test_autocast_runs_half_precision_on_the_classifier_device(precision: str, a
     seen: list[tuple[torch.device, torch.dtype]] = []
     conv_dtypes: list[torch.dtype] = []
     params = next(half.net.parameters())
-    pre = half.net.backbone.conv2d_1a.register_forward_pre_hook(lambda _m, args: seen.append((args[0].device, args[0].dtype)))
-    conv = half.net.backbone.conv2d_1a.conv.register_forward_hook(lambda _m, _a, out: conv_dtypes.append(out.dtype))
+    first = next(m for m in half.net.modules() if isinstance(m, torch.nn.Conv2d))  # the network's first layer
+    pre = first.register_forward_pre_hook(lambda _m, args: seen.append((args[0].device, args[0].dtype)))
+    conv = first.register_forward_hook(lambda _m, _a, out: conv_dtypes.append(out.dtype))
     screener = Screener(half, ScreenConfig(heatmaps="all"), detector=FaceDetector(device=half.device))
     try:
         [verdict] = screener.screen_batch([ScreenItem("a.jpg", _frame(astronaut))])

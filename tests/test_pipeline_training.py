@@ -21,7 +21,7 @@ from pipeline.model import Classifier, crops_to_tensor, load_classifier
 from pipeline.screen import ScreenConfig, Screener, ScreenItem
 from pipeline.training.augment import AugmentConfig, apply_params, difference_mask, draw_params
 from pipeline.training.data import Sample, load_crop, make_pair_batch, read_manifest, read_pairs
-from pipeline.training.metrics import at_threshold, auc, choose_thresholds, ece, fit_temperature
+from pipeline.training.metrics import at_threshold, auc, choose_thresholds, ece, fit_platt, fit_temperature
 from pipeline.training.sbi import face_mask, self_blend
 from pipeline.training.train import TrainConfig, Trainer
 
@@ -106,6 +106,21 @@ def test_fit_temperature_recovers_two() -> None:
     temperature = fit_temperature(labels, 2.0 * true_logit)
     assert temperature == pytest.approx(2.0, rel=0.15)
     assert fit_temperature(labels, true_logit) == pytest.approx(1.0, rel=0.15)
+
+
+def test_fit_platt_recovers_a_temperature_and_a_shift() -> None:
+    """Logits that sit off-centre (reals above zero) need a shift a temperature cannot give."""
+    rng = np.random.default_rng(4)
+    true_logit = rng.normal(0.0, 2.0, 20_000)
+    labels = (rng.random(20_000) < 1.0 / (1.0 + np.exp(-true_logit))).astype(float)
+    shifted = 2.0 * (true_logit + 0.75)  # the network says 2 (z + 0.75): T = 2, b = -0.75
+    temperature, bias = fit_platt(labels, shifted)
+    assert temperature == pytest.approx(2.0, rel=0.1)
+    assert bias == pytest.approx(-0.75, abs=0.1)
+    probs_platt = 1 / (1 + np.exp(-(shifted / temperature + bias)))
+    probs_t = 1 / (1 + np.exp(-shifted / fit_temperature(labels, shifted)))
+    assert ece(labels, probs_platt) < 0.02 < ece(labels, probs_t)
+    assert fit_platt(labels, -shifted)[1] == 0.0  # anti-correlated scores: the plain temperature, no shift
 
 
 # -- augmentations ------------------------------------------------------------------------------------

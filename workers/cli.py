@@ -282,7 +282,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     meta = classifier.meta
     print(json.dumps({"folder": str(folder), "version": meta.version, "placeholder": meta.placeholder,
                       "sha256": meta.sha256, "input_size": meta.input_size, "crop_margin": meta.crop_margin,
-                      "temperature": meta.temperature, "threshold_fake": meta.threshold_fake,
+                      "temperature": meta.temperature, "logit_bias": meta.logit_bias,
+                      "threshold_fake": meta.threshold_fake,
                       "threshold_real": meta.threshold_real, "architecture": meta.architecture,
                       "min_face_side": meta.min_face_side}, indent=2))
     return EXIT_OK
@@ -404,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("info", help="load the model (sha256 checked) and print its metadata")
     m.add_argument("--model", dest="model_dir", help="model folder (default $DEEPSCREEN_MODEL_DIR)")
     m = msub.add_parser("export", help="calibrate a training run's best weights on validation and ship them",
-                        description="Fits the temperature and both thresholds on the validation split, measures "
+                        description="Fits the temperature, a logit shift and both thresholds on the validation split, measures "
                         "validation AUC with fp16 weights and bf16 autocast, and writes the model folder (fp16 "
                         "weights when they cost no AUC).")
     m.add_argument("--run", required=True, help="training run folder (with config.json and best/)")

@@ -108,6 +108,35 @@ def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
     return float(math.exp((lo + hi) / 2))
 
 
+def fit_platt(labels: np.ndarray, logits: np.ndarray, iterations: int = 50) -> tuple[float, float]:
+    """(T, b) minimising the log loss of sigmoid(logit / T + b): a temperature and a shift. The shift matters
+    when a network's logits sit off-centre (scores of reals above zero on balanced data), which a temperature
+    alone cannot correct. Newton's method on (1 / T, b) from the temperature fit, with a line search."""
+    labels = np.asarray(labels, dtype=np.float64)
+    logits = np.asarray(logits, dtype=np.float64)
+
+    def nll(params: np.ndarray) -> float:
+        z = params[0] * logits + params[1]
+        return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+
+    params = np.array([1.0 / fit_temperature(labels, logits), 0.0])
+    features = np.stack([logits, np.ones_like(logits)], axis=1)
+    for _ in range(iterations):
+        probs = 1.0 / (1.0 + np.exp(-(features @ params)))
+        gradient = features.T @ (probs - labels) / len(labels)
+        hessian = (features * (probs * (1 - probs))[:, None]).T @ features / len(labels) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        scale, before = 1.0, nll(params)
+        while scale > 1e-6 and nll(params - scale * step) > before:
+            scale /= 2
+        params = params - scale * step
+        if np.abs(scale * step).max() < 1e-10:
+            break
+    if params[0] <= 0:  # scores that rank fakes below reals: no temperature makes sense; keep the plain fit
+        return fit_temperature(labels, logits), 0.0
+    return float(1.0 / params[0]), float(params[1])
+
+
 def choose_thresholds(
     labels: np.ndarray, probs: np.ndarray, max_fpr: float = 0.01, max_miss: float = 0.05
 ) -> tuple[float, float]:

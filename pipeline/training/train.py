@@ -42,7 +42,7 @@ from pipeline.training.data import (
     read_pairs,
     unpaired_pairs,
 )
-from pipeline.training.metrics import auc, choose_thresholds, ece, fit_temperature
+from pipeline.training.metrics import auc, choose_thresholds, ece, fit_platt
 
 log = logging.getLogger(__name__)
 
@@ -359,13 +359,13 @@ def calibrate_folder(folder: Path, root: Path, val: list[Sample], cfg: TrainConf
     crops = [load_crop(root, s, cfg.input_size) for s in val]
     labels = np.array([s.label for s in val])
     logits = predict_logits(classifier.net, crops, classifier.meta, device, cfg.precision, tta_flip=cfg.tta_flip)
-    temperature = fit_temperature(labels, logits)
-    probs = 1.0 / (1.0 + np.exp(-logits / temperature))
+    temperature, bias = fit_platt(labels, logits)
+    probs = 1.0 / (1.0 + np.exp(-(logits / temperature + bias)))
     fake_t, real_t = choose_thresholds(labels, probs, cfg.max_fpr, cfg.max_miss)
     summary = {"val_auc": auc(labels, probs), "val_ece_raw": ece(labels, 1 / (1 + np.exp(-logits))),
-               "val_ece": ece(labels, probs), "temperature": temperature,
+               "val_ece": ece(labels, probs), "temperature": temperature, "logit_bias": bias,
                "threshold_fake": fake_t, "threshold_real": real_t, "max_fpr": cfg.max_fpr, "max_miss": cfg.max_miss}
-    meta = replace(classifier.meta, temperature=temperature, threshold_fake=fake_t, threshold_real=real_t,
+    meta = replace(classifier.meta, temperature=temperature, logit_bias=bias, threshold_fake=fake_t, threshold_real=real_t,
                    extra={**classifier.meta.extra, "validation": summary})
     save_model(classifier.net, meta, folder)
     (folder.parent / "calibration.json").write_text(json.dumps(summary, indent=2) + "\n")
