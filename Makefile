@@ -78,7 +78,7 @@ test: install lint
 	exit $$rc
 
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --compare git:4e7aac6:models/deepscreen-irv1
 	$(BIN)/python -m bench.distributed
 	$(BIN)/python -m bench.rescan
 

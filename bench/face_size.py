@@ -21,7 +21,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "dfdc-faces"
-SIDES = (224, 160, 128, 112, 96, 80, 64, 56, 48, 40, 32, 24)
+SIDES = (224, 160, 128, 112, 96, 80, 64, 48, 32)
 
 
 def shrunk(pixels: np.ndarray, side: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from pipeline.faces import DetectorConfig
 from pipeline.screen import ScreenConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODEL = REPO_ROOT / "models" / "deepscreen-irv1"
+SHIPPED_MODEL = REPO_ROOT / "models" / "deepscreen-v2"
 PLACEHOLDER_MODEL = REPO_ROOT / "models" / "placeholder"
 PLACEHOLDER_SECRET = "changethis"
 
