@@ -49,3 +49,30 @@ def test_bench_distributed_reports_throughput_cpu_rss_and_latency(tmp_path: Path
         assert result[f"{part}_cpu_ms_per_image"] >= 0, part  # under /proc's 10 ms clock tick
     assert sum(result["outcomes"].values()) == 16  # every image's verdict, so the flagged share can be read
     assert 0 < result["latency_p50_s"] <= result["latency_p95_s"]
+
+
+def test_bench_run_compares_a_second_model_in_the_same_run(tmp_path: Path, tmp_model: Path) -> None:
+    from bench.run import main
+
+    assert main(["--crops", str(CROPS), "--rounds", "1", "--only", "forward,scan-crops", "--compare", str(tmp_model),
+                 "--out", str(tmp_path)]) == 0
+    [written] = tmp_path.glob("bench-*.json")
+    document = json.loads(written.read_text())
+    assert set(document["results"]) == {"forward", "scan-crops", "forward@compare", "scan-crops@compare"}
+    assert document["meta"]["compare"] == str(tmp_model)
+    assert all(row["images_per_s"] > 0 for row in document["results"].values())
+
+
+def test_a_compared_model_comes_from_the_history(tmp_path: Path) -> None:
+    import subprocess
+
+    from bench.run import REPO, model_folder
+
+    rev = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%H", "--", "models/deepscreen-v2"],
+                         capture_output=True, text=True).stdout.strip()
+    if not rev:
+        pytest.skip("no git history in this checkout")
+    folder = model_folder(f"git:{rev}:models/deepscreen-v2")
+    assert (folder / "model.json").read_bytes() == subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{rev}:models/deepscreen-v2/model.json"], capture_output=True).stdout
+    assert (folder / "model.safetensors").stat().st_size > 1_000_000
