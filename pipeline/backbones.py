@@ -47,6 +47,19 @@ class SameConv2d(nn.Conv2d):
         return super().forward(F.pad(x, pads))
 
 
+def tapped_outputs(blocks: nn.ModuleList, x: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
+    """Run `blocks` in order on `x` and return the outputs of those whose index is in `taps`, stopping after
+    the last one."""
+    outs = []
+    for index, block in enumerate(blocks):
+        x = block(x)
+        if index in taps:
+            outs.append(x)
+        if index >= max(taps):
+            break
+    return outs
+
+
 class DepthwiseBlock(nn.Module):
     """Depthwise 3x3 then pointwise 1x1, each followed by ReLU6 (the folded batch norm lives in the biases)."""
 
@@ -70,15 +83,7 @@ class MobileNetV1Trunk(nn.Module):
         self.blocks = nn.ModuleList(DepthwiseBlock(widths[i], widths[i + 1], STRIDES[i]) for i in range(13))
 
     def forward(self, x: torch.Tensor, taps: tuple[int, ...] = (12,)) -> list[torch.Tensor]:
-        x = F.relu6(self.conv1(x))
-        outs = []
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index in taps:
-                outs.append(x)
-            if index >= max(taps):
-                break
-        return outs
+        return tapped_outputs(self.blocks, F.relu6(self.conv1(x)), taps)
 
 
 class FaceResIdentity(nn.Module):
@@ -215,14 +220,7 @@ class MobileNetV2Trunk(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor, taps: tuple[int, ...] = (18,)) -> list[torch.Tensor]:
-        outs = []
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index in taps:
-                outs.append(x)
-            if index >= max(taps):
-                break
-        return outs
+        return tapped_outputs(self.blocks, x, taps)
 
 
 class _ScriptObject:
