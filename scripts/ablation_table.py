@@ -25,16 +25,15 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / "calibration.json").is_file() or not metrics.is_file():
             continue
         last = json.loads(metrics.read_text().splitlines()[-1])
-        calibration = json.loads((run / "calibration.json").read_text())
         config = json.loads((run / "config.json").read_text())
         rows[run.name[len(args.prefix) + 1 :]] = {
             "val_auc": last["val_auc"], "val_auc_gan": last.get("val_auc_gan-faces-crops"),
-            "val_ece": calibration["val_ece"], "minutes": last["seconds"] / 60, "images_per_s": last["images_per_s"],
+            "minutes": last["seconds"] / 60, "images_per_s": last["images_per_s"],
             "images": round(last["seconds"] * last["images_per_s"]), "architecture": config["architecture"],
         }
     reference = rows.get(args.against)
-    print("| run | start | val AUC | vs r | gan-faces val AUC | vs r | val ECE | train minutes | images | images/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| run | start | val AUC | vs r | gan-faces val AUC | vs r | train minutes | images | images/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, row in rows.items():
         def delta(key: str, row: dict = row, name: str = name) -> str:
             if reference is None or row[key] is None or reference[key] is None or name == args.against:
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
         gan = f"{row['val_auc_gan']:.3f}" if row["val_auc_gan"] is not None else "-"
         print(f"| {name} | {row['architecture']} | {row['val_auc']:.3f} | {delta('val_auc')} | {gan} | "
-              f"{delta('val_auc_gan')} | {row['val_ece']:.3f} | {row['minutes']:.1f} | {row['images']:,} | "
+              f"{delta('val_auc_gan')} | {row['minutes']:.1f} | {row['images']:,} | "
               f"{row['images_per_s']:.1f} |")
     return 0
 
