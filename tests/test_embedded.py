@@ -67,7 +67,7 @@ def test_scan_json_gives_one_stable_row_per_input(inputs: Path, model_dir: Path,
     face = rows["astronaut.jpg"]
     assert face["status"] == "scored" and face["verdict"] in ("fake", "real", "uncertain")
     assert len(face["faces"]) >= 1
-    assert set(face["faces"][0]) == {"box", "detection_probability", "fake_probability"}
+    assert set(face["faces"][0]) == {"box", "detection_probability", "fake_probability", "verdict"}
     assert face["fake_probability"] == max(f["fake_probability"] for f in face["faces"])
     assert Path(face["heatmap"]).is_file() and Path(face["heatmap"]).read_bytes()[:3] == b"\xff\xd8\xff"
     assert rows["wall.png"]["status"] == "no_face" and rows["wall.png"]["verdict"] is None
@@ -124,3 +124,29 @@ def test_example_frames_yield_faces(model_dir: Path, tmp_path: Path) -> None:
     assert len(rows) == 40
     with_face = sum(1 for r in rows if r["status"] == "scored")
     assert with_face >= 38, f"only {with_face} of 40 example frames yielded a face"
+
+
+def test_a_face_too_small_to_judge_is_stored_with_its_reason(model_dir: Path, tmp_path: Path) -> None:
+    """Through the real command into SQLite: the image is `no_face` / `face_too_small`, its face is recorded
+    with the verdict `too_small`, and no review item is opened."""
+    from skimage import data
+
+    small_model = tmp_path / "model"
+    small_model.mkdir()
+    for name in ("model.safetensors", "model.json"):
+        (small_model / name).write_bytes((model_dir / name).read_bytes())
+    meta = json.loads((small_model / "model.json").read_text())
+    (small_model / "model.json").write_text(json.dumps({**meta, "min_face_side": 60}))
+    canvas = np.full((600, 800, 3), 200, np.uint8)
+    canvas[380:560, 560:740] = np.asarray(Image.fromarray(data.astronaut()).resize((180, 180)))  # a ~35 px face
+    Image.fromarray(canvas).save(tmp_path / "crowd.png")
+    home = tmp_path / "home"
+    done = _run(["scan", str(tmp_path / "crowd.png"), "--home", str(home), "--json"], small_model)
+    assert done.returncode == 0, done.stderr
+    [row] = _rows(done.stdout).values()
+    assert (row["status"], row["reason"], row["verdict"]) == ("no_face", "face_too_small", None)
+    assert [face["verdict"] for face in row["faces"]] == ["too_small"]
+    [database] = home.glob("*.sqlite3")
+    with sqlite3.connect(database) as db:
+        assert db.execute("select verdict from faces").fetchall() == [("too_small",)]
+        assert db.execute("select count(*) from review_items").fetchone() == (0,)

@@ -148,7 +148,7 @@ def result_rows(runtime: Runtime, paths: Sequence[Path], outcomes: Sequence[Outc
         document = documents[saved.verdict_id]
         faces = [
             {"box": [round(v, 1) for v in f["box"]], "detection_probability": f["detection_probability"],
-             "fake_probability": f["fake_probability"]}
+             "fake_probability": f["fake_probability"], "verdict": f["verdict"]}
             for f in document["faces"]
         ]
         row.update(sha256=document["sha256"], status=document["status"], verdict=document["verdict"],
