@@ -355,3 +355,38 @@ def test_gradcam_resumed_from_the_forward_equals_the_full_gradcam(architecture: 
         assert a.std() > 0.01
         np.testing.assert_allclose(a, b, atol=1e-3)
     assert all(p.grad is None for p in model.net.parameters())
+
+
+def test_face_crops_of_a_whole_image_family(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """A family of whole portraits becomes the MTCNN crops serving would score; a faceless image is counted
+    and left out, and a second call reuses the first's output."""
+    import csv
+
+    from pipeline.training.facecrops import crop_dataset
+
+    source = tmp_path / "family"
+    (source / "real").mkdir(parents=True)
+    (source / "fake").mkdir()
+    Image.fromarray(astronaut).save(source / "real" / "a.jpg", quality=92)
+    Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(source / "fake" / "b.jpg", quality=92)
+    Image.fromarray(np.full((256, 256, 3), 90, np.uint8)).save(source / "fake" / "wall.jpg")
+    with (source / "manifest.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["file", "label", "split"], ["real/a.jpg", "real", "train"],
+                                      ["fake/b.jpg", "fake", "train"], ["fake/wall.jpg", "fake", "val"]])
+    counts = crop_dataset(source, tmp_path / "crops", progress=False)
+    assert counts == {"images": 3, "cropped": 2, "no_face": 1, "invalid": 0}
+    rows = list(csv.DictReader((tmp_path / "crops" / "manifest.csv").open()))
+    assert [(r["file"], r["label"], r["split"]) for r in rows] == [("real/a.png", "real", "train"),
+                                                                   ("fake/b.png", "fake", "train")]
+    assert Image.open(tmp_path / "crops" / "real" / "a.png").size == (224, 224)
+    (tmp_path / "crops" / "real" / "a.png").unlink()
+    assert crop_dataset(source, tmp_path / "crops", progress=False) == counts  # reused, not recomputed
+
+
+def test_an_extra_family_without_crops_is_a_clear_error(tmp_path: Path) -> None:
+    from tests.test_pipeline_training import make_dataset
+
+    root = make_dataset(tmp_path / "data", train=2, val=1)
+    cfg = _faceres_config(root, tmp_path / "run", pretrained="", extra_data=(str(tmp_path / "missing"),))
+    with pytest.raises(ValueError, match="python -m pipeline.training.facecrops"):
+        Trainer(cfg, progress=False)

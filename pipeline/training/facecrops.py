@@ -54,3 +54,19 @@ def crop_dataset(source: Path, out: Path, margin: float = 0.0, progress: bool = 
     done.write_text(json.dumps({"stamp": stamp, "counts": counts}, indent=2) + "\n")
     log.info("cropped source=%s counts=%s", source, counts)
     return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.training.facecrops", description=__doc__)
+    parser.add_argument("source", type=Path, help="labelled folder with manifest.csv (e.g. ../shared/data/gan-faces)")
+    parser.add_argument("out", type=Path, help="where the crops and their manifest.csv go")
+    parser.add_argument("--margin", type=float, default=0.0, help="per side, as a share of the box (the model's)")
+    args = parser.parse_args(argv)
+    print(json.dumps(crop_dataset(args.source, args.out, args.margin), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -197,6 +197,10 @@ class Trainer:
         self.extra_pairs: list[Pair] = []
         self.extra_val: dict[str, list[Sample]] = {}
         for folder in cfg.extra_data:
+            if not (Path(folder) / "manifest.csv").is_file():
+                raise ValueError(
+                    f"extra family {folder} has no manifest.csv: cut its faces first, e.g. "
+                    f"python -m pipeline.training.facecrops ../shared/data/gan-faces {folder}")
             extra = [replace(s, file=str(Path(folder).resolve() / s.file)) for s in read_manifest(Path(folder))]
             self.extra_pairs += unpaired_pairs(extra, "train", cfg.seed) * max(1, cfg.extra_repeat)
             self.extra_val[Path(folder).name] = [s for s in extra if s.split == "val"][: cfg.max_val or None]
