@@ -196,8 +196,8 @@ class PooledTapsNet(DetectorNet):
     def forward_split(self, stage: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         index = self._block(stage)
         assert index is not None
-        taps = self.backbone(x, tuple(sorted({*self.TAPS, index})))
         order = sorted({*self.TAPS, index})
+        taps = self.backbone(x, tuple(order))
         pooled = torch.cat([taps[order.index(t)].mean(dim=(2, 3)) for t in self.TAPS], dim=1)
         return self.head(self.dropout(pooled)), taps[order.index(index)]
 
