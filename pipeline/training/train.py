@@ -76,7 +76,7 @@ class TrainConfig:
     max_fpr: float = 0.01  # fake threshold: at most this share of val reals auto-flagged
     max_miss: float = 0.05  # real threshold: at most this share of val fakes cleared
     version: str = ""
-    init_from: str = ""  # a shipped model folder to start from (warm start across sessions); "" = random init
+    init_from: str = ""  # a shipped model folder whose weights the run starts from; "" = the pretrained or random start
     # Lever switches for ablations: both default to the levers on.
     pair_batches: bool = True  # False: each batch's reals come from other pairs, with their own augmentation
     source_side: int = 224  # train crops are resized to this before the window is cut; 224 = native scale
