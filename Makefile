@@ -31,7 +31,7 @@ help:
 	@echo "make bench          the benchmark harness"
 	@echo "make chaos          fault tests (marker: chaos)"
 	@echo "make load           a burst of 10,000 events through one worker: nothing lost, latency, RSS"
-	@echo "make fuzz           fuzz tests with the long hypothesis profile"
+	@echo "make fuzz           fuzz tests with the long hypothesis profile, then the hostile-input benchmark"
 	@echo "make services-up    start the machine's Postgres and Redis if they do not answer"
 	@echo "make services-down  stop them"
 
@@ -92,6 +92,7 @@ chaos: install
 
 fuzz: install
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/test_pipeline_decode.py tests/test_pipeline_events.py -k fuzz --hypothesis-profile=long
+	$(BIN)/python -m bench.hostile
 
 services-up:
 	scripts/services.sh up

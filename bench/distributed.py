@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
                 return int(conn.scalar(select(func.count()).select_from(Event).where(Event.status != "queued")) or 0)
 
         def last_verdict_at(event_ids: list[str]) -> float:
-            """Epoch seconds of the latest `finished_at` among `event_ids` (the worker's clock is this machine's)."""
+            """Epoch seconds of the latest `finished_at` among `event_ids` (the worker runs on the same host, so its clock is ours)."""
             with engine.connect() as conn:
                 latest = conn.scalar(select(func.max(Event.finished_at)).where(Event.event_id.in_(event_ids)))
             if latest is None:

@@ -3,6 +3,14 @@
 Erasure removes every row that names the image (events, image, verdicts, faces, review items, gold answers,
 evidence bundles; webhook delivery records lose their bundle link) and leaves one tombstone per sha256
 (`erasures`: the sha256, when, by whom, why) plus an audit entry. The audit log itself is never touched.
+The image's bank entries go the way a reversal removes them (db.known_fakes.erase_entries), and its hash is
+blanked in the bank change log. Events still queued end `erased` (their event id and source stay, nothing
+that names the image), so a worker that picks one up later records that and screens nothing.
+
+An event sent before an erasure may reach a worker after it. Every save of an image's verdict checks the
+tombstones in its own transaction (`erased_events`), under the same per-content lock an erasure takes
+(`lock_contents`), so no save can slip in between an erasure's read and its commit: an event sent before
+the erasure of its bytes ends `erased` and writes no image, verdict or review row.
 
 Retention deletes heatmap keys after N days and, after M days, verdicts (with faces and crops) whose review
 item is absent or was decided more than M days ago; then events and images nothing points at any more.
@@ -14,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, or_, select, update
+from sqlalchemy import Engine, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import known_fakes
 from db.schema import (
     AuditEntry,
     CanaryResult,
@@ -29,14 +38,57 @@ from db.schema import (
     FaceRow,
     GoldAnswer,
     Image,
+    PerceptualHashRow,
     RescanItem,
     ReviewItem,
     Verdict,
     WebhookDelivery,
     utcnow,
 )
+from pipeline.events import UploadEvent
 
 OPEN_REVIEW_STATES = ("pending", "claimed")
+ERASED = "erased"  # the status and reason of an event an erasure covers
+ERASED_URI = "erased:"  # what such an event keeps of its image's address
+LOCK_CLASS = 0x45524153  # "ERAS": the advisory-lock namespace of per-content erasure locks
+
+
+def lock_contents(session: Session, sha256s: Sequence[str]) -> None:
+    """Postgres: a transaction-scoped advisory lock per image content, in one order, taken by an erasure and
+    by every save of that content, so the two never interleave. SQLite already has one writer at a time."""
+    if not sha256s or session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted({int(sha[:8], 16) - 2**31 for sha in sha256s})  # int4; a collision only serialises more
+    session.execute(text("SELECT pg_advisory_xact_lock(:cls, k) FROM unnest(CAST(:keys AS integer[])) AS k"),
+                    {"cls": LOCK_CLASS, "keys": keys})
+
+
+def erased_events(session: Session, pairs: Sequence[tuple[UploadEvent, str]]) -> set[str]:
+    """Of (event, sha256 of its bytes), the events an erasure covers: marked `erased` by it, or sent before an
+    erasure of those bytes (by the producer's upload time or when it was received, whichever is earlier).
+    An upload after the erasure is a new image and is screened."""
+    shas = sorted({sha for _, sha in pairs})
+    if not shas:
+        return set()
+    erased_at = dict(session.execute(select(Erasure.sha256, func.max(Erasure.erased_at))
+                                     .where(Erasure.sha256.in_(shas)).group_by(Erasure.sha256)).tuples().all())
+    if not erased_at:
+        return set()
+    rows = {event_id: (status, received) for event_id, status, received in session.execute(
+        select(Event.event_id, Event.status, Event.received_at)
+        .where(Event.event_id.in_(sorted({e.event_id for e, _ in pairs}))))}
+    covered = set()
+    for event, sha in pairs:
+        status, received = rows.get(event.event_id, (None, None))
+        last = erased_at.get(sha)
+        sent = min(_aware(t) for t in (event.uploaded_at, received) if t is not None)
+        if status == ERASED or (last is not None and sent <= _aware(last)):
+            covered.add(event.event_id)
+    return covered
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -47,6 +99,7 @@ class ErasurePlan:
     blob_keys: set[str] = field(default_factory=set)  # derivatives the rows name (heatmaps, crops, bundles)
     originals: set[str] = field(default_factory=set)  # where the uploads were read from
     source: str | None = None
+    bank_entries: set[int] = field(default_factory=set)  # entries the images' decisions made (removed)
 
     @property
     def sha256s(self) -> list[str]:
@@ -119,11 +172,15 @@ class ErasureStore:
 
     def erase(self, plan: ErasurePlan, erased_by: str, actor_role: str, reason: str,
               sha256: str | None = None) -> dict[str, int]:
-        """Delete the plan's rows and write the tombstones and an audit entry, in one transaction."""
-        ids = list(plan.images)
+        """Delete the plan's rows (and those of the same content saved since the plan was read: they are added
+        to the plan, with their blob keys), remove the images' bank entries, stop their queued events, and
+        write the tombstones and an audit entry, in one transaction."""
         shas = plan.sha256s or ([sha256] if sha256 else [])
         with self.sessions.begin() as session:
-            counts = self._delete_images(session, ids, self._event_filter(plan, sha256))
+            lock_contents(session, shas)
+            ids = self._resolve(session, plan, shas)
+            counts = {"bank_entries": self._erase_bank_entries(session, plan, ids)}
+            counts.update(self._delete_images(session, ids, self._event_filter(plan, sha256)))
             now = utcnow()
             for sha in shas:
                 session.add(Erasure(sha256=sha, erased_at=now, erased_by=erased_by, reason=reason,
@@ -132,10 +189,37 @@ class ErasureStore:
                                    details={"selector": plan.selector, "sha256": shas, **counts}))
         return counts
 
+    def _resolve(self, session: Session, plan: ErasurePlan, shas: list[str]) -> list[int]:
+        """The plan's images, and any image of the same content a save committed since the plan was read."""
+        if shas:
+            late = session.execute(select(Image.id, Image.sha256, Image.uri)
+                                   .where(Image.sha256.in_(shas), Image.id.not_in(list(plan.images)))).all()
+            for row_id, sha, uri in late:
+                plan.images[row_id] = sha
+                plan.originals.add(uri)
+            if late:
+                self._collect(session, plan, [row_id for row_id, _, _ in late])
+        return list(plan.images)
+
+    @staticmethod
+    def _erase_bank_entries(session: Session, plan: ErasurePlan, ids: list[int]) -> int:
+        if not ids:
+            return 0
+        entries = known_fakes.entries_of_images(session, ids)
+        hashes = {h for row in session.execute(select(PerceptualHashRow.pdq, PerceptualHashRow.pdq_mirror)
+                                               .where(PerceptualHashRow.image_id.in_(ids))) for h in row if h}
+        plan.bank_entries.update(entries)
+        return known_fakes.erase_entries(session, entries, hashes)
+
     def _delete_images(self, session: Session, image_ids: list[int], event_filter: Any) -> dict[str, int]:
         verdicts = select(Verdict.id).where(Verdict.image_id.in_(image_ids))
         items = select(ReviewItem.id).where(ReviewItem.image_id.in_(image_ids))
-        counts = {"events": session.execute(delete(Event).where(event_filter)).rowcount or 0}
+        # a queued event ends `erased` (a worker that picks it up records nothing more); the others go
+        queued = session.execute(update(Event).where(event_filter, Event.status == "queued").values(
+            status=ERASED, reason=ERASED, image_uri=ERASED_URI, expected_sha256=None, image_id=None,
+            verdict_id=None, finished_at=utcnow()).execution_options(synchronize_session=False)).rowcount or 0
+        counts = {"events": session.execute(delete(Event).where(event_filter, Event.status != ERASED)).rowcount or 0,
+                  "queued_events": queued}
         counts.update(self._delete_review_rows(session, items))
         counts["faces"] = session.execute(delete(FaceRow).where(FaceRow.verdict_id.in_(verdicts))).rowcount or 0
         shas = select(Image.sha256).where(Image.id.in_(image_ids))

@@ -5,11 +5,17 @@ Decision banks: `confirmed_fake` (a moderator confirmed a fake) and `confirmed_r
 their entries names its review item and the decision's audit row; reversing the decision deletes the entry
 and revokes the matches it made. Every add and remove is appended to `bank_changes`, which workers follow to
 update their in-memory index.
+
+A removed entry's matches are re-checked: a verdict that was `fake` only because of the match gets the
+classifier's own verdict back, and its open review item keeps its place only on that verdict's own ground
+(else it is `withdrawn`). Erasing an image removes its entries the same way and also blanks its hash in
+`bank_changes` (a follower replays a blanked add as nothing), so the hash survives nowhere.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 from collections.abc import Iterator, Sequence
@@ -18,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,12 +33,15 @@ from db.schema import (
     BankChange,
     BankEntry,
     BankMatchRow,
+    FaceRow,
     HashBank,
     Image,
     PerceptualHashRow,
     ReviewItem,
     Verdict,
 )
+from pipeline.csv_cells import SafeWriter, restore_cell
+from pipeline.decide import needs_review
 from pipeline.known_fakes import MATCHED_KNOWN_FAKE
 from pipeline.pdq import PerceptualHash, hex_to_bytes, normalize_hex
 from pipeline.screen import Verdict as ScreenVerdict
@@ -48,6 +57,10 @@ LABEL_COLUMNS = ("label", "verdict", "status")
 # changes behind its revision. Replaying a change is harmless (an add replaces, a remove is idempotent).
 CHANGE_LOOKBACK = 1000
 SCAN_CHUNK = 50_000
+SCRUBBED = ""  # an erased entry's hash in bank_changes: blanked, the entry id and op stay for followers
+WITHDRAWN = "withdrawn"  # a review item whose only ground, a bank match, is gone
+OPEN_STATES = ("pending", "claimed")
+JUDGED = ("fake", "uncertain", "real")  # face verdicts in the order the image's own verdict takes them
 
 
 class BankError(Exception):
@@ -115,18 +128,97 @@ def add_entries(session: Session, bank_id: int, rows: list[dict[str, Any]]) -> l
     return ids
 
 
-def remove_entries(session: Session, entry_ids: list[int]) -> int:
-    """Delete entries, log their removal, and revoke the matches they made."""
+def remove_entries(session: Session, entry_ids: list[int], why: str = "bank entry removed",
+                   scrub: bool = False) -> int:
+    """Delete entries, log their removal, revoke the matches they made and re-check the verdicts those
+    matches decided. `scrub` (erasure): blank the entries' hashes in the change log too."""
     if not entry_ids:
         return 0
     now = datetime.now(UTC)
     rows = session.execute(select(BankEntry.id, BankEntry.pdq, BankEntry.label).where(BankEntry.id.in_(entry_ids))).all()
     for entry_id, pdq, label in rows:
-        session.add(BankChange(entry_id=entry_id, op="remove", pdq=pdq, label=label, at=now))
-    session.execute(update(BankMatchRow).where(BankMatchRow.entry_id.in_(entry_ids), BankMatchRow.revoked_at.is_(None))
-                    .values(revoked_at=now).execution_options(synchronize_session=False))
+        session.add(BankChange(entry_id=entry_id, op="remove", pdq=SCRUBBED if scrub else pdq, label=label, at=now))
+    revoked = session.execute(
+        update(BankMatchRow).where(BankMatchRow.entry_id.in_(entry_ids), BankMatchRow.revoked_at.is_(None))
+        .values(revoked_at=now).returning(BankMatchRow.verdict_id, BankMatchRow.label)
+        .execution_options(synchronize_session=False)).all()
+    recheck_verdicts(session, sorted({v for v, label in revoked if label == "fake"}), why, now)
     session.execute(delete(BankEntry).where(BankEntry.id.in_(entry_ids)).execution_options(synchronize_session=False))
+    if scrub:
+        session.execute(update(BankChange).where(BankChange.entry_id.in_(entry_ids)).values(pdq=SCRUBBED)
+                        .execution_options(synchronize_session=False))
     return len(rows)
+
+
+def erase_entries(session: Session, entry_ids: list[int], hashes: set[str]) -> int:
+    """An erased image's entries go as a reversal removes them, and the change log forgets its hashes: those
+    of these entries, and those of its entries removed earlier (a reversed decision). Live entries of other
+    images with the same hash keep theirs."""
+    removed = remove_entries(session, entry_ids, why="erasure", scrub=True)
+    if hashes:
+        session.execute(update(BankChange).where(BankChange.pdq.in_(sorted(hashes)),
+                                                 BankChange.entry_id.not_in(select(BankEntry.id)))
+                        .values(pdq=SCRUBBED).execution_options(synchronize_session=False))
+    return removed
+
+
+def entries_of_images(session: Session, image_ids: list[int]) -> list[int]:
+    """Bank entries an image's decisions made (by image, or by one of its review items)."""
+    items = select(ReviewItem.id).where(ReviewItem.image_id.in_(image_ids))
+    return list(session.scalars(select(BankEntry.id).where(
+        or_(BankEntry.image_id.in_(image_ids), BankEntry.review_item_id.in_(items)))).all())
+
+
+# -- re-checking what a removed entry decided ----------------------------------------------------------------
+def recheck_verdicts(session: Session, verdict_ids: list[int], why: str, now: datetime) -> None:
+    """Verdicts whose fake match was revoked: one that was `fake` by the match alone gets the classifier's own
+    verdict back (from its faces), and an open review item the match opened stays open only if that verdict
+    needs review (with it as its reason); otherwise the item is withdrawn. Decided items are left as decided."""
+    if not verdict_ids:
+        return
+    faces: dict[int, list[str]] = {}
+    for verdict_id, label in session.execute(select(FaceRow.verdict_id, FaceRow.verdict)
+                                             .where(FaceRow.verdict_id.in_(verdict_ids))):
+        faces.setdefault(verdict_id, []).append(label)
+    matched = set(session.scalars(select(Verdict.id).where(Verdict.id.in_(verdict_ids),
+                                                           Verdict.reason == MATCHED_KNOWN_FAKE)).all())
+    for verdict_id in verdict_ids:
+        own = _own_label(faces.get(verdict_id, []))
+        if verdict_id in matched:
+            session.execute(update(Verdict).where(Verdict.id == verdict_id)
+                            .values(_own_verdict(own, faces.get(verdict_id, [])))
+                            .execution_options(synchronize_session=False))
+        _recheck_item(session, verdict_id, own, why, now)
+
+
+def _own_label(face_labels: list[str]) -> str | None:
+    """The classifier's verdict of the image: its worst judged face (the image score is the faces' maximum)."""
+    return next((label for label in JUDGED if label in face_labels), None)
+
+
+def _own_verdict(own: str | None, face_labels: list[str]) -> dict[str, Any]:
+    if own is not None:
+        return {"status": "scored", "verdict": own, "reason": None}
+    return {"status": "no_face", "verdict": None, "reason": "face_too_small" if face_labels else "no_face"}
+
+
+def _recheck_item(session: Session, verdict_id: int, own: str | None, why: str, now: datetime) -> None:
+    item = session.execute(select(ReviewItem.id, ReviewItem.state, ReviewItem.reason)
+                           .where(ReviewItem.verdict_id == verdict_id)).first()
+    if item is None or item.state not in OPEN_STATES or item.reason != MATCHED_KNOWN_FAKE:
+        return
+    if needs_review(own):
+        values: dict[str, Any] = {"reason": own, "updated_at": now}
+        new_state = item.state
+    else:
+        values = {"state": WITHDRAWN, "claimed_by": None, "lease_expires_at": None, "updated_at": now}
+        new_state = WITHDRAWN
+    session.execute(update(ReviewItem).where(ReviewItem.id == item.id).values(values)
+                    .execution_options(synchronize_session=False))
+    session.add(AuditEntry(at=now, actor="system", actor_role="system", action="bank_recheck",
+                           review_item_id=item.id, previous_state=item.state, new_state=new_state,
+                           note=f"{why}: the bank match that queued this item is gone",
+                           details={"own_verdict": own}))
 
 
 # -- decision hooks (called inside the decision's transaction by db.review_store) ---------------------------
@@ -160,6 +252,19 @@ def on_reversal(session: Session, item_id: int) -> int:
 
 
 # -- what a screening writes (called inside db.store.Store.save) --------------------------------------------
+def without_removed_matches(session: Session, result: ScreenVerdict) -> ScreenVerdict:
+    """A verdict made `fake` by an entry removed since the worker's index last refreshed (a reversal, an
+    erasure: up to `bank_refresh_s` ago) gets the classifier's own verdict back; the match is still recorded,
+    revoked (save_screening_rows)."""
+    if result.reason != MATCHED_KNOWN_FAKE:
+        return result
+    fake = [m.entry_id for m in result.matches if m.label == "fake"]
+    if fake and session.scalar(select(BankEntry.id).where(BankEntry.id.in_(fake)).limit(1)) is not None:
+        return result
+    labels = [face.verdict for face in result.faces]
+    return dataclasses.replace(result, **_own_verdict(_own_label(labels), labels))
+
+
 def save_screening_rows(session: Session, verdict_id: int, image_id: int, result: ScreenVerdict) -> None:
     if result.pdq is None:
         return
@@ -268,7 +373,7 @@ class BankStore:
         return ImportReport(bank, len(fresh), duplicates, rejected)
 
     def export_csv(self, bank: str, out: TextIO) -> int:
-        writer = csv.writer(out)
+        writer = SafeWriter(out)  # external ids come from partners' files: no formula reaches a spreadsheet
         writer.writerow(["hash", "label", "quality", "external_id", "review_item_id", "audit_id"])
         rows = self.entries(bank)
         for row in rows:
@@ -368,8 +473,12 @@ class BankStore:
                 created_at=now).on_conflict_do_nothing(index_elements=["verdict_id", "label"]))
             item = session.execute(select(ReviewItem.id, ReviewItem.state)
                                    .where(ReviewItem.verdict_id == near.verdict_id)).first()
+            if item is not None and item.state == WITHDRAWN:  # its match went and has come back
+                session.execute(update(ReviewItem).where(ReviewItem.id == item.id)
+                                .values(state="pending", reason=MATCHED_KNOWN_FAKE, updated_at=now))
+                return int(item.id)
             if item is not None:
-                return int(item.id) if item.state in ("pending", "claimed") else None
+                return int(item.id) if item.state in OPEN_STATES else None
             verdict = session.execute(select(Verdict.fake_probability, Verdict.image_id)
                                       .where(Verdict.id == near.verdict_id)).one()
             source = session.scalar(select(Image.source).where(Image.id == near.image_id))
@@ -395,7 +504,7 @@ def parse_bank_csv(text: TextIO, default_label: str | None) -> tuple[list[tuple[
     hash_col, label_col, id_col = 0, 1, None
     header = False
     for line, row in enumerate(reader, start=1):
-        cells = [c.strip() for c in row]
+        cells = [restore_cell(c.strip()) for c in row]  # our own exports quote formula-like cells
         if not cells or not any(cells) or cells[0].startswith("#"):
             continue
         lowered = [c.lower() for c in cells]

@@ -256,6 +256,25 @@ class WebhookCursor(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class WebhookOutbox(Base):
+    """A webhook message waiting for the relay (0006). Requests only add rows; the relay makes one attempt
+    per row when it is due and schedules the next with backoff, so no request thread waits on a receiver."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (Index("ix_webhook_outbox_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(String(64), unique=True)  # the same on every attempt
+    topic: Mapped[str] = mapped_column(String(40))
+    bundle_id: Mapped[int | None] = mapped_column(BigInteger)  # no key: erasure deletes bundles; the relay drops
+    payload: Mapped[str] = mapped_column(Text)  # canonical JSON; an escalation's zip is read at delivery time
+    state: Mapped[str] = mapped_column(String(12), default="pending")  # pending|delivered|failed|dropped
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 # -- re-scans and model roll-outs (0003) ----------------------------------------------------------------
 
 

@@ -1,6 +1,8 @@
 """Idempotent persistence of screening results: upserts on unique keys, one transaction per verdict or per batch.
 
-The same code runs on Postgres (distributed) and SQLite (embedded `deepscreen scan`).
+The same code runs on Postgres (distributed) and SQLite (embedded `deepscreen scan`). Every save first checks
+the erasure tombstones of the content it writes, in its own transaction (db.erasure_store): an event sent
+before its bytes were erased ends `erased` and writes nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import known_fakes
+from db.erasure_store import ERASED, ERASED_URI, erased_events, lock_contents
 from db.rescan_store import review_for_rescan
 from db.schema import Event, FaceRow, Image, PerceptualHashRow, RescanItem, ReviewItem, Verdict
 from pipeline.decide import needs_review
@@ -25,7 +28,7 @@ from pipeline.screen import Verdict as ScreenVerdict
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("scored", "no_face", "invalid_input", "failed")
+TERMINAL = ("scored", "no_face", "invalid_input", "failed", ERASED)
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,35 @@ class Store:
     def save(self, event: UploadEvent, result: ScreenVerdict, keys: BlobKeys, attempts: int = 1) -> SavedResult:
         """Write one verdict with its faces, review item and event status in one transaction, idempotently."""
         with self.sessions.begin() as session:
+            if self._erased(session, [(event, result)]):
+                return self._finish_erased(session, event, attempts)
             return self._save(session, event, result, keys, attempts)
+
+    # -- erasures --------------------------------------------------------------------------------------
+    def erased_events(self, pairs: Sequence[tuple[UploadEvent, str]]) -> set[str]:
+        """Of (event, sha256 of its bytes), those an erasure covers (db.erasure_store.erased_events)."""
+        with self.sessions() as session:
+            return erased_events(session, pairs)
+
+    def mark_erased(self, events: Sequence[tuple[UploadEvent, int]]) -> dict[str, SavedResult]:
+        """(event, attempts) end `erased`: their bytes were erased after they were sent."""
+        with self.sessions.begin() as session:
+            return {event.event_id: self._finish_erased(session, event, attempts) for event, attempts in events}
+
+    @staticmethod
+    def _erased(session: Session, items: Sequence[tuple[UploadEvent, ScreenVerdict]]) -> set[str]:
+        """Lock the contents about to be written against a concurrent erasure, then read the tombstones."""
+        pairs = [(event, result.sha256) for event, result in items if result.sha256 is not None]
+        lock_contents(session, [sha for _, sha in pairs])
+        return erased_events(session, pairs)
+
+    def _finish_erased(self, session: Session, event: UploadEvent, attempts: int) -> SavedResult:
+        done = {**_done_row(ERASED, ERASED, attempts, None, None, datetime.now(UTC)), "image_uri": ERASED_URI,
+                "expected_sha256": None}
+        stmt = self._insert(Event).values({**_event_row(event), **done})
+        session.execute(stmt.on_conflict_do_update(index_elements=["event_id"], set_=done,
+                                                   where=Event.status.not_in(TERMINAL)))
+        return SavedResult(event.event_id, ERASED, None, None, None, False, ERASED)
 
     def save_many(self, items: Sequence[tuple[UploadEvent, ScreenVerdict, BlobKeys, int]]) -> list[SavedResult]:
         """`save` for a batch, in one transaction: one commit (one WAL flush) for the batch, and one multi-row
@@ -221,6 +252,11 @@ class Store:
                  and items[i][0].event_id not in mixed]
         results: dict[int, SavedResult] = {}
         with self.sessions.begin() as session:
+            erased = self._erased(session, [(items[i][0], items[i][1]) for i in order])
+            for i in order:
+                if items[i][0].event_id in erased:
+                    results[i] = self._finish_erased(session, items[i][0], items[i][3])
+            plain = [i for i in plain if i not in results]
             # in groups, so no statement passes SQLite's 32,766 parameters (20 faces x 11 columns per image)
             for start in range(0, len(plain), PLAIN_GROUP):
                 group = plain[start : start + PLAIN_GROUP]
@@ -308,6 +344,8 @@ class Store:
         if result.sha256 is None:
             self._finish_event(session, event, result.status, result.reason, attempts, None, None)
             return SavedResult(event.event_id, result.status, None, None, None, False, result.reason)
+        if result.matches:
+            result = known_fakes.without_removed_matches(session, result)
         image_id = self._upsert_image(session, event, result)
         verdict_id = session.scalar(
             self._insert(Verdict)
@@ -341,9 +379,13 @@ class Store:
         self._finish_event(session, event, status, result.reason, attempts, image_id, verdict_id)
         return SavedResult(event.event_id, status, verdict_id, label, review_id, reused, result.reason)
 
-    def link_existing(self, event: UploadEvent, existing: ExistingVerdict, attempts: int = 1) -> SavedResult:
-        """An event whose image already has a verdict from this model: point the event at it."""
+    def link_existing(self, event: UploadEvent, existing: ExistingVerdict, attempts: int = 1,
+                      sha256: str | None = None) -> SavedResult:
+        """An event whose image already has a verdict from this model: point the event at it (unless the event
+        was sent before an erasure of `sha256`, the bytes it carried)."""
         with self.sessions.begin() as session:
+            if sha256 is not None and erased_events(session, [(event, sha256)]):
+                return self._finish_erased(session, event, attempts)
             self._finish_event(session, event, existing.status, None, attempts, existing.image_id, existing.verdict_id)
             review_id = session.scalar(select(ReviewItem.id).where(ReviewItem.verdict_id == existing.verdict_id))
         return SavedResult(event.event_id, existing.status, existing.verdict_id, existing.verdict, review_id, True)

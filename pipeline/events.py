@@ -94,15 +94,22 @@ class UploadEvent(BaseModel):
         return self.model_dump_json()
 
 
+def _json(text: bytes | str, what: str) -> Any:
+    """JSON text to Python values; malformed or absurdly nested text is an InvalidEvent, never a crash."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # the decoder recurses once per level: [[[[...]]]] exhausts the stack
+        raise InvalidEvent(f"{what} nests too deep to be an event") from None
+
+
 def parse_event(payload: bytes | str | dict[str, Any]) -> UploadEvent:
     """Validate one event from JSON text or a dict; raise InvalidEvent with every problem named."""
     if isinstance(payload, bytes | str):
         if len(payload) > MAX_EVENT_BYTES:
             raise InvalidEvent(f"event is larger than {MAX_EVENT_BYTES} bytes")
-        try:
-            payload = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidEvent(f"event is not valid JSON: {exc}") from None
+        payload = _json(payload, "event")
     if not isinstance(payload, dict):
         raise InvalidEvent("event must be a JSON object")
     try:
@@ -164,10 +171,7 @@ def events_from_s3_notification(
 def parse_payload(payload: bytes | str | dict[str, Any]) -> list[UploadEvent]:
     """Accept a single event, a JSON list of events, or an S3 notification."""
     if isinstance(payload, bytes | str):
-        try:
-            payload = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidEvent(f"payload is not valid JSON: {exc}") from None
+        payload = _json(payload, "payload")
     if isinstance(payload, list):
         return [parse_event(item) for item in payload]
     if isinstance(payload, dict) and "Records" in payload:

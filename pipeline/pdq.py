@@ -2,7 +2,7 @@
 
 The hex form is the ThreatExchange one: the 256 bits in order, most significant first. Hashes are taken on
 a copy at most `max_side` pixels long (PDQ itself works on a 64 x 64 downsample, and with the `pdqhash`
-binding used until session 8 a 1080p frame cost 60-100 ms at full size against about 3 ms at 512 px); every
+binding used before, a 1080p frame cost 60-100 ms at full size against about 3 ms at 512 px); every
 hash deepscreen stores is made the same way, so stored hashes compare like with like.
 
 The hash is computed here, in numpy, as PDQ's reference (Meta's ThreatExchange `pdq`) defines it: luma, two
@@ -21,7 +21,8 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+
+from pipeline.pixels import area_downscale
 
 HASH_BITS = 256
 HASH_HEX_CHARS = HASH_BITS // 4
@@ -59,12 +60,10 @@ class PerceptualHash:
 
 
 def _bounded(pixels: np.ndarray, max_side: int) -> np.ndarray:
-    height, width = pixels.shape[:2]
-    if max(height, width) <= max_side:
-        return np.ascontiguousarray(pixels)
-    image = Image.fromarray(pixels)
-    image.thumbnail((max_side, max_side), Image.Resampling.BOX)
-    return np.asarray(image)
+    """The copy a hash is taken on, area-averaged from the array itself (no full-size copy of a large image).
+    Against the Pillow box filter used before, the 40 example frames' hashes moved 0-6 bits of 256 (PDQ
+    matches within 31)."""
+    return np.ascontiguousarray(area_downscale(pixels, max_side))
 
 
 def bits_to_hex(bits: np.ndarray) -> str:

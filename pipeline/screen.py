@@ -4,6 +4,14 @@
 decode (threads) -> detect (MTCNN, batched) -> crop (full resolution) -> classify (one forward for all
 crops) -> decide -> Grad-CAM (one backward for the chosen faces) -> overlays. Every item gets exactly one
 terminal status: scored, no_face or invalid_input. Nothing in here raises for a bad input.
+
+Memory is bounded by pixels in flight, not by images: a chunk decodes until its full-resolution images reach
+`chunk_pixels`, then detects their faces, cuts the crops and lets the full images go, keeping of an image with
+faces only the canvas its overlay is drawn on (at most `annotate_max_side` long). So each chunk screened at
+once holds at most `chunk_pixels` + one image of decoded pixels (3 bytes each): 24 + 40 megapixels, 192 MB,
+with the default settings and the largest input. And a chunk that holds no image waits, before its next
+image's pixels are allocated, while that image and what the other chunks hold would pass `chunk_pixels`: a
+stream of 40-megapixel images is screened one image at a time, eight 1080p frames a chunk never wait.
 """
 
 from __future__ import annotations
@@ -23,9 +31,9 @@ import numpy as np
 import torch
 
 from pipeline.decide import FACE_TOO_SMALL, Thresholds, decide, image_score, too_small
-from pipeline.decode import DecodedImage, DecodeLimits, decode_image
+from pipeline.decode import DecodeLimits, decode_image
 from pipeline.errors import InvalidInput
-from pipeline.explain import annotate, gradcam, gradcam_from_features, jpeg_bytes, overlay
+from pipeline.explain import annotate, gradcam, gradcam_from_features, jpeg_bytes, overlay, overlay_canvas
 from pipeline.faces import Box, DetectorConfig, Face, FaceDetector, crop_face, resize_square
 from pipeline.model import Classifier
 from pipeline.pdq import DEFAULT_MAX_SIDE, DEFAULT_MIN_QUALITY, PerceptualHash, pdq_hash
@@ -47,6 +55,9 @@ class ScreenConfig:
     overlap_chunk: int = 8  # a batch runs in chunks of this many, on screen_threads threads; 0 = one piece
     screen_threads: int = 2  # chunks screened at once (each with the process's torch thread count)
     annotate_max_side: int = 1280
+    # full-resolution pixels a chunk holds before it cuts their faces and lets them go (eight 1080p frames
+    # stay one detection batch); one image over it is still screened whole
+    chunk_pixels: int = 24_000_000
     pdq: bool = True  # a PDQ hash of every decoded image, for the known-fake memory
     pdq_max_side: int = DEFAULT_MAX_SIDE
     pdq_min_quality: int = DEFAULT_MIN_QUALITY
@@ -107,7 +118,9 @@ class Verdict:
 class _Work:
     item: ScreenItem
     sha256: str | None = None
-    image: DecodedImage | None = None
+    size: tuple[int, int] | None = None  # (width, height) once decoded
+    pixels: np.ndarray | None = None  # the full image until its faces are cut; then its overlay canvas, or None
+    reserved: int = 0  # the full image's pixels, counted in the Screener's _PixelGate until it is let go
     error: InvalidInput | None = None
     faces: list[Face] = field(default_factory=list)
     crops: list[np.ndarray] = field(default_factory=list)
@@ -130,6 +143,7 @@ class Screener:
         self.config = config
         self.thresholds = Thresholds(fake=classifier.meta.threshold_fake, real=classifier.meta.threshold_real)
         self._explain_lock = threading.Lock()
+        self._gate = _PixelGate(config.chunk_pixels)
         self._pool: ThreadPoolExecutor | None = None  # the chunk threads, shared by every batch of this process
         self._pool_pid = 0
         self._pool_lock = threading.Lock()
@@ -164,8 +178,12 @@ class Screener:
         def run(part: list[_Work]) -> None:
             clock: dict[str, float] = {}
             clocks.append(clock)
-            self._prepare(part, clock)
-            self._finish(part, clock)
+            try:
+                self._prepare(part, clock)
+                self._finish(part, clock)
+            finally:
+                for work in part:
+                    self._let_go(work)
 
         if step <= 0 or len(works) <= step:
             run(works)
@@ -188,13 +206,53 @@ class Screener:
         return [replace(v, timings=per_image) for v in verdicts if v is not None]
 
     def _prepare(self, works: list[_Work], clock: dict[str, float]) -> None:
-        with _timed(clock, "decode"):
-            self._decode(works)
+        """Decode (`decode_threads` at a time) until the chunk's full-resolution images reach `chunk_pixels`,
+        then cut their faces and let them go; again until the chunk is done."""
+        cut: list[_Work] = []  # faces cut, the full image kept for its overlay while the chunk has room
+        uncut: list[_Work] = []
+        step = max(1, self.config.decode_threads)
+        for start in range(0, len(works), step):
+            part = works[start : start + step]
+            with _timed(clock, "decode"):
+                # a chunk that holds pixels never waits for others to let theirs go: it may be what they wait for
+                self._decode(part, wait=not uncut and not cut)
+            uncut += [w for w in part if w.pixels is not None]
+            if _full_pixels(uncut) + _full_pixels(cut) >= self.config.chunk_pixels:
+                cut = self._cut(uncut, cut, clock)
+                uncut = []
+        if uncut:
+            self._cut(uncut, cut, clock)
+
+    def _cut(self, uncut: list[_Work], cut: list[_Work], clock: dict[str, float]) -> list[_Work]:
+        """Detect and crop the `uncut` images, and let go of those that get no overlay. The ones that may get
+        one stay whole while the chunk's `cut` images stay under `chunk_pixels`, else all shrink to their
+        canvases. Returns the images still whole."""
         with _timed(clock, "detect"):
-            self._detect([w for w in works if w.image is not None])
+            self._detect(uncut)
+        overlays = self.config.heatmaps != "none" and not self.config.crops
+        for work in uncut:
+            if overlays and work.faces:
+                cut.append(work)
+            else:
+                self._let_go(work)  # the verdict needs only the image's size, hash and crops
+        if _full_pixels(cut) < self.config.chunk_pixels:
+            return cut
+        with _timed(clock, "encode"):
+            for work in cut:
+                self._let_go(work, keep_canvas=True)
+        return []
+
+    def _let_go(self, work: _Work, keep_canvas: bool = False) -> None:
+        """Drop the full image, or shrink it to its overlay canvas, and give its pixels back to the gate."""
+        if keep_canvas and work.pixels is not None:
+            work.pixels = overlay_canvas(work.pixels, self.config.annotate_max_side)
+        else:
+            work.pixels = None
+        self._gate.release(work.reserved)
+        work.reserved = 0
 
     def _finish(self, works: list[_Work], clock: dict[str, float]) -> None:
-        live = [w for w in works if w.image is not None]
+        live = [w for w in works if w.size is not None]
         # A network that cannot be resumed from its Grad-CAM layer is explained by hooks on the shared network,
         # which would also catch another thread's forward: there, classifying waits for explaining too.
         hooked = self.config.heatmaps != "none" and self.classifier.split_stage is None
@@ -205,11 +263,15 @@ class Screener:
         with _timed(clock, "encode"):
             for work in works:
                 work.verdict = self._verdict(work, cams, {})
-                work.features = work.image = None  # only the verdict is needed past this point
+                self._let_go(work)
+                work.features = None  # only the verdict is needed past this point
                 work.crops = []
 
     # -- stages ----------------------------------------------------------------------------------------
-    def _decode(self, works: list[_Work]) -> None:
+    def _decode(self, works: list[_Work], wait: bool) -> None:
+        """Decode and hash; each image's pixels are counted in the gate (waited for when `wait`) before they
+        are allocated."""
+
         def one(work: _Work) -> None:
             item = work.item
             if item.data is None:
@@ -221,13 +283,20 @@ class Screener:
                 work.error = InvalidInput("sha256_mismatch", f"event says {item.expected_sha256[:12]}")
                 work.sha256 = None
                 return
+
+            def reserve(pixels: int) -> None:
+                self._gate.take(pixels, wait=wait)
+                work.reserved += pixels
+
             try:
-                work.image = decode_image(item.data, self.config.decode)
+                image = decode_image(item.data, self.config.decode, reserve)
             except InvalidInput as exc:
+                self._let_go(work)  # refused after its size was read: nothing of it is held
                 work.error = exc
                 return
+            work.pixels, work.size = image.pixels, (image.width, image.height)
             if self.config.pdq:
-                work.pdq = pdq_hash(work.image.pixels, self.config.pdq_max_side, self.config.pdq_min_quality,
+                work.pdq = pdq_hash(image.pixels, self.config.pdq_max_side, self.config.pdq_min_quality,
                                     mirror=self.config.pdq_mirror)
 
         threads = max(1, self.config.decode_threads)
@@ -239,20 +308,22 @@ class Screener:
                 list(pool.map(one, works))
 
     def _detect(self, live: list[_Work]) -> None:
+        """Faces and crops of decoded images, which still hold their full-resolution pixels."""
         size = self.classifier.meta.input_size
+        images = [w.pixels for w in live if w.pixels is not None]
+        assert len(images) == len(live), "faces are cut from the full image"
         if self.config.crops:
-            for work in live:
-                pixels = work.image.pixels  # type: ignore[union-attr]
+            for work, pixels in zip(live, images, strict=True):
                 height, width = pixels.shape[:2]
                 work.faces = [Face(box=(0.0, 0.0, float(width), float(height)), detection_probability=1.0)]
                 work.crops = [resize_square(pixels, size)]
             return
         assert self.detector is not None
-        found = self.detector.detect([w.image.pixels for w in live])  # type: ignore[union-attr]
+        found = self.detector.detect(images)
         margin = self.classifier.meta.crop_margin
-        for work, faces in zip(live, found, strict=True):
+        for work, pixels, faces in zip(live, images, found, strict=True):
             work.faces = faces
-            work.crops = [crop_face(work.image.pixels, f.box, margin, size) for f in faces]  # type: ignore[union-attr]
+            work.crops = [crop_face(pixels, f.box, margin, size) for f in faces]
 
     def _classify(self, live: list[_Work]) -> None:
         crops = [crop for w in live for crop in w.crops]
@@ -297,10 +368,10 @@ class Screener:
     def _verdict(self, work: _Work, cams: dict[tuple[int, int], np.ndarray], timings: dict[str, float]) -> Verdict:
         base: dict[str, Any] = {"key": work.item.key, "model_version": self.model_version, "sha256": work.sha256,
                 "size_bytes": len(work.item.data or b""), "timings": timings}
-        if work.image is None:
+        if work.size is None:
             error = work.error or InvalidInput("corrupt")
             return Verdict(status="invalid_input", reason=error.reason, **base)
-        base.update(width=work.image.width, height=work.image.height, pdq=work.pdq)
+        base.update(width=work.size[0], height=work.size[1], pdq=work.pdq)
         if not work.faces:
             return Verdict(status="no_face", reason="no_face", **base)
         faces = []
@@ -327,11 +398,44 @@ class Screener:
         if self.config.crops and face_cams[0] is not None:
             heatmap = faces[0].heatmap_jpeg  # the image is the face: its heatmap is the face's, not drawn twice
         elif any(c is not None for c in face_cams):
-            drawn = annotate(work.image.pixels, [(f.box, f.verdict, f.fake_probability) for f in faces],
-                             face_cams, self.classifier.meta.crop_margin, self.config.annotate_max_side)
+            assert work.pixels is not None, "an image with faces keeps its overlay canvas"
+            drawn = annotate(work.pixels, [(f.box, f.verdict, f.fake_probability) for f in faces],
+                             face_cams, self.classifier.meta.crop_margin, self.config.annotate_max_side,
+                             image_size=work.size)
             heatmap = jpeg_bytes(drawn)
         return Verdict(status="scored", verdict=decide(score, self.thresholds), fake_probability=score,
                        faces=tuple(faces), heatmap_jpeg=heatmap, **base)
+
+
+class _PixelGate:
+    """The full-resolution pixels a Screener's chunks hold. A chunk that holds none waits before taking an
+    image's pixels while they and what the others hold would pass `limit` (at most `_GATE_WAIT_S`: the decode
+    process a holder needs next may be the one the waiting chunk occupies, so the wait is a preference, never
+    a deadlock). A chunk that holds some never waits: the others may be waiting for it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._changed = threading.Condition()
+
+    def take(self, pixels: int, wait: bool) -> None:
+        with self._changed:
+            if wait:
+                self._changed.wait_for(lambda: self.held == 0 or self.held + pixels <= self.limit, _GATE_WAIT_S)
+            self.held += pixels
+
+    def release(self, pixels: int) -> None:
+        if pixels:
+            with self._changed:
+                self.held -= pixels
+                self._changed.notify_all()
+
+
+_GATE_WAIT_S = 10.0  # a 40-megapixel image is decoded, hashed, detected and cropped in about a second
+
+
+def _full_pixels(works: list[_Work]) -> int:
+    return sum(w.pixels.shape[0] * w.pixels.shape[1] for w in works if w.pixels is not None)
 
 
 class _timed:

@@ -12,17 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DataError, OperationalError
 
 from review import console
-from review.auth import AuthError, Public, route_access
+from review.auth import Admin, AuthError, Public, route_access
 from review.context import ReviewContext
+from review.health import ReadinessCache
 from review.ratelimit import FailedAuthLimiter
 from review.routes import admin, events, images, ops, rescans, review
-from review.security import BodyLimit, SecurityHeaders
+from review.security import BodyLimit, RefuseNulInUrl, SecurityHeaders
 from review.telemetry import ApiMetrics, RequestMetrics
 
 log = logging.getLogger(__name__)
@@ -36,13 +39,15 @@ def create_app(ctx: ReviewContext) -> FastAPI:
         yield
         ctx.close()
 
+    # the spec lists every route and role: it is served below to admins only, not by FastAPI to anyone
     app = FastAPI(title="deepscreen review API", version=VERSION, lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url="/openapi.json",
+                  redoc_url=None, openapi_url=None,
                   description="Ingest upload events, read verdicts, and work the moderators' review queue. "
                   "Authenticate with `Authorization: Bearer <token>` (`deepscreen token create`).")
     app.state.ctx = ctx
     app.state.auth_failures = FailedAuthLimiter(ctx.settings.auth_failures_per_minute, 60.0)
     app.state.metrics = ApiMetrics(ctx.settings.broker_url if ctx.celery_app is not None else None)
+    app.state.readiness = ReadinessCache(ctx, ctx.settings.readiness_cache_s)
     for router in (events.router, images.router, review.router, review.bundles, admin.router, rescans.router,
                    console.router, ops.router):
         _document_access(router.routes)
@@ -56,6 +61,13 @@ def create_app(ctx: ReviewContext) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def root(_: Public) -> RedirectResponse:
         return RedirectResponse("/console/queue", status_code=303)
+
+    if ctx.settings.api_spec:
+        @app.get("/openapi.json", include_in_schema=False)
+        def openapi_spec(_: Admin) -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+    _bad_input_handlers(app)
 
     @app.exception_handler(AuthError)
     async def auth_error(request: Request, exc: AuthError) -> Response:
@@ -74,10 +86,36 @@ def create_app(ctx: ReviewContext) -> FastAPI:
             return limits.max_image_bytes + 64 * 1024
         return limits.max_request_bytes
 
+    app.add_middleware(RefuseNulInUrl)
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(SecurityHeaders, hsts=ctx.settings.environment == "production")
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
+
+
+def _bad_input_handlers(app: FastAPI) -> None:
+    """Bad input is a 4xx with a reason, and an unreachable database a 503: never a 500."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's default echoes the input back, and an echoed NaN or Infinity cannot be written as JSON
+        problems = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
+                             for err in exc.errors())
+        return JSONResponse({"error": "invalid_request", "detail": problems[:2000]}, status_code=422)
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def out_of_range(request: Request, exc: Exception) -> Response:
+        # a value the database cannot hold; routes bound their numbers, this is the net under them
+        log.warning("bad input reached the store path=%s error=%s", request.url.path, type(exc).__name__)
+        return JSONResponse({"error": "value_out_of_range", "detail": "a value is out of the range the store "
+                             "holds"}, status_code=400)
+
+    @app.exception_handler(OperationalError)
+    async def store_unavailable(request: Request, exc: OperationalError) -> Response:
+        # the database is down or unreachable: a 503 the client may retry, and the readiness probe names it
+        log.warning("database unavailable path=%s error=%s", request.url.path, str(exc).splitlines()[0][:200])
+        return JSONResponse({"error": "store_unavailable"}, status_code=503, headers={"retry-after": "5"})
 
 
 def _document_access(routes: list[Any]) -> None:

@@ -3,7 +3,9 @@
 Every route declares its access with one `RoleCheck` dependency (tests/test_review_auth.py walks
 app.routes and proves it): the roles it admits, or `public`. No token: 401. Wrong role: 403.
 A request authenticated by the session cookie that is not GET/HEAD must carry the session's CSRF token
-in the form field `csrf` (or the X-CSRF-Token header).
+in the form field `csrf` (or the X-CSRF-Token header). Only people sign in to the console: a `service`
+token is for programs, and neither opens a session nor passes a console page's check.
+A refused credential counts against the client's address (review/ratelimit.py); no credential does not.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ SESSION_COOKIE = "ds_session"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 READ_ROLES = ("service", "moderator", "admin")
 REVIEW_ROLES = ("moderator", "admin")
+CONSOLE_ROLES = REVIEW_ROLES  # the roles of people; a service token may not open a console session
 INGEST_ROLES = ("service", "admin")
 ADMIN_ROLES = ("admin",)
 
@@ -71,7 +74,8 @@ class RoleCheck:
         if self.public:
             return None
         principal = await self._authenticate(request)
-        if principal.role not in self.roles:
+        # a session a service token holds (opened before login refused them) reaches nothing, media included
+        if principal.role not in self.roles or (principal.via == "session" and principal.role not in CONSOLE_ROLES):
             raise AuthError(403, "forbidden_role")
         if principal.via == "session" and request.method not in SAFE_METHODS:
             await _check_csrf(request, principal)
@@ -79,15 +83,12 @@ class RoleCheck:
         return principal
 
     async def _authenticate(self, request: Request) -> Principal:
-        limiter = getattr(request.app.state, "auth_failures", None)
-        client = request.client.host if request.client else "-"
-        if limiter is not None and limiter.blocked(client):
-            raise AuthError(429, "too_many_failed_attempts")
+        # credentials are checked first: a valid one passes even while its address is limited
         try:
             return await self._credentials(request)
-        except AuthError:
-            if limiter is not None:
-                limiter.failed(client)
+        except AuthError as exc:
+            if exc.reason != "not_authenticated" and count_failure(request):
+                raise AuthError(429, "too_many_failed_attempts") from None
             raise
 
     async def _credentials(self, request: Request) -> Principal:
@@ -108,6 +109,17 @@ class RoleCheck:
                 raise AuthError(401, "session_expired")
             return Principal(session.token, "session", session.csrf_token)
         raise AuthError(401, "not_authenticated")
+
+
+def client_address(request: Request) -> str:
+    """The address the limiter counts: the proxy-resolved client under `serve --proxy-headers`."""
+    return request.client.host if request.client else "-"
+
+
+def count_failure(request: Request) -> bool:
+    """Count a refused credential against the client; True when it was already at the limit (answer 429)."""
+    limiter = getattr(request.app.state, "auth_failures", None)
+    return limiter is not None and limiter.failed(client_address(request))
 
 
 async def _check_csrf(request: Request, principal: Principal) -> None:
@@ -131,7 +143,7 @@ Admin = Annotated[Principal, Depends(RoleCheck(*ADMIN_ROLES))]
 MediaReader = Annotated[Principal, Depends(RoleCheck(*READ_ROLES, cookie=True))]
 BundleReader = Annotated[Principal, Depends(RoleCheck(*REVIEW_ROLES, cookie=True))]
 # console pages (session cookie)
-ConsoleUser = Annotated[Principal, Depends(RoleCheck(*READ_ROLES, bearer=False, cookie=True))]
+ConsoleUser = Annotated[Principal, Depends(RoleCheck(*CONSOLE_ROLES, bearer=False, cookie=True))]
 ConsoleReviewer = Annotated[Principal, Depends(RoleCheck(*REVIEW_ROLES, bearer=False, cookie=True))]
 ConsoleAdmin = Annotated[Principal, Depends(RoleCheck(*ADMIN_ROLES, bearer=False, cookie=True))]
 Public = Annotated[None, Depends(PUBLIC)]

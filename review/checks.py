@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import mimetypes
 import uuid
 from dataclasses import dataclass
 
 from db.review_store import Actor
+from pipeline.decode import decoded_ahead
 from pipeline.events import UploadEvent
 from review.context import ReviewContext
 from workers.processing import Job, process_events
+from workers.storage import original_content_type, original_suffix
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ def run_check(ctx: ReviewContext, actor: Actor, data: bytes, filename: str | Non
     if not data:
         raise CheckFailed("empty")
     sha256 = hashlib.sha256(data).hexdigest()
-    suffix = (mimetypes.guess_extension(mimetypes.guess_type(filename or "")[0] or "") or "").lower()
-    content_type = mimetypes.guess_type(filename or "")[0] or "application/octet-stream"
-    uri = ctx.put_upload(f"checks/{sha256[:2]}/{sha256}{suffix}", data, content_type)
+    # stored before decoding, so name and type come from the bytes, never from the client's file name
+    key = f"checks/{sha256[:2]}/{sha256}{original_suffix(data)}"
+    uri = ctx.put_upload(key, data, original_content_type(data))
     event = UploadEvent(event_id=f"check-{uuid.uuid4().hex}", image_uri=uri, sha256=sha256, source=CHECK_SOURCE)
     try:
         runtime = ctx.runtime()
@@ -51,8 +52,10 @@ def run_check(ctx: ReviewContext, actor: Actor, data: bytes, filename: str | Non
         log.error("screener unavailable error=%s: %s", type(exc).__name__, exc)
         raise CheckFailed("screener_unavailable") from exc
     ctx.store.record_events([event])
-    with ctx.screen_lock:  # one Screener per process, and it is not thread-safe
-        outcome = process_events(runtime, [Job(event)])[0]
+    # Decoded before the lock: a slow or hostile file costs its own request (within the decode limits) and
+    # never holds another check behind it; the screening under the lock takes this result.
+    with decoded_ahead(data, runtime.screener.config.decode), ctx.screen_lock:
+        outcome = process_events(runtime, [Job(event)])[0]  # one Screener per process, not thread-safe
     if outcome.saved is None:
         log.warning("check failed event_id=%s reason=%s", event.event_id, outcome.retry_reason)
         ctx.store.mark_failed(event, "failed", (outcome.retry_reason or "unknown")[:200], 1)

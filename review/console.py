@@ -1,7 +1,8 @@
 """The moderators' console: server-rendered pages over the same stores the API uses.
 
-Login exchanges a token for a session cookie (HttpOnly, SameSite=Strict, Secure in production); every
-form carries the session's CSRF token; images come through the auth-proxied /v1/media routes.
+Login exchanges a moderator or admin token (never a service token) for a session cookie (HttpOnly,
+SameSite=Strict, Secure in production); every form carries the session's CSRF token; images come through
+the auth-proxied /v1/media routes.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import logging
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile
+from fastapi import APIRouter, BackgroundTasks, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from db.review_store import QueueFilter, ReviewError
 from review import decisions
 from review.auth import (
+    CONSOLE_ROLES,
     SESSION_COOKIE,
     AuthError,
     ConsoleAdmin,
@@ -29,9 +31,13 @@ from review.auth import (
     ConsoleUser,
     Principal,
     Public,
+    client_address,
+    count_failure,
 )
 from review.checks import CheckFailed, run_check
 from review.context import ReviewContext
+from review.item_facts import box_size, origin, thresholds
+from review.schemas import MAX_PAGE, RowId, StoredText
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -42,6 +48,7 @@ templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["pct"] = lambda p: "-" if p is None else f"{100 * p:.1f}%"
 templates.env.filters["age"] = lambda s: "-" if s is None else (
     f"{s / 86400:.1f} d" if s >= 86400 else f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min")
+templates.env.filters["px"] = box_size
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 
@@ -94,15 +101,17 @@ async def login(request: Request, _: Public, token: str = Form(max_length=200), 
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not hmac.compare_digest(expected, csrf):
         return _login_form(request, 403, next, "The form expired; try again.")
-    limiter = request.app.state.auth_failures
-    client = request.client.host if request.client else "-"
-    if limiter.blocked(client):
-        return _login_form(request, 429, next, "Too many failed attempts; wait a minute.")
+    # the token is checked first: a valid one signs in even while its address is limited
     info = await run_in_threadpool(ctx.tokens.authenticate, token.strip())
     if info is None:
-        limiter.failed(client)
-        log.warning("console login refused client=%s", client)
+        log.warning("console login refused client=%s", client_address(request))
+        if count_failure(request):
+            return _login_form(request, 429, next, "Too many failed attempts; wait a minute.")
         return _login_form(request, 401, next, "That token is not valid (unknown, expired or revoked).")
+    if info.role not in CONSOLE_ROLES:
+        log.warning("console login refused role=%s token_id=%s", info.role, info.id)
+        return _login_form(request, 403, next, "Service tokens are for programs; sign in with a moderator "
+                           "or admin token.")
     session_id, session = await run_in_threadpool(ctx.tokens.open_session, info, ctx.settings.session_hours)
     await run_in_threadpool(ctx.reviews.record, Principal(info, "session").actor, "console_login")
     response = _see_other(_safe_next(next))
@@ -128,10 +137,10 @@ def console_root(_: Public) -> Response:
 
 @router.get("/queue")
 def queue_page(request: Request, me: ConsoleReviewer, state: str = "pending", verdict: str | None = None,
-               source: str | None = None, min_score: float | None = None, max_score: float | None = None,
-               order: str = "oldest", page: int = 1, message: str | None = None) -> HTMLResponse:
+               source: str | None = None, min_score: float | None = Query(None, ge=0, le=1),
+               max_score: float | None = Query(None, ge=0, le=1), order: str = "oldest",
+               page: int = Query(1, ge=1, le=MAX_PAGE), message: str | None = None) -> HTMLResponse:
     limit = 50
-    page = max(1, page)
     flt = QueueFilter(state=None if state == "any" else state, verdict=verdict or None, source=source or None,
                       min_score=min_score, max_score=max_score, order=order if order in ("oldest", "score") else "oldest",
                       limit=limit, offset=(page - 1) * limit)
@@ -155,7 +164,7 @@ def claim_next(request: Request, me: ConsoleReviewer) -> Response:
 
 
 @router.get("/items/{item_id}")
-def item_page(request: Request, me: ConsoleReviewer, item_id: int, message: str | None = None) -> Response:
+def item_page(request: Request, me: ConsoleReviewer, item_id: RowId, message: str | None = None) -> Response:
     ctx = _ctx(request)
     try:
         item = ctx.reviews.item(item_id, viewer=me.actor)
@@ -163,11 +172,12 @@ def item_page(request: Request, me: ConsoleReviewer, item_id: int, message: str 
         return render(request, "error.html", me, status=404, message=f"No review item {item_id}.")
     bundles = ctx.escalations.bundles_for(item_id) if item["history"] else []
     return render(request, "item.html", me, item=item, bundles=bundles, message=message,
-                  mine=item["state"] == "claimed" and item["claimed_by"] == me.name)
+                  mine=item["state"] == "claimed" and item["claimed_by"] == me.name,
+                  origin=origin(item["image"]["uri"]), thresholds=thresholds(ctx, item["verdict"]["model_version"]))
 
 
 @router.post("/items/{item_id}/claim")
-def claim_item(request: Request, me: ConsoleReviewer, item_id: int) -> Response:
+def claim_item(request: Request, me: ConsoleReviewer, item_id: RowId) -> Response:
     ctx = _ctx(request)
     try:
         ctx.reviews.claim(me.actor, item_id, ctx.settings.review_lease_seconds)
@@ -177,8 +187,9 @@ def claim_item(request: Request, me: ConsoleReviewer, item_id: int) -> Response:
 
 
 @router.post("/items/{item_id}/decision")
-def decide(request: Request, me: ConsoleReviewer, item_id: int, background: BackgroundTasks,
-           decision: str = Form(max_length=20), note: str = Form("", max_length=4000)) -> Response:
+def decide(request: Request, me: ConsoleReviewer, item_id: RowId, background: BackgroundTasks,
+           decision: str = Form(max_length=20),
+           note: Annotated[StoredText, Form(max_length=4000)] = "") -> Response:
     try:
         decided = decisions.decide(_ctx(request), me.actor, item_id, decision, note.strip() or None)
     except ReviewError as exc:
@@ -190,7 +201,7 @@ def decide(request: Request, me: ConsoleReviewer, item_id: int, background: Back
 
 
 @router.post("/items/{item_id}/release")
-def release(request: Request, me: ConsoleReviewer, item_id: int) -> Response:
+def release(request: Request, me: ConsoleReviewer, item_id: RowId) -> Response:
     try:
         _ctx(request).reviews.release(me.actor, item_id)
     except ReviewError as exc:
@@ -199,7 +210,7 @@ def release(request: Request, me: ConsoleReviewer, item_id: int) -> Response:
 
 
 @router.post("/items/{item_id}/gold")
-def set_gold(request: Request, me: ConsoleAdmin, item_id: int, label: str = Form(max_length=8)) -> Response:
+def set_gold(request: Request, me: ConsoleAdmin, item_id: RowId, label: str = Form(max_length=8)) -> Response:
     try:
         _ctx(request).reviews.set_gold(me.actor, item_id, label if label in ("fake", "real") else None)
     except ReviewError as exc:
@@ -233,7 +244,12 @@ def check_result(request: Request, me: ConsoleReviewer, event_id: str) -> HTMLRe
     if event is None:
         return render(request, "error.html", me, status=404, message="No such check.")
     verdict = ctx.images.verdict(event["verdict_id"]) if event["verdict_id"] else None
-    return render(request, "check_result.html", me, event=event, verdict=verdict)
+    image = ctx.images.image(image_id=event["image_id"]) if event["image_id"] else None
+    item_id = next((i["id"] for i in (image or {}).get("review_items", []) if verdict
+                    and i["verdict_id"] == verdict["verdict_id"]), None)
+    return render(request, "check_result.html", me, event=event, verdict=verdict, image=image, item_id=item_id,
+                  origin=origin(image["uri"]) if image else None,
+                  thresholds=thresholds(ctx, verdict["model_version"]) if verdict else None)
 
 
 @router.get("/admin/agreement")
@@ -254,7 +270,7 @@ def rescans_page(request: Request, me: ConsoleAdmin) -> HTMLResponse:
 
 
 @router.get("/admin/rescans/{run_id}")
-def rescan_page(request: Request, me: ConsoleAdmin, run_id: int) -> HTMLResponse:
+def rescan_page(request: Request, me: ConsoleAdmin, run_id: RowId) -> HTMLResponse:
     from db.rescan_store import RescanError, RescanStore
 
     store = RescanStore(_ctx(request).store.engine)

@@ -15,11 +15,22 @@ from db.store import Store, connect
 from db.token_store import TokenStore
 from workers.processing import Runtime
 from workers.settings import Settings
-from workers.storage import BlobStore, InputReader, LocalBlobStore, S3BlobStore, s3_client
+from workers.storage import (
+    BlobStore,
+    InputReader,
+    LocalBlobStore,
+    S3BlobStore,
+    original_content_type,
+    response_content_type,
+    s3_client,
+)
 
 
 class S3Presigner:
-    """Short-lived GET links: heatmaps in the results bucket, originals in the configured input buckets."""
+    """Short-lived GET links: heatmaps in the results bucket, originals in the configured input buckets.
+
+    Every link downloads as an attachment with a raster or opaque content type, whatever the object was
+    stored with: an upload bucket holds what outside producers wrote, HTML or SVG included."""
 
     def __init__(self, client: Any, bucket: str, input_buckets: tuple[str, ...], seconds: int) -> None:
         self.client, self.bucket, self.input_buckets, self.seconds = client, bucket, input_buckets, seconds
@@ -34,8 +45,9 @@ class S3Presigner:
         return self._sign(bucket, key) if bucket in self.input_buckets else None
 
     def _sign(self, bucket: str, key: str) -> str:
-        return self.client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                                  ExpiresIn=self.seconds)
+        params = {"Bucket": bucket, "Key": key, "ResponseContentDisposition": "attachment",
+                  "ResponseContentType": response_content_type(key)}
+        return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.seconds)
 
 
 @dataclass
@@ -48,7 +60,9 @@ class ReviewContext:
     escalations: EscalationStore
     blobs: BlobStore  # heatmaps, crops, evidence bundles
     reader: InputReader  # originals, where the events said they are
-    put_upload: Callable[[str, bytes, str], str]  # (key, bytes, content type) -> image_uri a worker can read
+    # (key, bytes, content type) -> image_uri a worker can read; stored with the type the bytes' magic shows,
+    # whatever type the caller passes
+    put_upload: Callable[[str, bytes, str], str]
     presigner: S3Presigner | None = None
     celery_app: Any = None  # None: no queue (embedded); POST /v1/events answers 503
     runtime_factory: Callable[[], Runtime] | None = None
@@ -100,7 +114,8 @@ def distributed_context(settings: Settings, celery_app: Any = None) -> ReviewCon
         celery_app = create_app(settings)
 
     def put_upload(key: str, data: bytes, content_type: str) -> str:
-        client.put_object(Bucket=settings.upload_bucket, Key=key, Body=data, ContentType=content_type)
+        # the type comes from the bytes: a client's file name or header says text/html as easily as image/png
+        client.put_object(Bucket=settings.upload_bucket, Key=key, Body=data, ContentType=original_content_type(data))
         return f"s3://{settings.upload_bucket}/{key}"
 
     return ReviewContext(
@@ -122,7 +137,7 @@ def embedded_context(settings: Settings, home: Path) -> ReviewContext:
     reader = InputReader(allow_local=True, max_bytes=settings.max_image_bytes)
 
     def put_upload(key: str, data: bytes, content_type: str) -> str:
-        return blobs.locate(blobs.put(key, data, content_type))
+        return blobs.locate(blobs.put(key, data, original_content_type(data)))
 
     return ReviewContext(
         settings=settings, store=store, reviews=ReviewStore(engine, settings.review_lease_seconds),

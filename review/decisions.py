@@ -1,7 +1,8 @@
 """A decision and what follows it: the evidence bundle of an escalation, and the webhooks it triggers.
 
-The API and the console both call `decide`; the returned follow-ups (webhook deliveries, which may sleep
-between retries) run after the response is sent.
+The API and the console both call `decide`. Webhook messages go into the outbox, which the relay delivers
+(review/relay.py): a request never waits on a receiver. The returned follow-ups (the re-scan hook) run after
+the response is sent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from db.known_fakes import BankStore
 from db.review_store import Actor, DecisionResult
-from review import webhooks
+from review import relay, webhooks
 from review.bundles import create_bundle
 from review.context import ReviewContext
 
@@ -46,15 +47,11 @@ def decide(ctx: ReviewContext, actor: Actor, item_id: int, decision: str, note: 
         except Exception:  # noqa: BLE001 - the decision stands; the bundle can be rebuilt (POST .../bundles)
             log.exception("bundle failed item_id=%s", item_id)
         if config is not None and decided.bundle is not None and config.wants("escalation"):
-            payload = webhooks.escalation_payload(decided.bundle)
-            bundle_id = decided.bundle["id"]
-            decided.followups.append(lambda: webhooks.deliver(config, ctx.escalations, "escalation", payload,
-                                                              bundle_id=bundle_id))
+            relay.enqueue_escalation(ctx, decided.bundle)
     topic = f"decision.{decision}"
     if config is not None and config.wants(topic):
-        payload = {"review_item_id": item_id, "decision": decision, "actor": actor.name,
-                   "new_state": result.new_state, "at": datetime.now(UTC)}
-        decided.followups.append(lambda: webhooks.deliver(config, ctx.escalations, topic, payload))
+        relay.enqueue(ctx, topic, {"review_item_id": item_id, "decision": decision, "actor": actor.name,
+                                   "new_state": result.new_state, "at": datetime.now(UTC)})
     return decided
 
 

@@ -1,11 +1,15 @@
 """Readiness of `deepscreen serve`: Postgres, Redis, the blob store and the model, each checked on its own.
 
 /healthz says the process answers; /readyz says it can do its work. Each check is short (timeouts of a few
-seconds) and names itself, so a 503 says which part failed.
+seconds) and names itself, so a 503 says which part failed. The public /readyz answers only ready or not,
+from a `ReadinessCache`; the named checks with their details (paths, versions, exception text) are for
+admins (GET /v1/admin/readiness).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +19,7 @@ from sqlalchemy import text
 
 from review.context import ReviewContext
 
+log = logging.getLogger(__name__)
 TIMEOUT_S = 3
 
 
@@ -83,3 +88,37 @@ def readiness(ctx: ReviewContext) -> list[Check]:
             detail, ok = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", False
         results.append(Check(name, ok, detail, time.perf_counter() - started))
     return results
+
+
+class ReadinessCache:
+    """The last readiness answer, reused for `ttl_s` seconds: a flood of probes costs one round of checks
+    (one Postgres, Redis and S3 connection) per period, not one per request. While one thread refreshes it,
+    the others answer with the previous result instead of queueing behind a check that may take seconds."""
+
+    def __init__(self, ctx: ReviewContext, ttl_s: float) -> None:
+        self.ctx = ctx
+        self.ttl_s = ttl_s
+        self._checks: list[Check] | None = None
+        self._at = 0.0
+        self._refreshing = threading.Lock()
+
+    def _fresh(self) -> bool:
+        return self._checks is not None and time.monotonic() - self._at < self.ttl_s
+
+    def get(self) -> list[Check]:
+        # only the first callers wait for a check: there is no earlier answer to give them
+        if not self._fresh() and self._refreshing.acquire(blocking=self._checks is None):
+            try:
+                if not self._fresh():
+                    self._checks, self._at = readiness(self.ctx), time.monotonic()
+                    _log_failures(self._checks)
+            finally:
+                self._refreshing.release()
+        return self._checks or []
+
+
+def _log_failures(checks: list[Check]) -> None:
+    """The public answer is bare, so the operator reads why in the log (once per cache period at most)."""
+    for check in checks:
+        if not check.ok:
+            log.warning("not ready check=%s detail=%s", check.name, check.detail)

@@ -10,7 +10,6 @@ image's sha256, so every face of one image lands in the same split, on every run
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.csv_cells import SafeDictWriter
 from pipeline.decode import DecodeLimits, decode_image
 from pipeline.errors import InvalidInput
 from pipeline.faces import crop_face
@@ -88,7 +88,7 @@ def export_labels(ctx: ReviewContext, out: Path, margin: float, val_percent: int
             rows.append({"file": name, "label": item["label"], "group": item["sha256"], "split": split})
             report.crops[item["label"]] += 1
     with (out / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "label", "group", "split"])
+        writer = SafeDictWriter(handle, fieldnames=["file", "label", "group", "split"])
         writer.writeheader()
         writer.writerows(rows)
     (out / "export.json").write_text(json.dumps({"exported_at": datetime.now(UTC).isoformat(), "margin": margin,

@@ -13,8 +13,10 @@ from PIL import Image as PILImage
 from pipeline.decode import DecodeLimits, decode_image
 from pipeline.errors import InvalidInput
 from review.context import ReviewContext
+from workers.storage import original_content_type
 
 THUMBNAIL_SIDE = 256
+DECODED = ("scored", "no_face")  # verdict statuses of an input that decoded as an image
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +53,12 @@ def verdict_out(ctx: ReviewContext, doc: dict[str, Any], presign: bool = True) -
             "heatmap_url": link(doc["heatmap_key"], media_path("verdicts", verdict_id, "heatmap")), "faces": faces}
 
 
-def original_link(ctx: ReviewContext, image: dict[str, Any], presign: bool = True) -> str:
+def original_link(ctx: ReviewContext, image: dict[str, Any], verdicts: list[dict[str, Any]],
+                  presign: bool = True) -> str | None:
+    """A link to the original, or None when no screening decoded it: a refused input (HTML, SVG, a bomb)
+    is kept for the record but never handed out."""
+    if not any(v["status"] in DECODED for v in verdicts):
+        return None
     if presign and ctx.presigner is not None:
         signed = ctx.presigner.uri(image["uri"])
         if signed:
@@ -67,7 +74,7 @@ def original(ctx: ReviewContext, image_id: int) -> Media:
         data = ctx.reader.read(image["uri"])
     except InvalidInput as exc:
         raise MediaMissing(exc.reason) from None
-    return Media(data, _sniff(data))
+    return Media(data, original_content_type(data))
 
 
 def thumbnail(ctx: ReviewContext, image_id: int) -> Media:
@@ -115,16 +122,4 @@ def verdict_blob(ctx: ReviewContext, verdict_id: int, face_index: int | None = N
         data = ctx.blobs.get(key)
     except Exception as exc:  # noqa: BLE001 - a missing or unreadable blob is a 404, whatever the store says
         raise MediaMissing(type(exc).__name__) from None
-    return Media(data, _sniff(data))
-
-
-def _sniff(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:3] == b"GIF":
-        return "image/gif"
-    return "application/octet-stream"
+    return Media(data, original_content_type(data))

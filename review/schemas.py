@@ -1,14 +1,46 @@
-"""API bodies and responses (pydantic at the boundary)."""
+"""API bodies and responses (pydantic at the boundary), and the bounds of the numbers routes take.
+
+Every number a route accepts has a floor and a ceiling (tests/test_review_hostile.py walks the routes): a
+value past what the database holds would otherwise end as an OverflowError or a DataError, a 500.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from fastapi import Path
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 Decision = Literal["confirm_fake", "mark_real", "escalate", "skip"]
 Role = Literal["service", "moderator", "admin"]
+
+MAX_ROW_ID = 2**63 - 1  # the largest integer SQLite and a Postgres bigint hold
+MAX_AGE_S = 100 * 365 * 86400.0  # further back than any item; datetime arithmetic past it overflows
+MAX_PAGE = 1_000_000  # console queue pages of 50
+MAX_FACE_INDEX = 10_000
+MAX_TOKEN_DAYS = 36_500.0
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+
+
+def refuse_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text may not contain a NUL character")
+    return value
+
+
+StoredText = Annotated[str, AfterValidator(refuse_nul)]  # form text that is written to the database
+
+
+class Body(BaseModel):
+    """A request body: numbers are finite, and text holds no NUL (Postgres cannot store one)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        return refuse_nul(value) if isinstance(value, str) else value
 
 
 class Error(BaseModel):
@@ -111,12 +143,12 @@ class ClaimOut(BaseModel):
     lease_expires_at: datetime | None
 
 
-class DecisionIn(BaseModel):
+class DecisionIn(Body):
     decision: Decision
     note: str | None = Field(default=None, max_length=4000)
 
 
-class ReverseIn(BaseModel):
+class ReverseIn(Body):
     note: str | None = Field(default=None, max_length=4000)
 
 
@@ -138,10 +170,10 @@ class BundleOut(BaseModel):
     download_url: str
 
 
-class TokenIn(BaseModel):
+class TokenIn(Body):
     name: str = Field(min_length=1, max_length=200)
     role: Role
-    expires_days: float | None = Field(default=None, gt=0)
+    expires_days: float | None = Field(default=None, gt=0, le=MAX_TOKEN_DAYS)
 
 
 class TokenOut(BaseModel):
@@ -159,7 +191,7 @@ class TokenCreated(TokenOut):
     token: str = Field(description="shown once; only its sha256 is stored")
 
 
-class GoldIn(BaseModel):
+class GoldIn(Body):
     label: Literal["fake", "real"] | None
 
 

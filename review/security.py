@@ -1,4 +1,5 @@
-"""ASGI middleware: security headers on every response, and request body limits before anything is parsed."""
+"""ASGI middleware: security headers on every response, request body limits before anything is parsed, and
+URLs holding a NUL refused before any route sees them."""
 
 from __future__ import annotations
 
@@ -94,3 +95,26 @@ async def _reject(send: Any, limit: int) -> None:
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class RefuseNulInUrl:
+    """400 for a path or query string that holds a NUL byte: no route takes one, and Postgres cannot store
+    one, so a query parameter carrying it would otherwise end as a 500 deep in the driver."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and _holds_nul(scope):
+            body = b'{"error":"bad_url","detail":"the path or query string holds a NUL byte"}'
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def _holds_nul(scope: Scope) -> bool:
+    query = scope.get("query_string", b"")
+    return "\x00" in scope.get("path", "") or b"\x00" in query or b"%00" in query

@@ -1,9 +1,11 @@
 """The API's own metrics (requests by route and status, latencies) and its /metrics exposition.
 
-Each app gets its own CollectorRegistry (tests build many apps in one process). Routes are labelled by
-their template (`/v1/images/{image_id}`), never by the concrete path, so the label set stays bounded; a
-request no route matched is `unmatched`. The distributed server also registers the queue collector
-(workers/queues.py): queue depth and oldest-message age are exported here, once per deployment.
+Each app gets its own CollectorRegistry (tests build many apps in one process). Every label value comes
+from a fixed set, whatever a client sends: routes by their template (`/v1/images/{image_id}`), never the
+concrete path, and `unmatched` for a request no route matched; methods from the HTTP methods the API
+serves, anything else `other`; status codes as the app answered them (it chooses them), `other` outside
+100-599. The distributed server also registers the queue collector (workers/queues.py): queue depth and
+oldest-message age are exported here, once per deployment.
 """
 
 from __future__ import annotations
@@ -14,6 +16,20 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def route_label(scope: dict[str, Any]) -> str:
+    template = getattr(scope.get("route"), "path", None)
+    return template if isinstance(template, str) and template else "unmatched"
+
+
+def method_label(method: object) -> str:
+    return method if isinstance(method, str) and method in METHODS else "other"
+
+
+def status_label(code: int) -> str:
+    return str(code) if 100 <= code <= 599 else "other"
 
 
 class ApiMetrics:
@@ -54,9 +70,6 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "GET")
-            code = str(status["code"])
-            self.metrics.requests.labels(template, method, code).inc()
-            self.metrics.latency.labels(template, method, code).observe(time.perf_counter() - started)
+            labels = (route_label(scope), method_label(scope.get("method")), status_label(status["code"]))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)

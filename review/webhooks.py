@@ -1,22 +1,35 @@
-"""Webhook delivery: a JSON body signed with HMAC-SHA256, POSTed with retries and exponential backoff.
-Every attempt is a row in webhook_deliveries. Only scheme://host/path of the URL is ever stored or logged
-(a webhook URL often carries a credential in its query)."""
+"""Webhook messages: a JSON body, signed for the webhook purpose with a timestamp, POSTed by the relay
+(review/relay.py) from the outbox, never from a request thread: an attempt is one POST, and retries are
+scheduled in the outbox with exponential backoff. Every attempt is a row in webhook_deliveries. Only
+scheme://host/path of the URL is ever stored or logged (a webhook URL often carries a credential in its query).
+
+A receiver checks each request as `verify_webhook` does (copy it with `derive_key` from review/signing.py;
+both need only the standard library):
+
+    x-deepscreen-signature: t=<Unix time of this attempt>,v1=<hex HMAC-SHA256>
+    key     = HKDF-SHA256(signing secret, salt "deepscreen/1", info "deepscreen-webhook/1")
+    v1      = HMAC-SHA256(key, "deepscreen-webhook/1\\n" + t + "\\n" + raw body)
+
+and refuses a request whose t is more than a few minutes from its own clock, so a captured request cannot be
+replayed later; within the window it deduplicates on the body's `delivery_id` (the same on every retry).
+An evidence bundle's manifest.sig is made under another key and label and never passes this check.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from db.escalation_store import EscalationStore
-from review.bundles import canonical_json, sign
+from review.bundles import canonical_json
+from review.signing import WEBHOOK_PURPOSE, derive_key, hmac_sign
 
 log = logging.getLogger(__name__)
 
@@ -63,50 +76,75 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return min(cap, base * (2 ** (attempt - 1)))
 
 
-def deliver(config: WebhookConfig, escalations: EscalationStore, topic: str, payload: dict[str, Any],
-            bundle_id: int | None = None, sleep: Callable[[float], None] = time.sleep,
-            client: httpx.Client | None = None) -> bool:
-    """POST the payload until a 2xx, a permanent 4xx, or max_attempts. True when delivered."""
-    delivery_id = uuid.uuid4().hex
-    body = canonical_json({"topic": topic, "delivery_id": delivery_id, **payload})
+class WebhookSignatureInvalid(Exception):
+    """Why a received webhook request is refused: malformed, bad_signature or outside_window."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def sign_webhook(secret: str, body: bytes, timestamp: int) -> str:
+    """The x-deepscreen-signature header of one attempt."""
+    return f"t={timestamp},v1={hmac_sign(secret, WEBHOOK_PURPOSE, timestamp, body)}"
+
+
+def verify_webhook(secret: str, body: bytes, signature_header: str, tolerance_s: float = 300.0,
+                   now: float | None = None) -> int:
+    """The receiver's check: the signature's timestamp when the header signs this body for the webhook
+    purpose within `tolerance_s` of now; WebhookSignatureInvalid(reason) otherwise."""
+    fields = dict(part.strip().partition("=")[::2] for part in signature_header.split(","))
+    stamp, stated = fields.get("t", ""), fields.get("v1", "")
+    if not stamp.isdigit() or len(stated) != 64:
+        raise WebhookSignatureInvalid("malformed")
+    timestamp = int(stamp)
+    expected = hmac.new(derive_key(secret, WEBHOOK_PURPOSE),
+                        f"{WEBHOOK_PURPOSE}\n{timestamp}\n".encode() + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(stated.encode(), expected.encode()):
+        raise WebhookSignatureInvalid("bad_signature")
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        raise WebhookSignatureInvalid("outside_window")
+    return timestamp
+
+
+def message_body(topic: str, delivery_id: str, payload: dict[str, Any]) -> bytes:
+    return canonical_json({"topic": topic, "delivery_id": delivery_id, **payload})
+
+
+@dataclass(frozen=True)
+class Attempt:
+    status: int | None
+    error: str | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def permanent(self) -> bool:
+        return self.status in PERMANENT
+
+
+def attempt(config: WebhookConfig, http: httpx.Client, topic: str, delivery_id: str, body: bytes) -> Attempt:
+    """One POST of a message, signed at this moment (a retry an hour later is not stale). Never sleeps."""
     headers = {
         "content-type": "application/json",
         "user-agent": "deepscreen-webhook/1",
         "x-deepscreen-topic": topic,
         "x-deepscreen-delivery": delivery_id,
-        "x-deepscreen-signature": "sha256=" + sign(config.secret, body),
+        "x-deepscreen-signature": sign_webhook(config.secret, body, int(time.time())),
     }
-    target = redact(config.url)
-    own_client = client is None
-    http = client or httpx.Client(timeout=config.timeout_s, follow_redirects=False)
+    started = time.perf_counter()
     try:
-        for attempt in range(1, config.max_attempts + 1):
-            started = time.perf_counter()
-            status: int | None = None
-            error: str | None = None
-            try:
-                response = http.post(config.url, content=body, headers=headers)
-                status = response.status_code
-            except httpx.HTTPError as exc:
-                error = type(exc).__name__
-            ok = status is not None and 200 <= status < 300
-            escalations.record_attempt(delivery_id, topic, target, attempt, status, error, ok,
-                                       time.perf_counter() - started, bundle_id)
-            if ok:
-                log.info("webhook delivered topic=%s delivery_id=%s target=%s attempt=%d", topic, delivery_id,
-                         target, attempt)
-                return True
-            if status in PERMANENT:
-                break
-            log.warning("webhook attempt failed topic=%s delivery_id=%s target=%s attempt=%d status=%s error=%s",
-                        topic, delivery_id, target, attempt, status, error)
-            if attempt < config.max_attempts:
-                sleep(backoff(attempt, config.backoff_s, config.backoff_max_s))
-        log.error("webhook gave up topic=%s delivery_id=%s target=%s", topic, delivery_id, target)
-        return False
-    finally:
-        if own_client:
-            http.close()
+        response = http.post(config.url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return Attempt(None, type(exc).__name__, time.perf_counter() - started)
+    return Attempt(response.status_code, None, time.perf_counter() - started)
+
+
+def client_for(config: WebhookConfig) -> httpx.Client:
+    return httpx.Client(timeout=config.timeout_s, follow_redirects=False)
 
 
 def escalation_payload(bundle: dict[str, Any]) -> dict[str, Any]:

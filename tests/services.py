@@ -196,6 +196,12 @@ def service_env(postgres_url: str, redis_url: str, s3: S3Server, model_dir: Path
         "PYTHONUNBUFFERED": "1",
     }
     env.update(extra)
+    if float(env["DEEPSCREEN_VISIBILITY_TIMEOUT"]) < 60 and "DEEPSCREEN_TASK_TIME_LIMIT_S" not in extra:
+        # a test that shortens the visibility timeout to watch redelivery would need time limits shorter than
+        # a batch: it runs without them
+        env.update(DEEPSCREEN_TASK_SOFT_TIME_LIMIT_S="0", DEEPSCREEN_TASK_TIME_LIMIT_S="0")
+    elif "DEEPSCREEN_TASK_TIME_LIMIT_S" not in extra:
+        env.update(DEEPSCREEN_TASK_SOFT_TIME_LIMIT_S="40", DEEPSCREEN_TASK_TIME_LIMIT_S="50")
     return env
 
 

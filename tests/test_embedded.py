@@ -150,3 +150,75 @@ def test_a_face_too_small_to_judge_is_stored_with_its_reason(model_dir: Path, tm
     with sqlite3.connect(database) as db:
         assert db.execute("select verdict from faces").fetchall() == [("too_small",)]
         assert db.execute("select count(*) from review_items").fetchone() == (0,)
+
+
+def test_a_scan_batch_ends_at_its_byte_budget(tmp_path: Path) -> None:
+    """A batch's files are all read before it is screened and two batches are in flight: past SCAN_BATCH_MB a
+    batch ends early, so 32 files at the 40 MB limit are never 1.3 GB of bytes held at once."""
+    from workers.embedded import batches
+
+    sizes = [100, 500, 450, 10, 10, 2000, 5, 5, 5, 5, 5]
+    paths = []
+    for index, size in enumerate(sizes):
+        paths.append(tmp_path / f"{index:02d}.bin")
+        paths[-1].write_bytes(b"x" * size)
+    paths.append(tmp_path / "missing.jpg")
+    got = [[sizes[int(p.stem)] if p.exists() else None for p in batch] for batch in batches(paths, 4, 1000)]
+    assert got == [[100, 500, 450], [10, 10, 2000], [5, 5, 5, 5], [5, None]]
+    assert [len(b) for b in batches(paths, 4)] == [4, 4, 4]
+
+
+def test_small_scan_batches_keep_every_input_s_own_event(model_dir: Path, tmp_path: Path) -> None:
+    """Through the real command with a 1 MB batch budget: batches of different lengths, one row per input in
+    order, and one event per input (ids are numbered across batches)."""
+    noise = np.random.default_rng(4).integers(0, 256, (420, 500, 3), dtype=np.uint8)  # ~630 KB as PNG
+    names = [f"noise-{i}.png" for i in range(5)]
+    for index, name in enumerate(names):
+        Image.fromarray(np.roll(noise, index * 7, axis=1)).save(tmp_path / name)
+    home = tmp_path / "home"
+    done = _run(["scan", *(str(tmp_path / n) for n in names), "--json", "--home", str(home)], model_dir,
+                DEEPSCREEN_SCAN_BATCH_MB="1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert [Path(r["source"]).name for r in rows] == names
+    assert all(r["status"] == "no_face" for r in rows)
+    [database] = home.glob("*.sqlite3")
+    with sqlite3.connect(database) as db:
+        assert db.execute("select count(distinct event_id) from events").fetchone() == (5,)
+
+
+def test_a_missing_path_exits_2_after_the_rest_are_screened(inputs: Path, model_dir: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    missing = tmp_path / "nonexistent"
+    done = _run(["scan", str(missing), str(inputs / "nested" / "wall.png"), "--json", "--home", str(home)], model_dir)
+    assert done.returncode == 2, done.stderr
+    assert f"no such file or folder: {missing}" in done.stderr
+    rows = _rows(done.stdout)
+    assert rows["wall.png"]["status"] == "no_face"  # the rest are still screened
+    assert (rows["nonexistent"]["status"], rows["nonexistent"]["reason"]) == ("invalid_input", "not_found")
+    with sqlite3.connect(home / "deepscreen.sqlite3") as conn:
+        assert conn.execute("select count(*) from events").fetchone()[0] == 2  # and both are stored
+
+
+def test_folder_walks_take_images_and_explicit_files_are_always_screened(model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    for name in ("a.JPG", "b.jpeg", "c.png", "d.webp", "e.bmp", "f.gif", "g.tif", "h.TIFF"):
+        Image.new("RGB", (40, 40), (120, 90, 60)).save(folder / name, format=Image.registered_extensions()[
+            Path(name).suffix.lower()])
+    (folder / "README.md").write_text("# not an image\n")
+    (folder / "labels.csv").write_text("file,label\na.JPG,real\n")
+    images = {"a.JPG", "b.jpeg", "c.png", "d.webp", "e.bmp", "f.gif", "g.tif", "h.TIFF"}
+
+    walked = _run(["scan", str(folder), "--json", "--home", str(tmp_path / "h1"), "--crops"], model_dir)
+    assert walked.returncode == 0, walked.stderr
+    assert set(_rows(walked.stdout)) == images
+
+    everything = _run(["scan", str(folder), "--all-files", "--json", "--home", str(tmp_path / "h2"), "--crops"],
+                      model_dir)
+    rows = _rows(everything.stdout)
+    assert set(rows) == images | {"README.md", "labels.csv"}
+    assert rows["README.md"]["reason"] == "not_an_image"
+
+    named = _run(["scan", str(folder / "labels.csv"), "--json", "--home", str(tmp_path / "h3")], model_dir)
+    assert (_rows(named.stdout)["labels.csv"]["status"], named.returncode) == ("invalid_input", 0)

@@ -246,3 +246,50 @@ def test_embedded_sqlite_erasure_keeps_the_append_only_audit_log(tmp_path) -> No
         with pytest.raises(DatabaseError, match="append-only"), engine.begin() as conn:
             conn.execute(text(statement))
     engine.dispose()
+
+
+def test_an_event_received_before_an_erasure_and_screened_after_it_recreates_nothing(  # noqa: ANN001
+        review_ctx, s3_server, tmp_model, astronaut) -> None:
+    import hashlib
+
+    from db.erasure_store import ErasureStore
+    from pipeline.events import UploadEvent
+    from tests.test_review_support import jpeg
+    from workers.erasure import erase
+    from workers.processing import Job, Runtime, persist_events, process_events, screen_events
+    from workers.runtime import build_screener
+
+    data = jpeg(astronaut)  # a face: a scored verdict writes heatmaps and crops
+    sha = hashlib.sha256(data).hexdigest()
+    s3 = s3_server.client()
+    s3.put_object(Bucket="uploads", Key=f"late/{sha}.jpg", Body=data)
+    settings = review_ctx.settings.model_copy(update={"model_dir": tmp_model})
+    runtime = Runtime(screener=build_screener(settings, heatmaps="all"), store=review_ctx.store,
+                      blobs=review_ctx.blobs, reader=review_ctx.reader)
+
+    def event(event_id: str) -> UploadEvent:
+        return UploadEvent(event_id=event_id, image_uri=f"s3://uploads/late/{sha}.jpg", source="tenant-late")
+
+    in_flight = screen_events(runtime, [Job(event("late-3"))])  # screened, saved only after the erasure
+    assert in_flight.verdicts and in_flight.verdicts[0].status == "scored"
+    first = process_events(runtime, [Job(event("late-0"))])[0].saved
+    assert first.status == "scored" and [k for k in review_ctx.blobs.list_keys("heatmaps/") if sha in k]
+    queued = event("late-1")
+    review_ctx.store.record_events([queued])  # received (as the API records it), still on the queue
+    unrecorded = event("late-2")  # on the queue, never recorded: sent before the erasure
+
+    report = erase(ErasureStore(review_ctx.store.engine), review_ctx.blobs, erased_by="dpo", actor_role="admin",
+                   reason="user request", sha256=sha, keep_originals=True)  # the worker can still read the bytes
+    assert report.remaining == []
+
+    review_ctx.store.count_deliveries([(queued, 1), (unrecorded, 1)])  # as the Celery task begins a batch
+    outcomes = process_events(runtime, [Job(queued), Job(unrecorded)]) + persist_events(runtime, in_flight)
+    assert [(o.saved.status, o.saved.verdict_id, o.retry_reason) for o in outcomes] == [("erased", None, None)] * 3
+    assert outcomes[0].skipped  # the erasure already ended the recorded event: not even fetched again
+    assert review_ctx.store.find_verdict(sha, runtime.screener.model_version) is None
+    assert set(_rows_naming(review_ctx, sha)) == {"erasures", "audit_log"}  # no image, verdict or event names it
+    assert [k for k in review_ctx.blobs.list_keys("heatmaps/") if sha in k] == []  # the in-flight heatmaps went too
+    assert {e: review_ctx.store.event_status(e) for e in ("late-1", "late-2", "late-3")} == dict.fromkeys(
+        ("late-1", "late-2", "late-3"), "erased")  # a terminal outcome, not a retry
+    again = process_events(runtime, [Job(queued)])[0]  # a redelivery is skipped
+    assert again.skipped and again.saved.status == "erased"

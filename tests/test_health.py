@@ -1,4 +1,5 @@
-"""/healthz, /readyz and the API's /metrics on real services; /readyz through a Postgres outage.
+"""/healthz, /readyz and the API's /metrics on real services; /readyz through a Postgres outage. The public
+/readyz is bare and cached; the named checks are at /v1/admin/readiness for admin tokens.
 
 The outage is on a throwaway Postgres cluster (tests/services.ThrowawayPostgres), never the machine's.
 """
@@ -29,6 +30,11 @@ def _client(db_url: str, redis_url: str, s3_endpoint: str, model_dir: Path, **ov
     return TestClient(create_app(ctx)), ctx
 
 
+def _admin(ctx) -> dict[str, str]:  # noqa: ANN001
+    token, _ = ctx.tokens.create("health-admin", "admin")
+    return {"authorization": f"Bearer {token}"}
+
+
 @pytest.fixture()
 def throwaway_pg():  # noqa: ANN201
     from db.migrate import upgrade
@@ -40,26 +46,34 @@ def throwaway_pg():  # noqa: ANN201
 
 
 @pytest.mark.chaos
-def test_readyz_goes_503_naming_postgres_when_it_stops_and_recovers(throwaway_pg, s3_server, tmp_model) -> None:  # noqa: ANN001
+def test_readyz_goes_503_naming_postgres_when_it_stops_and_recovers(throwaway_pg, s3_server, tmp_model,  # noqa: ANN001
+                                                                    caplog) -> None:  # noqa: ANN001
+    import logging
+
     redis = PrivateRedis()
-    client, ctx = _client(throwaway_pg.url, redis.url, s3_server.endpoint, tmp_model)
+    client, ctx = _client(throwaway_pg.url, redis.url, s3_server.endpoint, tmp_model, readiness_cache_s=0.5)
+    admin = _admin(ctx)
+    caplog.set_level(logging.WARNING, logger="review")
     try:
-        ready = client.get("/readyz")
+        ready = client.get("/v1/admin/readiness", headers=admin)
         assert ready.status_code == 200, ready.text
         assert ready.json()["failing"] == [] and set(ready.json()["checks"]) == {"postgres", "redis", "blob_store",
                                                                                   "model"}
+        assert client.get("/readyz").json() == {"status": "ready"}
         throwaway_pg.stop()
+        time.sleep(0.6)  # past the cache period
         down = client.get("/readyz")
-        assert down.status_code == 503
-        assert down.json()["failing"] == ["postgres"]
-        assert "OperationalError" in down.json()["checks"]["postgres"]["detail"]
+        assert down.status_code == 503 and down.json() == {"status": "unavailable"}
+        assert "check=postgres" in caplog.text and "OperationalError" in caplog.text  # why, for the operator
+        # the admin view cannot authenticate without its database: a 503 to retry, not a 500
+        assert client.get("/v1/admin/readiness", headers=admin).status_code == 503
         assert client.get("/healthz").status_code == 200  # alive, only not ready
         throwaway_pg.start()
         started = time.monotonic()
         wait_for(lambda: client.get("/readyz").status_code == 200, 30, interval=0.5, what="readyz recovers")
         assert time.monotonic() - started < 30
         redis.stop()
-        assert client.get("/readyz").json()["failing"] == ["redis"]
+        assert client.get("/v1/admin/readiness", headers=admin).json()["failing"] == ["redis"]
     finally:
         ctx.close()
         redis.destroy()
@@ -68,9 +82,57 @@ def test_readyz_goes_503_naming_postgres_when_it_stops_and_recovers(throwaway_pg
 def test_readyz_names_a_missing_bucket_and_a_missing_model(postgres_url, redis_url, s3_server, tmp_path) -> None:  # noqa: ANN001
     client, ctx = _client(postgres_url, redis_url, s3_server.endpoint, tmp_path / "no-model", s3_bucket="no-such-bucket")
     try:
-        body = client.get("/readyz")
+        body = client.get("/v1/admin/readiness", headers=_admin(ctx))
         assert body.status_code == 503
         assert body.json()["failing"] == ["blob_store", "model"]
+        public = client.get("/readyz")
+        assert public.status_code == 503 and public.json() == {"status": "unavailable"}
+    finally:
+        ctx.close()
+
+
+def test_public_readyz_is_bare_and_a_flood_costs_one_check(postgres_url, s3_server, tmp_model) -> None:  # noqa: ANN001
+    """Anyone may ask /readyz: it says ready or not, with no paths, versions or errors, and 200 calls within
+    the cache period open one Redis connection (and one Postgres and S3 round), not 200."""
+    import redis as redis_client
+
+    redis = PrivateRedis()
+    try:
+        client, ctx = _client(postgres_url, redis.url, s3_server.endpoint, tmp_model, readiness_cache_s=30)
+        admin = _admin(ctx)
+        probe = redis_client.Redis.from_url(redis.url)
+        before = probe.info("stats")["total_connections_received"]
+        answers = [client.get("/readyz") for _ in range(200)]
+        opened = probe.info("stats")["total_connections_received"] - before
+        assert {a.status_code for a in answers} == {200}
+        assert all(a.json() == {"status": "ready"} for a in answers)
+        assert opened <= 2, f"{opened} Redis connections for 200 /readyz calls"
+        for path in ("/readyz", "/healthz"):
+            text = client.get(path).text
+            for leak in ("postgres", "bucket", "version", "detail", str(tmp_model), "Error"):
+                assert leak not in text, (path, leak)
+        assert "checks" in client.get("/v1/admin/readiness", headers=admin).json()
+        assert client.get("/v1/admin/readiness").status_code == 401
+        probe.close()
+        ctx.close()
+    finally:
+        redis.destroy()
+
+
+def test_openapi_is_for_admins_or_off(postgres_url, redis_url, s3_server, tmp_model) -> None:  # noqa: ANN001
+    client, ctx = _client(postgres_url, redis_url, s3_server.endpoint, tmp_model)
+    try:
+        assert client.get("/openapi.json").status_code == 401
+        token, _ = ctx.tokens.create("health-moderator", "moderator")
+        assert client.get("/openapi.json", headers={"authorization": f"Bearer {token}"}).status_code == 403
+        assert "/v1/review/claim" in client.get("/openapi.json", headers=_admin(ctx)).json()["paths"]
+        for docs in ("/docs", "/redoc"):
+            assert client.get(docs).status_code == 404
+    finally:
+        ctx.close()
+    client, ctx = _client(postgres_url, redis_url, s3_server.endpoint, tmp_model, api_spec=False)
+    try:
+        assert client.get("/openapi.json", headers=_admin(ctx)).status_code == 404
     finally:
         ctx.close()
 

@@ -235,3 +235,90 @@ def test_an_unreadable_index_file_is_rebuilt_from_the_banks(floor, tmp_path) -> 
     from pipeline.hash_index import HashIndex
 
     assert len(HashIndex.load(path)) == 1  # and the rebuilt index was saved in its place
+
+
+def _rows_naming(engine, needles: list[str]) -> dict[str, int]:  # noqa: ANN001
+    """Per table, how many rows mention any of `needles` in any column (as text)."""
+    from db.schema import Base
+
+    found: dict[str, int] = {}
+    with engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            hits = sum(1 for row in conn.execute(table.select()) if any(n in str(v) for v in row for n in needles))
+            if hits:
+                found[table.name] = hits
+    return found
+
+
+def test_erasing_a_confirmed_fake_removes_its_entry_like_a_reversal_and_scrubs_its_hash(floor, tmp_path) -> None:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from db.erasure_store import ErasureStore
+    from db.schema import Verdict as VerdictRow
+    from pipeline.hash_index import HashIndex
+
+    clock = Clock()
+    never_refreshed = KnownFakeMemory(floor.banks, refresh_s=60, clock=clock)  # replays the whole log later
+    never_refreshed.refresh()
+    memory = KnownFakeMemory(floor.banks, refresh_s=60, clock=clock, index_path=tmp_path / "known_fakes_index.npz")
+    astronaut = _image("astronaut")
+    screened = _screened(astronaut, "fake", 0.95)
+    original = _save(floor, screened)
+    entry_id = _decide(floor, original.review_item_id, "confirm_fake").bank_entry_id
+    clock.now += 61
+    copy = _screened(_copy(astronaut), "real", 0.05)  # the classifier alone would not have queued it
+    doubtful = _screened(_copy(astronaut, 0.8, 70), "uncertain", 0.5)  # the classifier alone would have
+    matched_copy, matched_doubtful = memory.apply([copy, doubtful])
+    assert matched_copy.reason == matched_doubtful.reason == MATCHED_KNOWN_FAKE
+    saved_copy, saved_doubtful = _save(floor, matched_copy), _save(floor, matched_doubtful)
+    assert len(HashIndex.load(memory.index_path)) == 1
+    pdq = pdq_hash(astronaut, mirror=True)
+
+    erasures = ErasureStore(floor.store.engine)
+    erasures.erase(erasures.plan(sha256=screened.sha256), "dpo", "admin", "user request")
+
+    # the same path as a reversal: a logged removal, matches revoked, matched items re-checked
+    assert floor.banks.entries(CONFIRMED_FAKE) == []
+    assert [(c.op, c.entry_id) for c in floor.banks.changes_since(0)] == [("add", entry_id), ("remove", entry_id)]
+    assert floor.banks.matches_for_item(saved_copy.review_item_id)[0]["revoked"] is True
+    withdrawn = floor.reviews.item(saved_copy.review_item_id)
+    assert withdrawn["state"] == "withdrawn" and withdrawn["history"][-1]["action"] == "bank_recheck"
+    still_open = floor.reviews.item(saved_doubtful.review_item_id)
+    assert (still_open["state"], still_open["reason"]) == ("pending", "uncertain")  # its own ground remains
+    with floor.store.sessions() as session:
+        verdicts = {v.id: v for v in session.scalars(select(VerdictRow))}
+    assert (verdicts[saved_copy.verdict_id].verdict, verdicts[saved_copy.verdict_id].reason) == ("real", None)
+    assert (verdicts[saved_doubtful.verdict_id].verdict, verdicts[saved_doubtful.verdict_id].reason) == ("uncertain", None)
+    # the hash survives nowhere: not in the change log, not in any row
+    assert _rows_naming(floor.store.engine, [pdq.hex, pdq.mirror]) == {}
+
+    lagging = memory.apply([_screened(_copy(astronaut, 0.6, 55), "real", 0.04)])[0]
+    assert lagging.reason == MATCHED_KNOWN_FAKE  # within refresh_s the index may still hold the entry
+    saved_lagging = _save(floor, lagging)  # but the save knows it is gone: the classifier's verdict stands
+    assert (saved_lagging.verdict, saved_lagging.review_item_id) == ("real", None)
+    assert floor.banks.matches_for_verdict(saved_lagging.verdict_id)[0]["revoked"] is True
+
+    clock.now += 61
+    assert memory.apply([copy])[0].reason is None and len(memory.index) == 0  # the worker's index dropped it
+    assert len(HashIndex.load(memory.index_path)) == 0
+    assert never_refreshed.apply([copy])[0].reason is None  # a scrubbed add replays as nothing
+
+
+def test_a_reversal_withdraws_the_items_its_entry_queued_and_a_new_entry_reopens_them(floor) -> None:  # noqa: ANN001
+    astronaut = _image("astronaut")
+    earlier_copy = _save(floor, _screened(_copy(astronaut, 0.5, 35), "real", 0.02))  # the classifier missed it
+    original = _save(floor, _screened(astronaut, "uncertain", 0.5))
+    first = _decide(floor, original.review_item_id, "confirm_fake").bank_entry_id
+    [queued] = floor.banks.rescan_entry(first, 31)
+    assert floor.reviews.item(queued["review_item_id"])["state"] == "pending"
+
+    floor.reviews.reverse(ADMIN, original.review_item_id, note="not a fake after all")
+    item = floor.reviews.item(queued["review_item_id"])
+    assert item["state"] == "withdrawn"  # its only ground is gone; the classifier said real
+    assert item["history"][-1]["action"] == "bank_recheck" and item["history"][-1]["previous_state"] == "pending"
+
+    again = _decide(floor, original.review_item_id, "confirm_fake").bank_entry_id
+    assert [q["review_item_id"] for q in floor.banks.rescan_entry(again, 31)] == [queued["review_item_id"]]
+    reopened = floor.reviews.item(queued["review_item_id"])
+    assert (reopened["state"], reopened["reason"]) == ("pending", MATCHED_KNOWN_FAKE)
+    assert earlier_copy.review_item_id is None

@@ -120,3 +120,42 @@ def test_a_confirmed_fake_catches_its_reencoded_copy_until_the_decision_is_rever
     [again_item] = again["review_items"]
     again_detail = client.get(f"/v1/review/items/{again_item['id']}", headers=moderator).json()
     assert again_detail["reason"] == "fake" and again_detail["bank_matches"] == []
+
+
+def test_erasing_a_confirmed_fake_takes_its_hash_out_of_the_running_workers_index(  # noqa: ANN001
+        client, tokens, review_ctx, s3_server, worker, astronaut) -> None:
+    from sqlalchemy import select
+
+    from db.schema import BankChange
+
+    moderator, admin = tokens.header("moderator"), tokens.header("admin")
+    banks = BankStore(review_ctx.store.engine)
+    data = _copy(astronaut, 1.0, 85)
+    original = _ingest(client, tokens, review_ctx, s3_server, worker, data)
+    [original_item] = original["review_items"]
+    assert client.post(f"/v1/review/items/{original_item['id']}/claim", headers=moderator).status_code == 200
+    assert client.post(f"/v1/review/items/{original_item['id']}/decision", headers=moderator,
+                       json={"decision": "confirm_fake"}).status_code == 200
+    [entry] = [e for e in banks.entries(CONFIRMED_FAKE) if e["review_item_id"] == original_item["id"]]
+    time.sleep(REFRESH_S + 0.5)
+    copy = _ingest(client, tokens, review_ctx, s3_server, worker, _copy(astronaut, 0.7, 50))
+    [copy_item] = copy["review_items"]
+    assert client.get(f"/v1/review/items/{copy_item['id']}", headers=moderator).json()["reason"] == "matched_known_fake"
+
+    erased = client.delete(f"/v1/images/{original['id']}", params={"reason": "user request"}, headers=admin)
+    assert erased.status_code == 200 and erased.json()["rows"]["bank_entries"] == 1
+    assert entry["id"] not in {e["id"] for e in banks.entries(CONFIRMED_FAKE)}
+    with review_ctx.store.sessions() as session:
+        logged = session.execute(select(BankChange.op, BankChange.pdq).where(BankChange.entry_id == entry["id"])
+                                 .order_by(BankChange.id)).all()
+        assert session.scalar(select(BankChange.id).where(BankChange.pdq == entry["hash"])) is None
+    assert [op for op, _ in logged] == ["add", "remove"] and {pdq for _, pdq in logged} == {""}  # logged, hash blanked
+    detail = client.get(f"/v1/review/items/{copy_item['id']}", headers=moderator).json()
+    assert detail["bank_matches"][0]["revoked"] is True
+    assert (detail["state"], detail["reason"]) == ("pending", "fake")  # re-checked: pending on its own verdict now
+
+    time.sleep(REFRESH_S + 0.5)
+    again = _ingest(client, tokens, review_ctx, s3_server, worker, data)  # the same bytes, uploaded again
+    assert again["id"] != original["id"]
+    [again_verdict] = again["verdicts"]
+    assert again_verdict["reason"] is None  # screened afresh: no bank holds the erased hash

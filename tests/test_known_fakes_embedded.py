@@ -92,3 +92,55 @@ def test_bank_commands_refuse_bad_input(model_dir: Path, tmp_path: Path) -> None
     for command in (["bank"], ["bank", "import"], ["bank", "export"], ["bank", "list"], ["bank", "show"]):
         help_out = _run([*command, "--help"], model_dir)
         assert help_out.returncode == 0 and "usage: deepscreen" in help_out.stdout
+
+
+@pytest.mark.services
+def test_erasing_a_confirmed_fake_in_a_scan_home_drops_it_from_the_saved_index(flagging_model: Path,
+                                                                              tmp_path: Path) -> None:
+    from skimage import data
+    from sqlalchemy import select
+
+    from db.erasure_store import ErasureStore
+    from db.migrate import home_database
+    from db.review_store import Actor, ReviewStore
+    from db.schema import BankChange, ReviewItem
+    from db.store import connect
+    from pipeline.hash_index import HashIndex
+    from workers.erasure import erase
+    from workers.storage import LocalBlobStore
+
+    astronaut = data.astronaut()
+    Image.fromarray(astronaut).save(tmp_path / "original.jpg", quality=85)
+    Image.fromarray(astronaut).resize((320, 320), Image.Resampling.BILINEAR).save(tmp_path / "copy.jpg", quality=40)
+    home = tmp_path / "home"
+
+    def scan(name: str) -> dict:
+        done = _run(["scan", str(tmp_path / name), "--json", "--home", str(home), "--no-progress"], flagging_model)
+        assert done.returncode == 0, done.stderr
+        [row] = map(json.loads, done.stdout.splitlines())
+        return row
+
+    first = scan("original.jpg")
+    engine = connect(home_database(home))
+    reviews, moderator = ReviewStore(engine), Actor("mod-ann", "moderator")
+    with engine.connect() as conn:
+        item_id = conn.scalar(select(ReviewItem.id))
+    reviews.claim(moderator, item_id, 60)
+    entry_id = reviews.decide(moderator, item_id, "confirm_fake").bank_entry_id
+    assert entry_id is not None
+    assert scan("copy.jpg")["reason"] == "matched_known_fake"
+    index_file = home / "known_fakes_index.npz"
+    assert len(HashIndex.load(index_file)) == 1
+    with engine.connect() as conn:
+        pdq = conn.scalar(select(BankChange.pdq).where(BankChange.entry_id == entry_id))
+
+    report = erase(ErasureStore(engine), LocalBlobStore(home / "blobs"), erased_by="dpo", actor_role="admin",
+                   reason="user request", sha256=first["sha256"])  # what `serve --home`'s erasure calls
+    assert report.rows["bank_entries"] == 1 and report.rows["index_file_entries"] == 1
+    assert len(HashIndex.load(index_file)) == 0 and bytes.fromhex(pdq) not in index_file.read_bytes()
+    with engine.connect() as conn:
+        assert conn.scalar(select(BankChange.id).where(BankChange.pdq == pdq)) is None
+    engine.dispose()
+    again = scan("original.jpg")  # the same bytes: a new image, screened afresh
+    assert again["sha256"] == first["sha256"] and again["reason"] != "matched_known_fake"
+    assert again["bank_matches"] == []

@@ -192,3 +192,41 @@ def test_prefork_worker_metrics_heartbeat_and_status(postgres_url, redis_url, s3
     assert not heartbeat.exists()
     dead = subprocess.run([str(BIN / "deepscreen"), "probe", "worker"], env=env, capture_output=True, text=True)
     assert dead.returncode == 1
+
+
+def test_api_metric_labels_stay_bounded_under_random_methods_and_paths(tmp_path: Path) -> None:
+    """Label values come from fixed sets: 3,000 requests with random method names and paths add a bounded
+    number of series to the API's /metrics, however many distinct values they carry."""
+    import random
+    import string
+
+    from fastapi.testclient import TestClient
+
+    from review.api import create_app
+    from review.auth import app_routes
+    from review.context import embedded_context
+    from workers.settings import Settings
+
+    ctx = embedded_context(Settings(environment="test", signing_secret="s" * 40), tmp_path / "home")
+    client = TestClient(create_app(ctx))
+    rng = random.Random(26)
+
+    def word() -> str:
+        return "".join(rng.choices(string.ascii_letters + string.digits, k=10))
+
+    shapes = ("/v1/images/{n}", "/console/items/{n}", "/v1/review/items/{n}/claim", "/static/{w}", "/{w}/{w}",
+              "/healthz", "/v1/{w}")
+    before = len(client.get("/metrics").content)
+    for _ in range(3000):
+        method = "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 12)))
+        path = rng.choice(shapes).format(n=rng.randint(1, 10**9), w=word())
+        client.request(rng.choice((method, method, "GET", "POST")), path)
+    text = client.get("/metrics").text
+    ctx.close()
+    series = {(lab["route"], lab["method"], lab["status"]) for n, lab, _ in samples(text)
+              if n == "deepscreen_http_requests_total"}
+    templates = {path for path, _, _ in app_routes(client.app)} | {"/static", "unmatched"}
+    assert {method for _, method, _ in series} <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert {route for route, _, _ in series} <= templates
+    assert len(series) <= 40, sorted(series)
+    assert len(text) - before < 60_000, f"/metrics grew by {len(text) - before} bytes"

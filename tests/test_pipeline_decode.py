@@ -29,6 +29,9 @@ REASONS = {
     "too_many_pixels",
     "unsupported_format",
     "too_small",
+    "too_many_scans",
+    "too_many_segments",
+    "too_much_memory",
 }
 
 
@@ -332,12 +335,212 @@ def test_image_with_svg_text_in_its_metadata_still_decodes(fmt: str) -> None:
     assert _decode(data).pixels.shape == (40, 60, 3)
 
 
+# -- bombs by class: a cheap header that promises expensive work ---------------------------------------
+
+
+def _fresh_interpreter(script: str, payloads: list[bytes], timeout: float = 180) -> list[dict]:
+    """Run `script` in a new interpreter (its ru_maxrss starts low) with the payloads on stdin."""
+    out = subprocess.run([sys.executable, "-c", script], input=json.dumps([p.hex() for p in payloads]),
+                         capture_output=True, text=True, timeout=timeout, check=True, cwd=REPO)
+    return json.loads(out.stdout)
+
+
+# Peak memory is the process's VmHWM, reset before each input (ru_maxrss would carry the high-water mark of
+# the forking parent's address space across exec).
+_COST_SCRIPT = """
+import json, sys, time, warnings
+from pipeline.decode import DecodeLimits, decode_image
+from pipeline.errors import InvalidInput
+
+def peak_kb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+rows = []
+for data in [bytes.fromhex(h) for h in json.loads(sys.stdin.read())]:
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    before = peak_kb()
+    start = time.process_time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            shape, reason = list(decode_image(data).pixels.shape), None
+        except InvalidInput as exc:
+            shape, reason = None, exc.reason
+    rows.append({"reason": reason, "shape": shape, "cpu_s": time.process_time() - start, "warnings": len(caught),
+                 "grew_mb": (peak_kb() - before) / 1024})
+print(json.dumps(rows))
+"""
+
+
+def test_jpeg_scan_bombs_are_refused_from_their_structure() -> None:
+    """Thousands of empty progressive scans each re-walk every block: refused by counting SOS markers, in
+    about the time it takes to read the file, whatever the image's size."""
+    from bench.hostile_corpus import jpeg_scan_bomb
+
+    bombs = [jpeg_scan_bomb(2048, 2048, 5_000), jpeg_scan_bomb(6000, 6000, 1_000, components=3)]
+    for row in _fresh_interpreter(_COST_SCRIPT, bombs):
+        assert row["reason"] == "too_many_scans"
+        assert row["cpu_s"] < 0.5  # generous: the walk is a few milliseconds
+
+
+def test_progressive_jpegs_within_the_scan_limit_decode() -> None:
+    from bench.hostile_corpus import jpeg_scan_bomb
+
+    assert _decode(jpeg_scan_bomb(256, 128, 60)).pixels.shape == (128, 256, 3)
+    progressive = _encode(_noise(64, 80), "JPEG", quality=90, progressive=True)
+    assert _decode(progressive).pixels.shape == (64, 80, 3)
+    assert _reason(jpeg_scan_bomb(256, 128, 60), DecodeLimits(max_jpeg_scans=59)) == "too_many_scans"
+
+
+def test_container_floods_are_refused_cheaply() -> None:
+    """Markers, chunks, blocks, strip tables and padding that Pillow would parse or skip one by one."""
+    from bench.hostile_corpus import (
+        gif_extension_flood,
+        gif_junk,
+        jpeg_marker_flood,
+        jpeg_padding,
+        png_chunk_flood,
+        tiff_strip_flood,
+        webp_frame_bomb,
+    )
+
+    floods = [jpeg_marker_flood(500_000), png_chunk_flood(500_000), gif_extension_flood(500_000),
+              tiff_strip_flood(1_000_000), webp_frame_bomb(200_000), jpeg_padding("fill", 2_000_000),
+              jpeg_padding("junk", 2_000_000), jpeg_padding("entropy", 2_000_000), gif_junk(2_000_000)]
+    rows = _fresh_interpreter(_COST_SCRIPT, floods)
+    assert [row["reason"] for row in rows] == ["too_many_segments"] * len(floods)
+    for row in rows:
+        assert row["cpu_s"] < 0.5 and row["grew_mb"] < 100
+
+
+def test_segment_limit_leaves_ordinary_files_alone() -> None:
+    from bench.hostile_corpus import png_split_idat
+
+    data = png_split_idat(300, 200, 512)  # about 350 IDAT chunks
+    assert _decode(data).pixels.shape == (200, 300, 3)
+    assert _reason(data, DecodeLimits(max_segments=100)) == "too_many_segments"
+
+
+@pytest.mark.parametrize("maker", ["bad-sequence", "frame-off-canvas"])
+def test_malformed_apng_is_corrupt_not_unrecognised(maker: str) -> None:
+    from bench.hostile_corpus import apng
+
+    data = apng(3, first_sequence=7) if maker == "bad-sequence" else apng(3, first_width=4000)
+    assert data.startswith(b"\x89PNG")
+    assert _reason(data) == "corrupt"
+
+
+def test_structurally_broken_files_of_every_allowed_format_are_corrupt() -> None:
+    png = bytearray(_encode(_noise(8, 8), "PNG"))
+    png[16:24] = struct.pack(">II", 0, 0)  # a zero-sized IHDR: Pillow's plugin refuses it at open
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF)
+    assert _reason(bytes(png)) in {"corrupt", "too_small"}
+    gif = _encode(Image.fromarray(_noise(8, 8)).convert("P"), "GIF")
+    palette_end = 13 + 3 * (2 << (gif[10] & 7))
+    broken = gif[:palette_end] + b"\x99" * 20  # a block that is neither an image, an extension nor the trailer
+    assert _reason(broken) in {"corrupt", "truncated"}
+
+
+def test_exif_floods_do_not_flood_stderr() -> None:
+    """5,000 (JPEG APP1) and 60,000 (PNG eXIf) corrupt EXIF tags: Pillow warns once per tag, and Python's
+    default filter prints each distinct message. Decoding them in a fresh interpreter prints nothing."""
+    from bench.hostile_corpus import exif_flood, png_exif_flood
+
+    script = """
+import json, sys
+from pipeline.decode import decode_image
+for data in [bytes.fromhex(h) for h in json.loads(sys.stdin.read())]:
+    print(decode_image(data).pixels.shape)
+"""
+    payloads = [exif_flood(), png_exif_flood()]
+    out = subprocess.run([sys.executable, "-c", script], input=json.dumps([p.hex() for p in payloads]),
+                         capture_output=True, text=True, timeout=120, check=True, cwd=REPO)
+    assert out.stdout.split("\n")[:2] == ["(48, 64, 3)"] * 2
+    assert out.stderr.count("\n") < 5, out.stderr[:500]
+
+
+def test_exif_floods_cost_little() -> None:
+    from bench.hostile_corpus import exif_flood, png_exif_flood
+
+    for row in _fresh_interpreter(_COST_SCRIPT, [exif_flood(), png_exif_flood()]):
+        assert row["shape"] == [48, 64, 3] and row["cpu_s"] < 0.5
+
+
+def test_tiff_orientation_tag_applied() -> None:
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255
+    data = _encode(pixels, "TIFF", tiffinfo={274: 8})
+    decoded = _decode(data)
+    assert decoded.pixels.shape == (40, 20, 3)
+    assert decoded.pixels[35, 10].min() > 200 and decoded.pixels[5, 10].max() < 60
+
+
+def test_xmp_orientation_applied_when_exif_has_none() -> None:
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255
+    xmp = b'<x:xmpmeta><rdf:Description tiff:Orientation="8"/></x:xmpmeta>'
+    decoded = _decode(_encode(pixels, "JPEG", quality=95, xmp=xmp))
+    assert decoded.pixels.shape == (40, 20, 3)
+    assert decoded.pixels[35, 10].min() > 200
+
+
+# -- memory: budget by bytes per pixel of the decoded mode, conversions without full-size float copies ------
+
+
+def test_memory_heavy_modes_decode_within_a_small_multiple_of_their_pixels() -> None:
+    """40-megapixel 16-bit grey and 16-bit RGBA PNGs, an RGBA PNG and a float32 TIFF. The floor is the
+    decoded image (2 or 4 bytes a pixel) plus the RGB result (3): about 200-280 MB; measured before, the
+    float64 conversions peaked at 0.8-1.3 GB."""
+    from bench.hostile_corpus import png_flat, tiff_float_giant
+
+    giants = [png_flat(6300, 6300, 16, 0), png_flat(6300, 6300, 16, 6), png_flat(6300, 6300, 8, 6),
+              tiff_float_giant()]
+    rows = _fresh_interpreter(_COST_SCRIPT, giants)
+    for row in rows:
+        assert row["shape"] == [6300, 6300, 3], row
+    assert max(row["grew_mb"] for row in rows) < 400, rows
+
+
+def test_sixteen_bit_and_float_conversions_match_the_reference() -> None:
+    """The chunked integer conversions give what the float64 formula gave."""
+    values = np.random.default_rng(1).integers(0, 65536, (37, 51), dtype=np.uint16)
+    decoded = _decode(_encode(Image.fromarray(values), "PNG"))
+    expected = np.clip(values.astype(np.float64) * (255.0 / 65535.0), 0, 255).astype(np.uint8)
+    assert np.abs(decoded.pixels[..., 0].astype(int) - expected.astype(int)).max() <= 1
+    floats = np.random.default_rng(2).normal(size=(33, 47)).astype(np.float32)
+    floats[3, 4] = np.nan
+    decoded = _decode(_encode(Image.fromarray(floats, "F"), "TIFF"))
+    finite = np.nan_to_num(floats, nan=0.0)
+    lo, hi = float(np.nanmin(floats)), float(np.nanmax(floats))
+    reference = np.nan_to_num((floats.astype(np.float64) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    mask = np.isfinite(floats)
+    assert np.abs(decoded.pixels[..., 1][mask].astype(int) - reference[mask].astype(int)).max() <= 1
+    assert finite.shape == decoded.pixels.shape[:2]
+
+
+def test_memory_budget_counts_bytes_per_pixel_of_the_mode() -> None:
+    """The same pixel count passes as 8-bit grey and is refused as RGBA under one byte budget."""
+    from bench.hostile_corpus import png_flat
+
+    limits = DecodeLimits(max_decode_bytes=20_000_000)  # 2000 x 2000: grey 1 + 3 bytes a pixel, RGBA 4 + 3
+    assert decode_image(png_flat(2000, 2000, 8, 0), limits).pixels.shape == (2000, 2000, 3)
+    assert _reason(png_flat(2000, 2000, 8, 6), limits) == "too_much_memory"
+    assert _reason(png_flat(2000, 2000, 16, 6), limits) == "too_much_memory"
+
+
 # -- fuzz ---------------------------------------------------------------------------------------------
 
 SEEDS = [
     _encode(_noise(12, 16, seed=1), "JPEG", quality=85),
     _encode(_noise(12, 16, seed=2), "PNG"),
     _encode(Image.fromarray(_noise(10, 10, seed=3)).convert("P"), "GIF"),
+    # the other containers the structure walks read (pipeline/containers.py)
+    _encode(_noise(12, 16, seed=4), "JPEG", quality=85, progressive=True),
+    _encode(_noise(8, 10, seed=5), "TIFF"),
+    _encode(_noise(8, 10, seed=6), "WEBP", lossless=True),
+    _encode(_noise(6, 7, seed=7), "BMP"),
 ]
 
 

@@ -17,6 +17,7 @@ from pipeline.explain import (
     gradcam_from_features,
     heat_colours,
     overlay,
+    overlay_canvas,
     png_bytes,
 )
 from pipeline.model import Classifier
@@ -277,6 +278,23 @@ def test_annotate_draws_boxes_in_verdict_colours() -> None:
     assert tuple(out[110, 100]) == (128, 128, 128)  # inside: untouched without a map
     assert tuple(out[5, 5]) == (128, 128, 128)
     assert (pixels == 128).all()  # the input is not drawn on
+
+
+def test_annotate_from_the_overlay_canvas_draws_what_the_full_image_gives() -> None:
+    """A screening keeps only the overlay canvas of a large image once its faces are cut: drawn from it, with
+    the full image's size, the overlay is the one drawn from the full image, and the canvas is not drawn on."""
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (1500, 2600, 3), dtype=np.uint8)
+    faces = [((400.0, 300.0, 900.0, 900.0), "fake", 0.95), ((1800.0, 200.0, 2100.0, 560.0), "real", 0.05)]
+    cams = [rng.random((224, 224), dtype=np.float32), None]
+    canvas = overlay_canvas(pixels, 1280)
+    assert canvas.shape == (738, 1280, 3)
+    kept = canvas.copy()
+    full = annotate(pixels, faces, cams, margin=0.1)
+    assert np.array_equal(annotate(canvas, faces, cams, margin=0.1, image_size=(2600, 1500)), full)
+    assert np.array_equal(canvas, kept)
+    small = pixels[:600, :800]
+    assert overlay_canvas(small, 1280) is small  # no longer than the canvas: kept as it is
 
 
 def test_annotate_paints_heat_inside_the_box() -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +19,8 @@ from pipeline.faces import (
     resize_square,
     square_region,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _gradient(height: int, width: int) -> np.ndarray:
@@ -319,3 +325,36 @@ def test_a_candidate_wholly_outside_the_image_is_dropped_with_its_score() -> Non
     assert kept_owners.tolist() == [0, 1]
     assert offsets.shape == (2, 4)
     assert torch.all(kept[:, 4] > 0.5)
+
+
+# -- memory --------------------------------------------------------------------------------------------------
+_PEAK_SCRIPT = """
+import numpy as np
+from {module} import {name}
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+pixels = np.full((6000, 6000, 3), 90, np.uint8)
+pixels[::7, ::5] = 30
+{name}(np.zeros((64, 96, 3), np.uint8), 48)  # lazy imports and caches before the peak is reset
+open("/proc/self/clear_refs", "w").write("5")  # the peak resident size starts again from here
+start = status("VmRSS")
+{name}(pixels, {max_side})
+print(status("VmHWM") - start)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+@pytest.mark.parametrize(("module", "name", "max_side"), [("pipeline.faces", "downscale", 720),
+                                                           ("pipeline.pdq", "pdq_hash", 512)])
+def test_shrinking_a_large_image_makes_no_full_size_copy(module: str, name: str, max_side: int) -> None:
+    """Detection and the PDQ hash shrink a 36-megapixel image (108 MB) from its own array: a Pillow resize
+    first copied it into a 4-byte-per-pixel image, 144 MB more at the peak of every large input."""
+    script = _PEAK_SCRIPT.format(module=module, name=name, max_side=max_side)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    growth = int(done.stdout.split()[-1])
+    assert growth < 40 * 2**20, f"peak grew {growth / 2**20:.0f} MB"

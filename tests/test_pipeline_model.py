@@ -271,7 +271,7 @@ def test_bf16_autocast_on_cpu_tracks_fp32(tmp_model) -> None:  # noqa: ANN001
                          [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")])
 def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch, amx: bool, avx512_bf16: bool,  # noqa: ANN001
                                                               expected: str) -> None:
-    # Without bf16 units oneDNN emulates bf16 and the forward runs 3x slower than fp32 (README, PRECISION).
+    # Without bf16 units oneDNN emulates bf16 and the forward runs 3x slower than fp32 (docs/benchmarks.md).
     from pipeline.model import resolve_precision
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)

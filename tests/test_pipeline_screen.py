@@ -278,3 +278,102 @@ def test_example_frames(classifier: Classifier, detector: FaceDetector) -> None:
     for verdict in verdicts:
         for face in verdict.faces:
             assert 0 <= face.box[0] < face.box[2] <= 1920 and 0 <= face.box[1] < face.box[3] <= 1080
+
+
+# -- pixels in flight ----------------------------------------------------------------------------------------
+def _large_scene(astronaut: np.ndarray, index: int) -> np.ndarray:
+    """A 4000 x 3000 frame (12 megapixels, 36 MB as RGB) with the astronaut at twice her size in it."""
+    scene = np.full((3000, 4000, 3), 60 + 12 * index, np.uint8)
+    top, left = 200 + 250 * index, 300 + 450 * index
+    scene[top : top + 1024, left : left + 1024] = np.asarray(Image.fromarray(astronaut).resize((1024, 1024)))
+    return scene
+
+
+def test_a_batch_of_large_images_holds_the_pixel_budget_not_every_image(
+    classifier: Classifier, detector: FaceDetector, astronaut: np.ndarray, image_factory: ImageFactory
+) -> None:
+    """Decoded pixels are budgeted per chunk (ScreenConfig.chunk_pixels, 24 MP by default): once the images
+    decoded so far reach it, their faces are cut and the full images let go, the ones with faces keeping only
+    the canvas their overlay is drawn on. Six 12-megapixel frames in one chunk held all 216 MB of their RGB at
+    once; now at most the budget and one image (108 MB), plus crops and canvases, are alive."""
+    import tracemalloc
+
+    items = [ScreenItem(f"big-{i}.jpg", image_factory(_large_scene(astronaut, i), "JPEG", quality=80))
+             for i in range(6)]
+    screener = Screener(classifier, ScreenConfig(heatmaps="all", screen_threads=1), detector=detector)
+    tracemalloc.start()  # numpy reports its arrays' memory to tracemalloc
+    try:
+        verdicts = screener.screen_batch(items)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [v.status for v in verdicts] == ["scored"] * 6
+    # the overlay is drawn on the kept canvas at the size it always had: the long side at annotate_max_side
+    assert all(_jpeg_size(v.heatmap_jpeg or b"") == (1280, 960) for v in verdicts)
+    assert peak < 150 * 2**20, f"{peak / 2**20:.0f} MB of arrays alive at once"
+
+
+def test_a_small_pixel_budget_changes_no_verdict(
+    classifier: Classifier, detector: FaceDetector, corpus: dict[str, bytes], astronaut: np.ndarray,
+    image_factory: ImageFactory,
+) -> None:
+    """The budget only decides when full images are let go: with one image at a time (and every overlay drawn
+    from a canvas made early), the verdicts are those of a batch that holds every image to the end."""
+    wide = image_factory(np.ascontiguousarray(np.tile(astronaut, (2, 4, 1))), "JPEG", quality=90)  # 2048 x 1024
+    items = [*_mixed(corpus), ScreenItem("wide.jpg", wide)]
+    held = Screener(classifier, ScreenConfig(heatmaps="all", chunk_pixels=10**12), detector=detector)
+    budgeted = Screener(classifier, ScreenConfig(heatmaps="all", chunk_pixels=1), detector=detector)
+    expected, got = held.screen_batch(items), budgeted.screen_batch(items)
+    assert got[-1].status == "scored" and len(got[-1].faces) >= 4
+    for a, b in zip(expected, got, strict=True):
+        assert (a.key, a.status, a.reason, a.verdict, a.width, a.height, a.pdq) == (
+            b.key, b.status, b.reason, b.verdict, b.width, b.height, b.pdq)
+        assert [list(f.box) for f in a.faces] == [pytest.approx(list(f.box), abs=1e-3) for f in b.faces]
+        assert [f.fake_probability for f in a.faces] == pytest.approx([f.fake_probability for f in b.faces], abs=1e-6)
+        assert (a.heatmap_jpeg is None) == (b.heatmap_jpeg is None)
+        if a.heatmap_jpeg is not None and b.heatmap_jpeg is not None:
+            assert _jpeg_size(a.heatmap_jpeg) == _jpeg_size(b.heatmap_jpeg)
+
+
+def test_a_stream_of_large_images_is_screened_one_image_at_a_time(
+    classifier: Classifier, detector: FaceDetector, image_factory: ImageFactory
+) -> None:
+    """Two chunks screen at once, but a chunk that holds no image waits, before its next image's pixels are
+    allocated, while the other holds `chunk_pixels` or more: images each over the budget are never alive two
+    at a time (measured as the arrays numpy allocates, which tracemalloc sees)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(8)
+    images = [image_factory(np.full((2000, 3000, 3), rng.integers(40, 200), np.uint8), "JPEG", quality=80)
+              for _ in range(8)]
+    config = ScreenConfig(heatmaps="none", overlap_chunk=1, screen_threads=2, chunk_pixels=4_000_000)
+    screener = Screener(classifier, config, detector=detector)
+    screener.screen_batch([ScreenItem("warm", images[0])])  # lazy imports and caches out of the measure
+    tracemalloc.start()
+    try:
+        verdicts = screener.screen_batch([ScreenItem(f"large-{i}.jpg", data) for i, data in enumerate(images)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [v.status for v in verdicts] == ["no_face"] * 8
+    one_image = 2000 * 3000 * 3  # 18 MB; its decode also converts through strips of 8 MB
+    assert peak < one_image + 16 * 2**20, f"{peak / 2**20:.0f} MB of arrays alive at once"
+
+
+@pytest.mark.parametrize("isolated", [False, True])
+def test_the_pixel_reservation_comes_with_the_size_before_the_pixels(isolated: bool, image_factory: ImageFactory) -> None:
+    """decode_image's `reserve` hook, which the pixel gate waits in: called once with width x height, before
+    the RGB pixels are allocated (in a decode process: after its header, before the pixels are read); never
+    for a file refused by its structure or header."""
+    from pipeline.decode import DecodeLimits
+
+    seen: list[int] = []
+    limits = DecodeLimits(isolated=isolated)
+    image = decode_image(image_factory(np.full((30, 50, 3), 90, np.uint8), "PNG"), limits, seen.append)
+    assert image.pixels.shape == (30, 50, 3) and seen == [1500]
+    with pytest.raises(InvalidInput):
+        decode_image(b"<!doctype html><html></html>", limits, seen.append)
+    with pytest.raises(InvalidInput):
+        decode_image(image_factory(np.zeros((10, 10, 3), np.uint8), "PNG"), replace(limits, max_pixels=50),
+                     seen.append)
+    assert seen == [1500]

@@ -73,6 +73,13 @@ def _login(app: Any, token: str) -> TestClient:
     return console
 
 
+def _store_session(app: Any, ctx: Any, token: str) -> TestClient:
+    session_id, _ = ctx.tokens.open_session(ctx.tokens.authenticate(token), 1.0)
+    console = TestClient(app)
+    console.cookies.set(SESSION_COOKIE, session_id)
+    return console
+
+
 def _relogin(state: dict[str, Any], role: str) -> None:
     state["clients"][role] = _login(state["clients"]["bearer"].app, getattr(state["tokens"], role))
 
@@ -91,12 +98,13 @@ def _image_to_erase(state: dict[str, Any], role: str) -> None:
 TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/healthz"): Case(PUBLIC, _fixed("/healthz"), {200}),
     ("GET", "/readyz"): Case(PUBLIC, _fixed("/readyz"), {200}),
+    ("GET", "/v1/admin/readiness"): Case(ADMIN, _fixed("/v1/admin/readiness"), {200}),
     ("GET", "/metrics"): Case(PUBLIC, _fixed("/metrics"), {200}),
     ("DELETE", "/v1/images/{image_id}"): Case(
         ADMIN, lambda s: (f"/v1/images/{s.get('erase_image', 10**9)}", {"params": {"reason": "auth table"}}), {200},
         prepare=_image_to_erase),
     ("GET", "/"): Case(PUBLIC, _fixed("/"), {303}),
-    ("GET", "/openapi.json"): Case(PUBLIC, _fixed("/openapi.json"), {200}),
+    ("GET", "/openapi.json"): Case(ADMIN, _fixed("/openapi.json"), {200}),
     ("GET", "/static"): Case(PUBLIC, _fixed("/static/console.css"), {200}),
     ("POST", "/v1/events"): Case(INGEST, lambda s: ("/v1/events", {"content": EVENT.replace("{n}", str(s["n"]))}),
                                  {202}),
@@ -143,7 +151,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/console/login"): Case(PUBLIC, _fixed("/console/login"), {200}),
     ("POST", "/console/login"): Case(PUBLIC, _fixed("/console/login", data={"token": "ds_wrong", "csrf": "x"}),
                                      {403}),
-    ("POST", "/console/logout"): Case(READ, _fixed("/console/logout"), {303}, console=True, after=_relogin),
+    ("POST", "/console/logout"): Case(REVIEW, _fixed("/console/logout"), {303}, console=True, after=_relogin),
     ("GET", "/console"): Case(PUBLIC, _fixed("/console"), {303}),
     ("GET", "/console/queue"): Case(REVIEW, _fixed("/console/queue"), {200}, console=True),
     ("POST", "/console/next"): Case(REVIEW, _fixed("/console/next"), {303}, console=True, prepare=_fresh_item),
@@ -172,13 +180,13 @@ def _route_keys(app: Any) -> set[tuple[str, str]]:
     return {(method, path) for path, methods, _ in app_routes(app) for method in methods - {"HEAD"}}
 
 
-def test_the_table_names_every_route_and_matches_each_routes_declared_roles(client) -> None:  # noqa: ANN001
+def test_the_table_names_every_route_and_matches_each_routes_declared_roles(client, tokens) -> None:  # noqa: ANN001
     app = client.app
     assert _route_keys(app) == set(TABLE), "a route was added or removed: give it an entry in TABLE"
     api_routes = 0
     for path, methods, route in app_routes(app):
         if not isinstance(route, APIRoute):
-            continue  # /openapi.json and /static: public by construction, checked by the requests below
+            continue  # /static: public by construction, checked by the requests below
         api_routes += 1
         checks = route_access(route)
         assert len(checks) == 1, f"{path} must declare exactly one RoleCheck, has {checks}"
@@ -187,8 +195,8 @@ def test_the_table_names_every_route_and_matches_each_routes_declared_roles(clie
             assert (set() if checks[0].public else set(checks[0].roles)) == case.roles, path
             if case.console:
                 assert checks[0].cookie and not checks[0].bearer, path
-    assert api_routes >= len(TABLE) - 2
-    schema = client.get("/openapi.json").json()
+    assert api_routes >= len(TABLE) - 1
+    schema = client.get("/openapi.json", headers=tokens.header("admin")).json()
     assert schema["paths"]["/v1/review/claim"]["post"]["x-roles"] == ["admin", "moderator"]
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
@@ -199,7 +207,9 @@ def state(review_ctx, tokens, client) -> dict[str, Any]:  # noqa: ANN001
 
     saved = make_item(review_ctx, faces=2)
     doc = review_ctx.reviews.item(saved.review_item_id)
-    consoles = {role: _login(create_app(review_ctx), getattr(tokens, role)) for role in ROLES}
+    consoles = {role: _login(create_app(review_ctx), getattr(tokens, role)) for role in REVIEW}
+    # login refuses a service token; a session one holds anyway (opened in the store) must not pass either
+    consoles["service"] = _store_session(create_app(review_ctx), review_ctx, tokens.service)
     bundle = _bundle(review_ctx, tokens, client)
     return {"ctx": review_ctx, "tokens": tokens, "clients": {"bearer": client, **consoles}, "n": 0,
             "item": saved.review_item_id, "image_id": doc["image"]["id"], "sha256": doc["sha256"],
@@ -310,8 +320,10 @@ def test_failed_authentication_is_rate_limited_per_client(review_ctx, tokens) ->
         codes = [limited.get("/v1/review/items", headers={"authorization": "Bearer wrong"}).status_code
                  for _ in range(7)]
         assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
-        blocked = limited.get("/v1/review/items", headers=tokens.header("moderator"))
+        blocked = limited.get("/v1/review/items", headers={"authorization": "Bearer wrong"})
         assert blocked.status_code == 429 and blocked.headers["retry-after"] == "60"
+        # a valid token is never limited: the limit is on guessing, not on the address
+        assert limited.get("/v1/review/items", headers=tokens.header("moderator")).status_code == 200
 
 
 def test_tokens_never_reach_the_logs(review_ctx, tokens, client, caplog) -> None:  # noqa: ANN001, F811
@@ -325,3 +337,98 @@ def test_tokens_never_reach_the_logs(review_ctx, tokens, client, caplog) -> None
     text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     for token in (tokens.moderator, tokens.service, tokens.admin, wrong):
         assert token not in text
+
+
+def _login_form(http: TestClient, token: str) -> Any:
+    nonce = re.search(r'name="csrf" value="([^"]+)"', http.get("/console/login").text).group(1)
+    return http.post("/console/login", data={"token": token, "csrf": nonce, "next": "/console/queue"},
+                     follow_redirects=False)
+
+
+def test_requests_without_credentials_never_lock_out_valid_users(review_ctx, tokens) -> None:  # noqa: ANN001, F811
+    """Everyone here shares one address (TestClient's), as everyone behind one proxy or NAT does."""
+    from review.api import create_app
+
+    app = create_app(review_ctx)
+    app.state.auth_failures.max_failures = 20
+    moderator_console = _login(app, tokens.moderator)
+    anonymous = TestClient(app)
+    for _ in range(25):
+        assert anonymous.get("/console/queue").status_code == 401
+        assert anonymous.get("/v1/review/items").status_code == 401
+    assert anonymous.get("/v1/review/items", headers=tokens.header("admin")).status_code == 200
+    assert moderator_console.get("/console/queue").status_code == 200
+    # wrong tokens are what the limiter counts: past the limit they get 429 ...
+    codes = [anonymous.get("/v1/review/items", headers={"authorization": "Bearer ds_wrong"}).status_code
+             for _ in range(22)]
+    assert codes[:20] == [401] * 20 and set(codes[20:]) == {429}
+    assert _login_form(TestClient(app), "ds_wrong").status_code == 429
+    # ... while valid credentials from the same address still get through
+    assert anonymous.get("/v1/review/items", headers=tokens.header("admin")).status_code == 200
+    assert moderator_console.get("/console/queue").status_code == 200
+    assert _login_form(TestClient(app), tokens.admin).status_code == 303
+
+
+def test_a_service_token_cannot_sign_in_to_the_console(review_ctx, tokens) -> None:  # noqa: ANN001, F811
+    from review.api import create_app
+
+    app = create_app(review_ctx)
+    console = TestClient(app)
+    refused = _login_form(console, tokens.service)
+    assert refused.status_code == 403 and "moderator or admin" in refused.text
+    assert SESSION_COOKIE not in console.cookies
+    assert console.get("/console/queue").status_code == 401
+    assert _login_form(TestClient(app), tokens.moderator).status_code == 303
+    # a session a service token already holds reaches neither console pages nor media through its cookie
+    held = _store_session(app, review_ctx, tokens.service)
+    image_id = review_ctx.reviews.item(make_item(review_ctx).review_item_id)["image"]["id"]
+    assert held.get("/console/queue").status_code == 403
+    assert held.get(f"/v1/media/images/{image_id}/thumbnail").status_code == 403
+    assert TestClient(app).get(f"/v1/media/images/{image_id}/thumbnail",
+                               headers=tokens.header("service")).status_code == 200  # its bearer use is unchanged
+
+
+def test_the_limiter_counts_the_client_the_trusted_proxy_names(review_ctx, tokens) -> None:  # noqa: ANN001, F811
+    """`serve`'s proxy options (uvicorn --proxy-headers with FORWARDED_ALLOW_IPS): two clients behind one
+    trusted proxy are limited apart; a client that is not the proxy cannot pick its address."""
+    import uvicorn
+
+    from review.api import create_app
+    from review.cli import add_review_commands, proxy_options
+    from workers.cli import build_parser
+
+    parser = build_parser()
+    add_review_commands(parser)
+    args = parser.parse_args(["serve", "--forwarded-allow-ips", "testclient,10.0.0.0/8"])
+    app = create_app(review_ctx)
+    app.state.auth_failures.max_failures = 3
+    config = uvicorn.Config(app, **proxy_options(args, review_ctx.settings))
+    config.load()
+    behind_proxy = TestClient(config.loaded_app)
+
+    def wrong_from(client: str) -> int:
+        return behind_proxy.get("/v1/review/items", headers={"authorization": "Bearer ds_wrong",
+                                                             "x-forwarded-for": client}).status_code
+
+    assert [wrong_from("203.0.113.7") for _ in range(4)] == [401, 401, 401, 429]
+    assert wrong_from("198.51.100.9") == 401  # another client of the same proxy
+    assert review_ctx.settings.proxy_headers and proxy_options(
+        parser.parse_args(["serve", "--no-proxy-headers"]), review_ctx.settings)["proxy_headers"] is False
+    untrusted = uvicorn.Config(app, **proxy_options(parser.parse_args(["serve", "--forwarded-allow-ips",
+                                                                      "10.0.0.1"]), review_ctx.settings))
+    untrusted.load()
+    spoofing = TestClient(untrusted.loaded_app)
+    codes = {spoofing.get("/v1/review/items", headers={"authorization": "Bearer ds_wrong",
+                                                       "x-forwarded-for": f"192.0.2.{n}"}).status_code
+             for n in range(6)}
+    assert 429 in codes  # a fresh X-Forwarded-For per request does not reset the count
+
+
+def test_compose_serves_with_proxy_headers() -> None:
+    import yaml
+
+    from tests.test_compose import COMPOSE
+
+    words = [str(w) for w in yaml.safe_load(COMPOSE.read_text())["services"]["api"]["command"]]
+    assert "--proxy-headers" in words
+    assert words[words.index("--forwarded-allow-ips") + 1].startswith("${FORWARDED_ALLOW_IPS")

@@ -61,6 +61,11 @@ def test_moderator_logs_in_claims_and_decides_with_the_keyboard(server, review_c
             page.wait_for_url(f"{server}/console/queue")
             for item in items:
                 assert page.locator(f'tr[data-item="{item}"]').count() == 1
+            shortcuts = page.locator("#shortcut-help")
+            page.locator("body").press("?")  # the shortcut help opens, and Esc closes it
+            shortcuts.wait_for(state="visible", timeout=3000)
+            page.keyboard.press("Escape")
+            shortcuts.wait_for(state="hidden", timeout=3000)
             preview = page.locator(f'tr[data-item="{items[0]}"] .preview img')
             preview.wait_for()
             page.wait_for_load_state("networkidle")

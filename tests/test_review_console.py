@@ -82,8 +82,11 @@ def test_login_queue_item_and_a_decision_through_the_forms(review_ctx, client, t
 
 
 def test_service_tokens_and_revoked_tokens_cannot_use_the_console(review_ctx, client, tokens) -> None:  # noqa: ANN001
-    service = login(client.app, tokens.service)
-    assert service.get("/console/queue").status_code == 403
+    service = TestClient(client.app)
+    nonce = csrf_of(service.get("/console/login").text)
+    refused = service.post("/console/login", data={"token": tokens.service, "csrf": nonce}, follow_redirects=False)
+    assert refused.status_code == 403 and "ds_session" not in service.cookies  # no session for a program
+    assert service.get("/console/queue").status_code == 401
     plaintext, info = review_ctx.tokens.create("soon-revoked", "moderator")
     console = login(client.app, plaintext)
     assert console.get("/console/queue").status_code == 200
@@ -132,6 +135,62 @@ def test_check_an_image_runs_the_real_screener_and_is_stored_and_audited(review_
     assert audit[0]["review_item_id"] is not None  # a flagged check opens a review item like any upload
     empty = console.post("/console/check", data={"csrf": csrf}, files={"image": ("x.jpg", b"", "image/jpeg")})
     assert empty.status_code == 422
+
+    # what a moderator needs beside the pixels: boxes over the original, their size, the key, the thresholds
+    boxes = re.findall(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', result.text)
+    assert len(boxes) == len(verdict["faces"])
+    for (x, y, w, h), face in zip(boxes, verdict["faces"], strict=True):
+        x1, y1, x2, y2 = face["box"]
+        assert (float(x), float(y), float(w), float(h)) == pytest.approx((x1, y1, x2 - x1, y2 - y1), abs=0.06)
+        assert f"{round(x2 - x1)}×{round(y2 - y1)} px" in result.text
+    assert f'viewBox="0 0 {image["width"]} {image["height"]}"' in result.text
+    assert f'/v1/media/images/{image["id"]}/original' in result.text
+    assert image["uri"].removeprefix("s3://uploads/") in result.text and "uploads" in result.text
+    assert "Thresholds of model test-flag-all:" in result.text and "≥ 0.0%" in result.text  # its own, not a fallback
+    item_link = f'href="/console/items/{audit[0]["review_item_id"]}"'
+    assert item_link in result.text  # the review item the check opened
+    item_page = console.get(f"/console/items/{audit[0]['review_item_id']}")
+    assert item_page.status_code == 200 and image["uri"].removeprefix("s3://uploads/") in item_page.text
+
+
+def test_item_page_names_the_object_face_sizes_and_the_thresholds(review_ctx, client, tokens) -> None:  # noqa: ANN001
+    from sqlalchemy import update
+
+    from db.schema import Image as ImageRow
+    from pipeline.model import read_metadata
+
+    saved = make_item(review_ctx, faces=2, source="facts", score=0.93)
+    item = review_ctx.reviews.item(saved.review_item_id)
+    console = login(client.app, tokens.moderator)
+    page = console.get(f"/console/items/{saved.review_item_id}").text
+    key = item["image"]["uri"].removeprefix("s3://uploads/")
+    assert f"<code>{key}</code>" in page and "bucket <code>uploads</code>" in page
+    # make_item's boxes are 30 x 40 pixels; each face shows its size beside its own verdict
+    assert re.search(r"Face 0:.*?fake.*?30×40 px", page, re.S) and re.search(r"Face 1:.*?uncertain.*?30×40 px", page, re.S)
+    # test-model-1 has no metadata anywhere: the page says so and shows the thresholds of the model it runs
+    served = read_metadata(review_ctx.settings.model_dir)
+    facts = re.search(r'<p class="thresholds"[^>]*>(.*?)</p>', page, re.S).group(1)
+    assert "test-model-1" in facts and served.version in facts and "not stored with each verdict" in facts
+    assert f"≥ {100 * served.threshold_fake:.1f}%" in facts and f"≤ {100 * served.threshold_real:.1f}%" in facts
+
+    # an object key is producer data: it is escaped, never markup
+    with review_ctx.store.engine.begin() as conn:
+        conn.execute(update(ImageRow).where(ImageRow.id == item["image"]["id"])
+                     .values(uri='s3://uploads/t/"><script>alert(1)</script>.jpg'))
+    page = console.get(f"/console/items/{saved.review_item_id}").text
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_favicon_and_the_shortcut_help_are_served(client, tokens) -> None:  # noqa: ANN001
+    console = login(client.app, tokens.moderator)
+    page = console.get("/console/queue").text
+    icon = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page).group(1)
+    served = console.get(icon)
+    assert served.status_code == 200 and served.headers["content-type"].startswith("image/svg+xml")
+    assert served.text.lstrip().startswith("<svg") and "<script" not in served.text
+    help_box = re.search(r'<dialog id="shortcut-help".*?</dialog>', page, re.S).group(0)
+    for key in ("n", "c", "f", "r", "e", "s", "u", "?", "Esc"):
+        assert f"<kbd>{key}</kbd>" in help_box
 
 
 def test_export_labels_writes_the_dataset_train_reads(review_ctx, tmp_path, monkeypatch) -> None:  # noqa: ANN001

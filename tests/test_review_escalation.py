@@ -1,4 +1,5 @@
-"""Escalation: signed evidence bundles, and webhooks delivered with retries to a real local HTTP receiver."""
+"""Escalation: signed evidence bundles, and webhooks delivered by the relay, with retries, to a real local
+HTTP receiver."""
 # ruff: noqa: F811 - the shared fixtures are imported from test_review_support and named as parameters
 
 from __future__ import annotations
@@ -6,7 +7,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import hmac
 import io
 import json
 import logging
@@ -21,6 +21,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from review.bundles import BundleInvalid, verify_bundle
+from review.signing import BUNDLE_PURPOSE, hmac_sign
+from review.webhooks import verify_webhook
 from tests.test_review_support import (  # noqa: F401
     SECRET,
     client,
@@ -78,6 +80,18 @@ def receiver_factory() -> Iterator[Any]:
         receiver.close()
 
 
+def _drain(ctx: Any, http: TestClient | None = None, config: Any = None, within_s: float = 15.0) -> None:
+    """Run relay passes until the outbox holds no pending message (the app's webhook settings by default)."""
+    from review import relay, webhooks
+
+    config = config or webhooks.config_from(http.app.state.ctx.settings)
+    deadline = time.monotonic() + within_s
+    while ctx.escalations.outbox(state="pending"):
+        assert time.monotonic() < deadline, ctx.escalations.outbox(state="pending")
+        relay.deliver_due(ctx, config)
+        time.sleep(0.02)
+
+
 def _app_with(ctx: Any, **settings: Any) -> TestClient:
     from review.api import create_app
 
@@ -115,8 +129,9 @@ def test_escalation_bundle_is_signed_complete_and_tamper_evident(review_ctx, cli
         original = bundle.read("original.jpg")
         assert hashlib.sha256(original).hexdigest() == doc["sha256"]
         entries = {n: bundle.read(n) for n in bundle.namelist()}
-    assert download.headers["x-deepscreen-signature"] == "sha256=" + hmac.new(
-        SECRET.encode(), entries["manifest.json"], hashlib.sha256).hexdigest()
+    stamp = int(entries["manifest.sig"].decode().split("\nt=")[1].split()[0])
+    assert download.headers["x-deepscreen-signature"] == "sha256=" + hmac_sign(
+        SECRET, BUNDLE_PURPOSE, stamp, entries["manifest.json"])
 
     def repack(**changes: bytes) -> bytes:
         buffer = io.BytesIO()
@@ -150,7 +165,8 @@ def test_webhook_retries_with_backoff_until_the_receiver_accepts(review_ctx, tok
                      webhook_max_attempts=5)
     with caplog.at_level(logging.INFO):
         item, decided = _escalate(http, review_ctx, tokens)
-    # TestClient returns after the response's background tasks: the delivery is finished here
+        assert receiver.requests == []  # the request only queued it (TestClient has run its background tasks)
+        _drain(review_ctx, http)
     assert len(receiver.requests) == 3
     gaps = [b["at"] - a["at"] for a, b in zip(receiver.requests, receiver.requests[1:], strict=False)]
     assert gaps[0] >= 0.18 and gaps[1] >= 0.38, gaps  # 0.2 s, then 0.4 s
@@ -159,8 +175,7 @@ def test_webhook_retries_with_backoff_until_the_receiver_accepts(review_ctx, tok
     assert first["body"] == last["body"] and first["headers"]["x-deepscreen-delivery"] == \
         last["headers"]["x-deepscreen-delivery"]
     assert last["headers"]["x-deepscreen-topic"] == "escalation"
-    expected = "sha256=" + hmac.new(SECRET.encode(), last["body"], hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(last["headers"]["x-deepscreen-signature"], expected)
+    assert all(verify_webhook(SECRET, r["body"], r["headers"]["x-deepscreen-signature"]) for r in receiver.requests)
     payload = json.loads(last["body"])
     assert payload["bundle_id"] == decided["bundle_id"] and payload["review_item_id"] == item
     manifest = verify_bundle(base64.b64decode(payload["bundle_zip_base64"]), SECRET)
@@ -183,11 +198,15 @@ def test_webhook_gives_up_on_a_permanent_refusal_and_after_max_attempts(review_c
 
     gone = receiver_factory([410])
     http = _app_with(review_ctx, webhook_url=gone.url, webhook_max_attempts=4)
-    _escalate(http, review_ctx, tokens)
+    _, decided = _escalate(http, review_ctx, tokens)
+    _drain(review_ctx, http)
     assert len(gone.requests) == 1  # 410: retrying cannot help
+    given_up = [m for m in review_ctx.escalations.outbox() if m["bundle_id"] == decided["bundle_id"]]
+    assert [(m["state"], m["attempts"], m["last_error"]) for m in given_up] == [("failed", 1, "status 410")]
     nobody = f"http://127.0.0.1:{free_port()}/hook"
     http = _app_with(review_ctx, webhook_url=nobody, webhook_max_attempts=3, webhook_backoff_s=0.01)
     _, decided = _escalate(http, review_ctx, tokens)
+    _drain(review_ctx, http)
     rows = [r for r in review_ctx.escalations.deliveries() if r["bundle_id"] == decided["bundle_id"]]
     assert sorted(r["attempt"] for r in rows) == [1, 2, 3]
     assert all(r["error"] == "ConnectError" and not r["succeeded"] for r in rows)
@@ -204,6 +223,7 @@ def test_decision_topics_are_delivered_when_subscribed(review_ctx, tokens, recei
     other = make_item(review_ctx, source="topics").review_item_id
     http.post(f"/v1/review/items/{other}/claim", headers=headers)
     http.post(f"/v1/review/items/{other}/decision", headers=headers, json={"decision": "mark_real"})
+    _drain(review_ctx, http)
     assert [r["headers"]["x-deepscreen-topic"] for r in receiver.requests] == ["decision.confirm_fake"]
     body = json.loads(receiver.requests[0]["body"])
     assert body["review_item_id"] == item and body["actor"] == "mod-bob" and body["new_state"] == "confirmed_fake"
@@ -219,18 +239,21 @@ def test_fake_verdicts_are_relayed_once_each_from_a_durable_cursor(review_ctx, r
     fakes = [make_item(review_ctx, source="relay", faces=2) for _ in range(2)]
     make_item(review_ctx, source="relay", label="uncertain", score=0.6)  # not a fake verdict
     assert relay.relay_once(review_ctx, config) == 2
+    _drain(review_ctx, config=config)  # the 503 is retried on a later pass
     bodies = [json.loads(r["body"]) for r in receiver.requests]
     assert [r["headers"]["x-deepscreen-topic"] for r in receiver.requests] == ["verdict.fake"] * 3
-    assert [b["verdict_id"] for b in bodies] == [fakes[0].verdict_id, fakes[0].verdict_id, fakes[1].verdict_id]
-    assert bodies[-1]["review_item_id"] == fakes[1].review_item_id and len(bodies[-1]["faces"]) == 2
+    assert sorted(b["verdict_id"] for b in bodies) == [fakes[0].verdict_id, fakes[0].verdict_id,
+                                                       fakes[1].verdict_id]
+    last = next(b for b in bodies if b["verdict_id"] == fakes[1].verdict_id)
+    assert last["review_item_id"] == fakes[1].review_item_id and len(last["faces"]) == 2
     image = review_ctx.images.image(image_id=review_ctx.images.verdict(fakes[1].verdict_id)["image_id"])
-    assert bodies[-1]["sha256"] == image["sha256"] and bodies[-1]["source"] == "relay"
+    assert last["sha256"] == image["sha256"] and last["source"] == "relay"
     for request in receiver.requests:
-        expected = "sha256=" + hmac.new(SECRET.encode(), request["body"], hashlib.sha256).hexdigest()
-        assert request["headers"]["x-deepscreen-signature"] == expected
+        verify_webhook(SECRET, request["body"], request["headers"]["x-deepscreen-signature"])
     assert relay.relay_once(review_ctx, config) == 0 and len(receiver.requests) == 3  # the cursor held
     later = make_item(review_ctx, source="relay")
     assert relay.relay_once(review_ctx, config) == 1
+    _drain(review_ctx, config=config)
     assert json.loads(receiver.requests[-1]["body"])["verdict_id"] == later.verdict_id
     assert review_ctx.escalations.cursor("verdict.fake") == later.verdict_id
 
@@ -242,6 +265,8 @@ def test_escalations_that_never_reached_the_webhook_are_redelivered(review_ctx, 
     down = f"http://127.0.0.1:{free_port()}/hook"
     http = _app_with(review_ctx, webhook_url=down, webhook_max_attempts=2, webhook_backoff_s=0.01)
     item, decided = _escalate(http, review_ctx, tokens)
+    assert decided["bundle_id"] not in {b["id"] for b in review_ctx.escalations.undelivered_bundles(0)}  # queued
+    _drain(review_ctx, http)  # two attempts, then the relay gives up
     pending = {b["id"] for b in review_ctx.escalations.undelivered_bundles(older_than_s=0)}
     assert decided["bundle_id"] in pending
     assert decided["bundle_id"] not in {b["id"] for b in review_ctx.escalations.undelivered_bundles(3600)}

@@ -14,6 +14,12 @@
 - Pool: `prefork` with 2 children by default, one model per child loaded in worker_process_init, each
   screening on its share of SCREEN_THREADS (Settings.pool_child); `solo` (one process, torch's own threads
   doing the parallel work) is available.
+- Time limits, below `visibility_timeout` (Settings refuses otherwise), so a batch is never redelivered to a
+  second worker while the first still runs it. The prefork pool enforces them on every job, celery-batches'
+  included: the soft limit raises SoftTimeLimitExceeded in the task, which settles its events
+  (workers/tasks.py); the hard limit kills the pool process, and the batch's messages go back on the queue
+  at once, where the events are screened one at a time and a repeat offender is dead-lettered. The `solo`
+  and `threads` pools enforce no time limit; decodes stay bounded by their own caps (pipeline/isolation.py).
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ def create_app(settings: Settings) -> Celery:
         worker_concurrency=settings.concurrency,
         worker_send_task_events=False,
         task_track_started=False,
+        task_soft_time_limit=settings.task_soft_time_limit_s or None,
+        task_time_limit=settings.task_time_limit_s or None,
     )
     app.conf.beat_schedule = beat_schedule(settings)
     app.conf.deepscreen_settings = settings

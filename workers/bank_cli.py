@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Any
 
+from workers.outages import unavailable_line
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
@@ -33,7 +35,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
         print(f"deepscreen bank {args.bank_command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OperationalError as exc:
-        print(f"deepscreen bank {args.bank_command}: database unreachable: {exc.orig}", file=sys.stderr)
+        print(unavailable_line(f"bank {args.bank_command}", exc), file=sys.stderr)
         return EXIT_UNAVAILABLE
 
 

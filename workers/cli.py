@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.bank_cli import add_bank_commands
+from workers.outages import outage_service, unavailable_line
 from workers.rescan_commands import add_registry_parsers, add_rescan_parser
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -55,10 +56,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     home = Path(args.home or os.environ.get("DEEPSCREEN_HOME") or ".deepscreen")
-    paths = expand_paths(args.paths)
+    paths = expand_paths(args.paths, all_files=args.all_files)
     if not paths:
-        print("deepscreen scan: no files found under the given paths", file=sys.stderr)
+        print("deepscreen scan: no image files found under the given paths (--all-files takes every file)",
+              file=sys.stderr)
         return EXIT_USAGE
+    # a missing path is still screened (stored as invalid_input / not_found), then answered with exit 2
+    missing = [raw for raw in args.paths if not Path(raw).exists()]
     try:
         runtime = embedded_runtime(settings, home, crops=args.crops)
     except ModelLoadError as exc:
@@ -66,16 +70,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     if runtime.screener.classifier.meta.placeholder:
         print("warning: the model is a PLACEHOLDER with random weights; its verdicts mean nothing "
-              "(see README, 'Model')", file=sys.stderr)
+              "(see README.md, 'Model')", file=sys.stderr)
 
     def emit(row: dict[str, Any]) -> None:
         if args.json:
             print(json.dumps(row), flush=True)
 
-    report = scan(runtime, paths, settings.batch_size, progress=not args.no_progress, on_result=emit)
+    report = scan(runtime, paths, settings.batch_size, progress=not args.no_progress, on_result=emit,
+                  batch_bytes=settings.scan_batch_mb << 20)
     if not args.json or args.summary:
         _print_summary(report, home, file=sys.stderr if args.json else sys.stdout)
-    return EXIT_OK
+    for raw in missing:
+        print(f"deepscreen scan: no such file or folder: {raw}", file=sys.stderr)
+    return EXIT_USAGE if missing else EXIT_OK
 
 
 def _print_summary(report, home: Path, file) -> None:  # noqa: ANN001
@@ -128,7 +135,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return EXIT_USAGE
             bucket = args.bucket or settings.upload_bucket
-            events.extend(local_events(client, bucket, expand_paths(local), args.source, args.priority))
+            events.extend(local_events(client, bucket, expand_paths(local, all_files=args.all_files), args.source,
+                                       args.priority))
         # recorded as `queued` before they are queued, so a message Redis loses is re-sent by the sweeper
         events = parse_events(events)
         store = Store.from_url(settings.database_url)
@@ -140,7 +148,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"deepscreen submit: {exc} ({len(exc.queued)} queued; run it again for the rest)", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except Exception as exc:  # noqa: BLE001 - a CLI reports service trouble as an exit code
-        print(f"deepscreen submit: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(unavailable_line("submit", exc), file=sys.stderr)
         return EXIT_UNAVAILABLE
     finally:
         if store is not None:
@@ -201,16 +209,44 @@ def cmd_beat(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from db.migrate import current, upgrade
+    from sqlalchemy import make_url
+
+    from db.migrate import DatabaseCreateDenied, current, ensure_database, upgrade
     from workers.settings import Settings
 
-    url = args.database_url or Settings().database_url
+    settings = Settings()
+    url = args.database_url or settings.database_url
     try:
+        if ensure_database(url):
+            print(f"created database {make_url(url).database}", file=sys.stderr)
         upgrade(url)
+    except DatabaseCreateDenied as exc:
+        print(f"deepscreen migrate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001
-        print(f"deepscreen migrate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(unavailable_line("migrate", exc), file=sys.stderr)
         return EXIT_UNAVAILABLE
     print(f"database at revision {current(url)}")
+    if args.no_buckets or not settings.s3_endpoint_url:
+        return EXIT_OK  # on AWS the buckets and their policies are the operator's to make
+    return _ensure_buckets(settings)
+
+
+def _ensure_buckets(settings: Any) -> int:
+    from botocore.exceptions import ClientError
+
+    from workers.buckets import ensure_buckets
+    from workers.storage import s3_client
+
+    client = s3_client(settings.s3_endpoint_url, settings.s3_region)
+    try:
+        created = ensure_buckets(client, [settings.s3_bucket, settings.upload_bucket], settings.s3_region)
+    except ClientError as exc:  # denied: the app's keys may not make buckets (compose's minio-init does)
+        print(f"deepscreen migrate: cannot create the buckets {settings.s3_bucket}, {settings.upload_bucket}: "
+              f"{exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for name in created:
+        print(f"created bucket {name}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -222,7 +258,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     try:
         rows = Store.from_url(url).dead_letters(args.limit)
     except Exception as exc:  # noqa: BLE001
-        print(f"deepscreen dead-letters: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(unavailable_line("dead-letters", exc), file=sys.stderr)
         return EXIT_UNAVAILABLE
     for row in rows:
         if args.json:
@@ -246,7 +282,7 @@ def cmd_requeue_stuck(args: argparse.Namespace) -> int:
         ids = requeue_stuck_events(app, store, args.older_than or settings.stuck_after_s, args.limit,
                                    dry_run=args.dry_run)
     except Exception as exc:  # noqa: BLE001
-        print(f"deepscreen requeue-stuck: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(unavailable_line("requeue-stuck", exc), file=sys.stderr)
         return EXIT_UNAVAILABLE
     for event_id in ids:
         print(event_id)
@@ -339,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="screen files or folders in-process (SQLite + local folder; no services)",
                        description="Screen image files (folders are searched recursively). Prints a summary "
                        "table, or one JSON object per input with --json.")
-    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("paths", nargs="+", help="image files (screened whatever their name) or folders (their "
+                   "jpg, jpeg, png, webp, bmp, gif, tif and tiff files, any case); a missing path exits 2")
+    p.add_argument("--all-files", action="store_true", help="take every file under the folders, not only images")
     p.add_argument("--home", help="folder for the SQLite database and heatmaps (default $DEEPSCREEN_HOME or ./.deepscreen)")
     p.add_argument("--crops", action="store_true", help="inputs are face crops: skip detection")
     p.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
@@ -357,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="*", help="local files/folders or s3://bucket/prefix")
     p.add_argument("--events", help="a file of JSON events (one per line, a JSON list, or an S3 notification); - for stdin")
     p.add_argument("--upload", action="store_true", help="upload local files to the upload bucket first")
+    p.add_argument("--all-files", action="store_true", help="upload every file under local folders, not only images")
     p.add_argument("--bucket", help="upload bucket (default $DEEPSCREEN_UPLOAD_BUCKET)")
     p.add_argument("--source", default="cli", help="tenant or platform name recorded with each event")
     p.add_argument("--priority", choices=["upload", "rescan"], default="upload", help="which queue")
@@ -377,8 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule-file", default="/tmp/deepscreen-beat-schedule", help="beat's state file")
     p.set_defaults(func=cmd_beat)
 
-    p = sub.add_parser("migrate", help="apply database migrations (Alembic) up to the latest")
+    p = sub.add_parser("migrate", help="create the database and buckets if missing; apply migrations (Alembic)",
+                       description="Creates the Postgres database the URL names when it is missing (through the "
+                       "server's `postgres` database, with the same credentials; without CREATEDB it prints the "
+                       "command a superuser runs), applies the migrations up to the latest, and, when "
+                       "$DEEPSCREEN_S3_ENDPOINT_URL is set (MinIO, moto), creates the result bucket "
+                       "($DEEPSCREEN_S3_BUCKET) and the upload bucket ($DEEPSCREEN_UPLOAD_BUCKET) that "
+                       "`submit --upload` needs. Running it again changes nothing.")
     p.add_argument("--database-url", help="default $DEEPSCREEN_DATABASE_URL")
+    p.add_argument("--no-buckets", action="store_true", help="leave the buckets alone")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("dead-letters", help="events that exhausted their retries (status failed), newest first")
@@ -458,7 +504,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args)
-    return int(args.func(args) or 0)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Runs the chosen subcommand. An outage of the database, broker or object store that reaches here, in any
+    subcommand, is one line on stderr and exit 3; any other error keeps its traceback."""
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:
+        if outage_service(exc) is None:
+            raise
+        print(unavailable_line(_command_name(args), exc), file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """`token create`, `bank list`, `migrate`: the subcommand and its action, as the user typed them."""
+    actions = [value for name, value in vars(args).items() if name.endswith("_command") and isinstance(value, str)]
+    return " ".join([args.command, *actions])
 
 
 def configure_logging(args: argparse.Namespace) -> None:

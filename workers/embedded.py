@@ -22,15 +22,21 @@ from workers.processing import Job, Outcome, Runtime, Screened, persist_events, 
 log = logging.getLogger(__name__)
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and every file under given folders (recursive, sorted, hidden entries skipped)."""
+# what a folder walk picks up by default: a README or labels.csv beside the images is not an upload
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def expand_paths(paths: Iterable[str | Path], all_files: bool = False) -> list[Path]:
+    """Files as given, whatever their name, and the image files under given folders (recursive, sorted, hidden
+    entries skipped; every file with `all_files`)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
+                found.extend(Path(root) / f for f in sorted(files)
+                             if not f.startswith(".") and (all_files or Path(f).suffix.lower() in IMAGE_SUFFIXES))
         else:
             found.append(path)  # a missing file still gets a result: invalid_input / not_found
     return found
@@ -56,14 +62,33 @@ class ScanReport:
 SCREENED_AT_ONCE = 2  # batches in screening at once: one finishing, the next starting
 
 
-def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def batches(paths: list[Path], size: int, max_bytes: int | None = None) -> Iterator[list[Path]]:
+    """Runs of at most `size` files; with `max_bytes`, a run also ends at the file that brings it to that many
+    bytes. A batch's files are all read before it is screened, and two batches are in flight, so this bounds
+    the raw bytes a scan holds: 32 files at the 40 MB limit would be 1.3 GB a batch."""
+    batch: list[Path] = []
+    held = 0
+    for path in paths:
+        batch.append(path)
+        held += _file_bytes(path)
+        if len(batch) >= size or (max_bytes is not None and held >= max_bytes):
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
+
+
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # a missing file costs nothing here and gets its result (not_found) when read
 
 
 def scan(runtime: Runtime, paths: list[Path], batch_size: int, progress: bool = True,
-         on_result: Any = None) -> ScanReport:
-    """Screen files in micro-batches; `on_result(row)` is called for each input as soon as it is done.
+         on_result: Any = None, batch_bytes: int | None = None) -> ScanReport:
+    """Screen files in micro-batches (of at most `batch_size` files and, with `batch_bytes`, about that many
+    bytes); `on_result(row)` is called for each input as soon as it is done.
 
     Two batches are screened at once, on one pool of chunk threads (pipeline.screen.Screener): while batch n's
     last chunks finish, batch n+1 is read, checked against the store and its first chunks start, so no core
@@ -107,12 +132,13 @@ def scan(runtime: Runtime, paths: list[Path], batch_size: int, progress: bool = 
                 collect(saving.result())
             saving = saver.submit(save, chunk, screened)
 
-        for offset, chunk in enumerate(_chunks(paths, batch_size)):
+        first = 0  # the index of the batch's first file in the run
+        for chunk in batches(paths, batch_size, batch_bytes):
             jobs = [
-                Job(UploadEvent(event_id=f"scan-{run_id}-{offset * batch_size + i}", image_uri=str(p.resolve()),
-                                source="local"))
+                Job(UploadEvent(event_id=f"scan-{run_id}-{first + i}", image_uri=str(p.resolve()), source="local"))
                 for i, p in enumerate(chunk)
             ]
+            first += len(chunk)
             in_flight.append((chunk, screening.submit(screen_events, runtime, jobs)))
             if len(in_flight) >= SCREENED_AT_ONCE:
                 next_done()

@@ -7,7 +7,15 @@ erasure), never objects no row remembers. Originals in the input buckets are del
 `keep_originals` (the platform may hold its own copy under its own retention).
 
 After an erasure nothing about the image is left but the tombstone (sha256, when, by whom, why) and the
-audit log. A later upload of the same bytes is a new image: no verdict exists, so it is screened afresh.
+audit log. Its bank entries are removed as a reversal removes them (matches revoked, the items they queued
+re-checked) and its hash is blanked in the bank change log, so workers drop it from their index within
+`bank_refresh_s`; an embedded home's saved index file drops it at once. A later upload of the same bytes
+is a new image: no verdict exists, and no bank holds its hash, so it is screened afresh. An event sent
+before the erasure ends `erased` whenever a worker reaches it (db.erasure_store).
+
+A save that committed between the plan and the row deletion is deleted with the rest (the deletion
+re-reads the image's rows under the content lock), and a second pass over the blob store after the rows
+takes the blobs it wrote.
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from db.erasure_store import ErasurePlan, ErasureStore
+from workers.known_fakes import forget_entries, home_index_file
 from workers.processing import heatmap_keys
 from workers.storage import BlobStore
 
@@ -44,8 +54,9 @@ class ErasureReport:
 
 
 def derivative_prefixes(sha256: str, model_versions: set[str]) -> list[str]:
-    """Every prefix the pipeline and the API write an image's derivatives under."""
-    prefixes = [f"thumbnails/{sha256[:2]}/{sha256}"]
+    """Every prefix the pipeline and the API write an image's derivatives under (and `checks/`, where an
+    embedded home keeps the originals uploaded on the console's check page)."""
+    prefixes = [f"thumbnails/{sha256[:2]}/{sha256}", f"checks/{sha256[:2]}/{sha256}"]
     prefixes += [heatmap_keys(version, sha256)[0] + "/" for version in sorted(model_versions)]
     return prefixes
 
@@ -66,27 +77,40 @@ def s3_original_deleter(client: Any, input_buckets: tuple[str, ...]) -> Callable
 
 def erase(store: ErasureStore, blobs: BlobStore, *, erased_by: str, actor_role: str, reason: str,
           sha256: str | None = None, image_id: int | None = None, source: str | None = None,
-          delete_original: Callable[[str], bool] | None = None, keep_originals: bool = False) -> ErasureReport:
+          delete_original: Callable[[str], bool] | None = None, keep_originals: bool = False,
+          index_file: Path | None = None) -> ErasureReport:
+    """`index_file`: a saved bank index to drop the image's entries from (default: the embedded home's, when
+    `store` opens an embedded home's database)."""
     plan = store.plan(sha256=sha256, image_id=image_id, source=source)
     if image_id is not None and not plan.images:
         raise NothingToErase(f"no image {image_id}")
     shas = plan.sha256s or ([sha256] if sha256 else [])
-    prefixes = _prefixes(plan, shas)
-    keys = set(plan.blob_keys)
-    for prefix in prefixes:
-        keys.update(blobs.list_keys(prefix))
+    keys = set(plan.blob_keys) | _listed(blobs, plan, shas)
     for key in sorted(keys):
         blobs.delete(key)
-    originals = []
-    if delete_original is not None and not keep_originals:
-        originals = [uri for uri in sorted(plan.originals) if delete_original(uri)]
+    deleter = None if keep_originals else delete_original
+    tried = set(plan.originals)
+    originals = [uri for uri in sorted(tried) if deleter is not None and deleter(uri)]
     rows = store.erase(plan, erased_by, actor_role, reason, sha256=sha256)
-    remaining = sorted({k for prefix in prefixes for k in blobs.list_keys(prefix)} |
-                       {k for k in plan.blob_keys if blobs.exists(k)})
+    shas = plan.sha256s or shas
+    # what a save that committed before the rows went had written
+    late = _listed(blobs, plan, shas) | {k for k in plan.blob_keys if blobs.exists(k)}
+    for key in sorted(late):
+        blobs.delete(key)
+    keys |= late
+    originals += [uri for uri in sorted(plan.originals - tried) if deleter is not None and deleter(uri)]
+    index_file = index_file or home_index_file(store.engine)
+    if index_file is not None:
+        rows["index_file_entries"] = forget_entries(index_file, sorted(plan.bank_entries))
+    remaining = sorted(_listed(blobs, plan, shas) | {k for k in plan.blob_keys if blobs.exists(k)})
     report = ErasureReport(plan.selector, shas, rows, sorted(keys), originals, remaining)
     log.warning("erased selector=%s images=%d blobs=%d originals=%d by=%s remaining=%d", plan.selector,
                 len(plan.images), len(keys), len(originals), erased_by, len(remaining))
     return report
+
+
+def _listed(blobs: BlobStore, plan: ErasurePlan, shas: list[str]) -> set[str]:
+    return {key for prefix in _prefixes(plan, shas) for key in blobs.list_keys(prefix)}
 
 
 def _prefixes(plan: ErasurePlan, shas: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.csv_cells import SafeWriter, restore_cell
 from pipeline.training.report import markdown_report, metrics_document, write_plots
 from workers.embedded import scan
 from workers.processing import Runtime
@@ -28,7 +29,8 @@ def labelled_files(data: Path, labels_csv: Path | None = None, split: str | None
     """(path, label) pairs, label 1 = fake. `split` keeps the CSV rows of that split (a manifest.csv)."""
     if labels_csv is not None:
         with labels_csv.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            rows = [{k: restore_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+                    for row in csv.DictReader(handle)]  # manifests we write quote formula-like cells
         if not rows or not {"file", "label"} <= set(rows[0]):
             raise ValueError(f"{labels_csv} needs the columns file,label")
         if split is not None:
@@ -81,7 +83,7 @@ def evaluate(runtime: Runtime, files: list[tuple[Path, int]], out: Path, batch_s
         status_counts=dict(statuses), images_per_s=report.images_per_second,
     )
     with (out / "scores.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = SafeWriter(handle)
         writer.writerow(["file", "label", "status", "reason", "fake_probability", "verdict", "faces"])
         for (path, label), row in zip(files, report.results, strict=True):
             writer.writerow([str(path), "fake" if label else "real", row["status"], row["reason"] or "",

@@ -3,7 +3,8 @@
 The index follows `bank_changes`: at most every `refresh_s` seconds, before a batch is matched, it applies
 the adds and removes logged since its revision, so a running worker sees a confirmed fake (or a reversed
 decision) within `refresh_s` without a restart. In the embedded mode the index is also kept on local disk
-(`index_path`), so a scan starts from the saved index and applies only what changed since.
+(`index_path`, beside the home's database), so a scan starts from the saved index and applies only what
+changed since; an erasure removes its entries from that file at once (`forget_entries`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.known_fakes import BankStore
@@ -22,6 +24,8 @@ from pipeline.known_fakes import apply_bank_hits, matchable
 from pipeline.screen import Verdict
 
 log = logging.getLogger(__name__)
+
+INDEX_FILE = "known_fakes_index.npz"  # an embedded home's saved index, beside its database
 
 
 class KnownFakeMemory:
@@ -52,7 +56,7 @@ class KnownFakeMemory:
         if not fresh:
             return False
         for change in changes:  # replays the look-back window too: changes may commit out of id order
-            if change.op == "add":
+            if change.op == "add" and change.pdq:  # an erased entry's blanked add replays as nothing
                 self.index.add([(change.entry_id, change.pdq, change.label)])
             else:
                 self.index.remove([change.entry_id])
@@ -108,3 +112,29 @@ class KnownFakeMemory:
             return
         self.index_path.parent.mkdir(parents=True, exist_ok=True)
         self.index.save(self.index_path)
+
+
+def home_index_file(engine: Engine) -> Path | None:
+    """The saved index of the embedded home whose SQLite database `engine` opens (None for other databases)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database).parent / INDEX_FILE
+
+
+def forget_entries(path: Path, entry_ids: Sequence[int]) -> int:
+    """Remove entries from a saved index file at once (an erasure must not wait for the next scan to drop
+    them); returns how many it held. An unreadable file is deleted: the next scan rebuilds it from the banks."""
+    if not entry_ids or not path.is_file():
+        return 0
+    try:
+        index = HashIndex.load(path)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("bank index file unreadable path=%s error=%s; deleted", path, exc)
+        path.unlink(missing_ok=True)
+        return 0
+    before = len(index)
+    index.remove(list(entry_ids))
+    if len(index) != before:
+        index.save(path)
+    return before - len(index)

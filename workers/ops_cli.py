@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workers.outages import unavailable_line
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
@@ -54,7 +56,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         print(f"deepscreen erase: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - a CLI reports service trouble as an exit code
-        print(f"deepscreen erase: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(unavailable_line("erase", exc), file=sys.stderr)
         return EXIT_UNAVAILABLE
     if args.json:
         print(json.dumps(report.as_dict()))
@@ -80,7 +82,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
         done = apply_retention(ErasureStore(engine), blobs, settings.retention_heatmap_days,
                                settings.retention_verdict_days)
     except Exception as exc:  # noqa: BLE001
-        print(f"deepscreen retention: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(unavailable_line("retention", exc), file=sys.stderr)
         return EXIT_UNAVAILABLE
     print(json.dumps(done))
     return EXIT_OK

@@ -2,6 +2,10 @@
 
 The Celery task and the embedded `deepscreen scan` both call `process_events`; they differ only in the
 adapters in the Runtime (Postgres or SQLite; S3 or a local folder).
+
+An event sent before an erasure of the bytes it carries ends `erased`: checked once the bytes are fetched
+(nothing is screened), and again by the save in its own transaction (an erasure while the batch screened);
+blobs written for a verdict the save then refused are deleted.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from db.erasure_store import ERASED
 from db.store import BlobKeys, ExistingVerdict, SavedResult, Store
 from pipeline.decode import OUT_OF_MEMORY
 from pipeline.errors import InvalidInput
@@ -116,9 +121,12 @@ def screen_events(runtime: Runtime, jobs: Sequence[Job]) -> Screened:
     digests = {index: hashlib.sha256(result).hexdigest() for index, result in zip(pending, fetched, strict=True)
                if isinstance(result, bytes)}
     existing = _existing(runtime, list(digests.values()))  # one query for the batch
+    outcomes.update(_erased_outcomes(runtime, {index: (jobs[index], sha) for index, sha in digests.items()}))
     items: dict[str, ScreenItem] = {}
     for index, result in zip(pending, fetched, strict=True):
         job = jobs[index]
+        if index in outcomes:
+            continue
         if isinstance(result, TransientError):
             outcomes[index] = Outcome(job, retry_reason=str(result)[:200])
             continue
@@ -208,9 +216,25 @@ def _existing(runtime: Runtime, sha256s: list[str]) -> dict[str, ExistingVerdict
         return {}  # screen them; the save will hit the same outage and retry
 
 
+def _erased_outcomes(runtime: Runtime, fetched: dict[int, tuple[Job, str]]) -> dict[int, Outcome]:
+    """Events sent before an erasure of the bytes they carry: recorded `erased`, never screened. In an outage
+    they are screened as usual; the save checks again."""
+    try:
+        covered = runtime.store.erased_events([(job.event, sha) for job, sha in fetched.values()])
+        if not covered:
+            return {}
+        saved = runtime.store.mark_erased([(job.event, job.attempt) for job, _ in fetched.values()
+                                           if job.event.event_id in covered])
+    except TRANSIENT_DB:
+        return {}
+    log.warning("erased before screening event_ids=%s", ",".join(sorted(covered)))
+    return {index: Outcome(job, saved[job.event.event_id]) for index, (job, _) in fetched.items()
+            if job.event.event_id in saved}
+
+
 def _link(runtime: Runtime, job: Job, existing, sha256: str) -> Outcome:  # noqa: ANN001
     try:
-        return Outcome(job, replace(runtime.store.link_existing(job.event, existing, job.attempt), sha256=sha256))
+        return Outcome(job, replace(runtime.store.link_existing(job.event, existing, job.attempt, sha256), sha256=sha256))
     except TRANSIENT_DB as exc:
         return Outcome(job, retry_reason=f"database: {type(exc).__name__}")
 
@@ -264,9 +288,36 @@ def _persist(runtime: Runtime, screened: Screened, outcomes: dict[int, Outcome])
         log.warning("saving %d verdicts in one transaction failed; saving them one by one", len(rows), exc_info=True)
         for index, job, verdict, keys in rows:
             outcomes[index] = _save_one(runtime, job, verdict, keys)
+        _forget_refused_blobs(runtime, rows, outcomes)
         return
     for (index, job, verdict, _), result in zip(rows, saved, strict=True):
         outcomes[index] = Outcome(job, replace(result, sha256=verdict.sha256))
+    _forget_refused_blobs(runtime, rows, outcomes)
+
+
+def _forget_refused_blobs(runtime: Runtime, rows: list[tuple[int, Job, Verdict, BlobKeys]],
+                          outcomes: dict[int, Outcome]) -> None:
+    """The blobs of verdicts every one of whose events the save refused as erased, unless a verdict of the same
+    content (a re-upload after the erasure) now uses those content-addressed keys."""
+    refused: dict[str, tuple[Verdict, BlobKeys]] = {}
+    kept: set[str] = set()
+    for index, _, verdict, keys in rows:
+        saved = outcomes[index].saved
+        if saved is not None and saved.status == ERASED:
+            refused[verdict.key] = (verdict, keys)
+        else:
+            kept.add(verdict.key)
+    for key, (verdict, keys) in refused.items():
+        names = [k for k in (keys.heatmap, *(k for pair in keys.faces.values() for k in pair)) if k]
+        if key in kept or not names or verdict.sha256 is None:
+            continue
+        try:
+            if runtime.store.find_verdict(verdict.sha256, verdict.model_version) is not None:
+                continue
+            for name in names:
+                runtime.blobs.delete(name)
+        except Exception:  # noqa: BLE001 - the outcomes stand; the erasure's own report lists what is left
+            log.exception("deleting the blobs of an erased image failed keys=%d", len(names))
 
 
 def _store_all_blobs(runtime: Runtime, verdicts: list[Verdict]) -> list[BlobKeys | str]:

@@ -13,7 +13,6 @@ rather than mix versions.
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 from db.model_registry import ModelRegistry
 from db.rescan_store import ChunkRow, RescanSelector, RescanStore, RunView
+from pipeline.csv_cells import SafeDictWriter
 from pipeline.events import UploadEvent
 from pipeline.model import read_metadata
 
@@ -159,10 +159,7 @@ CHANGE_FIELDS = ["image_id", "sha256", "source", "old_verdict", "old_fake_probab
 
 
 def write_changes_csv(handle: Any, rows: list[dict[str, Any]]) -> None:
-    """A run's changed images as CSV. Text a spreadsheet would run as a formula (=, +, -, @ first) gets a `'`."""
-    def cell(value: Any) -> Any:
-        return f"'{value}" if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
-
-    writer = csv.DictWriter(handle, fieldnames=CHANGE_FIELDS)
+    """A run's changed images as CSV; text a spreadsheet would run as a formula is quoted (pipeline.csv_cells)."""
+    writer = SafeDictWriter(handle, fieldnames=CHANGE_FIELDS)
     writer.writeheader()
-    writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)
+    writer.writerows(rows)

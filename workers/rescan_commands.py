@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from workers.outages import unavailable_line
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 REGISTRY_COMMANDS = ("list", "register", "activate", "canary", "canary-report")
 
@@ -136,7 +138,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         print(f"deepscreen model {args.model_command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - the database is unreachable
-        print(f"deepscreen model {args.model_command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(unavailable_line(f"model {args.model_command}", exc), file=sys.stderr)
         return EXIT_UNAVAILABLE
     return EXIT_OK
 
@@ -151,7 +153,7 @@ def cmd_rescan(args: argparse.Namespace) -> int:
         print(f"deepscreen rescan {args.rescan_command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - a service is unreachable
-        print(f"deepscreen rescan {args.rescan_command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(unavailable_line(f"rescan {args.rescan_command}", exc), file=sys.stderr)
         return EXIT_UNAVAILABLE
 
 

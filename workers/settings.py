@@ -1,4 +1,4 @@
-"""The one Settings object. Every variable is DEEPSCREEN_<NAME>; the README has the table."""
+"""The one Settings object. Every variable is DEEPSCREEN_<NAME>; docs/configuration.md has the table."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pipeline.decode import DecodeLimits
 from pipeline.faces import DetectorConfig
 from pipeline.screen import ScreenConfig
+from workers.secret_policy import MIN_SECRET_CHARS, SECRET_ADVICE, is_loopback, secret_weakness
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO_ROOT / "models" / "deepscreen-v2"
@@ -50,6 +51,10 @@ class Settings(BaseSettings):
     overlap_chunk: int = 8  # a batch runs in chunks of this many images; 0 = one piece
     crops_chunk: int = 16  # the same in --crops mode: a crop costs little besides its forward, which pays at 16
     screen_threads: int = 2  # chunks screened at once, each with torch_threads threads
+    # decoded full-resolution pixels a chunk holds before cutting their faces and letting them go (per chunk;
+    # SCREEN_THREADS chunks at once); bounds screening memory by pixels, not by image count
+    chunk_pixels: int = Field(default=24_000_000, ge=1)
+    scan_batch_mb: int = Field(default=16, ge=1)  # scan: a batch also ends once its files reach this many MB
     heatmaps: Literal["flagged", "all", "none"] = "flagged"
     detect_max_side: int = 720
     min_face_size: int = 20
@@ -57,6 +62,17 @@ class Settings(BaseSettings):
     max_faces: int = 20
     max_image_bytes: int = 40 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # hostile inputs (pipeline/containers.py, pipeline/isolation.py): refused before decoding, or capped while
+    max_jpeg_scans: int = Field(default=100, ge=1)  # encoders write 1-10 scans; each one re-walks every block
+    max_image_segments: int = Field(default=100_000, ge=1)  # JPEG markers, PNG chunks, GIF blocks, TIFF strips
+    decode_memory_mb: int = Field(default=1024, ge=16)  # most one decode may hold (decoded image, work, RGB)
+    decode_isolation: bool = True  # decode in child processes capped by the three limits below
+    decode_cpu_s: float = Field(default=3.0, gt=0)  # CPU one decode may use (a 40 MP JPEG takes about 0.5 s)
+    decode_wall_s: float = Field(default=30.0, gt=0)  # wall-clock time one decode may take
+    # a batch past the soft limit settles its events (retried one at a time; alone: failed `time_limit`);
+    # past the hard limit the prefork pool kills its process. Both below visibility_timeout; 0 = none.
+    task_soft_time_limit_s: float = Field(default=600.0, ge=0)
+    task_time_limit_s: float = Field(default=900.0, ge=0)
     # reliability
     visibility_timeout: int = 3600  # seconds a reserved, unacknowledged message waits before redelivery
     max_attempts: int = 8  # per-event failures; 2+4+...+60 s of backoff rides out a few minutes of S3 trouble
@@ -91,7 +107,7 @@ class Settings(BaseSettings):
     home: Path = Path(".deepscreen")
     # review API and console (review/)
     environment: Literal["local", "test", "production"] = "local"  # production: secure cookies, a real secret
-    signing_secret: SecretStr = SecretStr(PLACEHOLDER_SECRET)  # HMAC key of evidence bundles and webhooks
+    signing_secret: SecretStr = SecretStr(PLACEHOLDER_SECRET)  # bundle and webhook HMAC keys are derived from it
     webhook_url: str | None = None  # where escalations (and subscribed topics) are POSTed
     webhook_topics: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["escalation"])
     webhook_max_attempts: int = 5
@@ -104,6 +120,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = 1024 * 1024  # body limit of POST /v1/events
     gold_rate: float = 0.0  # share of claim-next calls that serve a gold item (0 = off)
     auth_failures_per_minute: int = 20  # failed authentications per client per minute before 429
+    proxy_headers: bool = True  # serve: take the client address from X-Forwarded-For sent by a trusted proxy
+    forwarded_allow_ips: str | None = None  # serve: trusted proxy IPs/CIDRs; None = $FORWARDED_ALLOW_IPS or loopback
+    readiness_cache_s: float = Field(default=2.0, ge=0)  # /readyz reuses its last answer this long
+    api_spec: bool = True  # /openapi.json for admin tokens; False: not served at all
     # operations (workers/metrics.py, workers/heartbeat.py, workers/retention.py, workers/logs.py)
     metrics_port: int = 9100  # the worker's Prometheus exporter (0 = off); serve exports on its own /metrics
     metrics_dir: Path | None = None  # prometheus multiprocess folder, wiped at worker start (default: a temp dir)
@@ -113,6 +133,10 @@ class Settings(BaseSettings):
     retention_heatmap_days: int = 90  # heatmaps are deleted after this many days
     retention_verdict_days: int = 365  # verdicts, faces, crops and decided review items after this many
     log_format: Literal["text", "json"] = "text"
+    # webhook relay and evidence-bundle signing (review/relay.py, review/signing.py)
+    webhook_relay_in_serve: bool = True  # `serve` delivers the webhook outbox from a background thread
+    webhook_relay_interval_s: float = Field(default=2.0, gt=0)  # how often an idle relay looks at the outbox
+    bundle_signing_key_file: Path | None = None  # Ed25519 private key (PEM) that also signs evidence bundles
 
     @field_validator("input_buckets", mode="before")
     @classmethod
@@ -137,10 +161,34 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _real_secret_outside_local(self) -> Settings:
-        secret = self.signing_secret.get_secret_value()
-        if self.environment == "production" and (secret == PLACEHOLDER_SECRET or len(secret) < 32):
-            raise ValueError("DEEPSCREEN_SIGNING_SECRET must be set to a random value of 32+ characters "
-                             "in production (e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+        weakness = secret_weakness(self.signing_secret.get_secret_value())
+        if self.environment == "production" and weakness:
+            raise ValueError(f"DEEPSCREEN_SIGNING_SECRET is refused in production: {weakness}; set a random value "
+                             f"of {MIN_SECRET_CHARS}+ characters ({SECRET_ADVICE})")
+        return self
+
+    def serve_secret_problem(self, host: str) -> str | None:
+        """Why `serve` bound to `host` must not start with this signing secret, or None. Whoever can reach the
+        server, or receives its webhooks, could forge what it signs with a guessable key, in any environment."""
+        weakness = secret_weakness(self.signing_secret.get_secret_value())
+        if weakness is None:
+            return None
+        if not is_loopback(host):
+            exposure = f"the server binds {host or 'every address'} (beyond loopback)"
+        elif self.webhook_url:
+            exposure = "a webhook is configured"
+        else:
+            return None
+        return (f"DEEPSCREEN_SIGNING_SECRET is refused: {weakness}, and {exposure}; "
+                f"set a random value of {MIN_SECRET_CHARS}+ characters ({SECRET_ADVICE})")
+
+    @model_validator(mode="after")
+    def _time_limits_below_visibility(self) -> Settings:
+        # a batch still running when its messages come back would be screened twice, by two workers
+        soft, hard = self.task_soft_time_limit_s, self.task_time_limit_s
+        if (soft or hard) and not 0 < soft < hard < self.visibility_timeout:
+            raise ValueError("0 < task_soft_time_limit_s < task_time_limit_s < visibility_timeout is required "
+                             f"(now {soft:g}, {hard:g}, {self.visibility_timeout}); 0 and 0 turn both off")
         return self
 
     @field_validator("presign_seconds")
@@ -172,6 +220,14 @@ class Settings(BaseSettings):
             return self
         return self.model_copy(update={"screen_threads": max(1, self.screen_threads // self.concurrency)})
 
+    def decode_limits(self, isolated: bool | None = None) -> DecodeLimits:
+        """What any decode of an untrusted image may cost; `isolated` overrides decode_isolation."""
+        return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
+                            max_jpeg_scans=self.max_jpeg_scans, max_segments=self.max_image_segments,
+                            max_decode_bytes=self.decode_memory_mb << 20,
+                            isolated=self.decode_isolation if isolated is None else isolated,
+                            cpu_seconds=self.decode_cpu_s, wall_seconds=self.decode_wall_s)
+
     def screen_config(self, crops: bool = False) -> ScreenConfig:
         return ScreenConfig(
             detector=DetectorConfig(
@@ -180,13 +236,14 @@ class Settings(BaseSettings):
                 min_probability=self.face_min_probability,
                 max_faces=self.max_faces,
             ),
-            decode=DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels),
+            decode=self.decode_limits(),
             heatmaps=self.heatmaps,
             crops=crops,
             decode_threads=self.decode_threads,
             classify_batch=max(64, self.batch_size),
             overlap_chunk=max(0, self.crops_chunk if crops else self.overlap_chunk),
             screen_threads=max(1, self.screen_threads),
+            chunk_pixels=self.chunk_pixels,
             pdq=self.known_fakes,
             pdq_max_side=self.pdq_max_side,
             pdq_min_quality=self.pdq_min_quality,

@@ -17,6 +17,51 @@ from pipeline.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 
+OPAQUE = "application/octet-stream"
+# Raster formats the decoder reads, by magic bytes: (content type, key suffix). MPO starts as a JPEG.
+_SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
+    (b"\xff\xd8\xff", "image/jpeg", ".jpg"), (b"\x89PNG\r\n\x1a\n", "image/png", ".png"),
+    (b"GIF87a", "image/gif", ".gif"), (b"GIF89a", "image/gif", ".gif"), (b"II*\x00", "image/tiff", ".tif"),
+    (b"MM\x00*", "image/tiff", ".tif"), (b"BM", "image/bmp", ".bmp"),
+)
+_SUFFIX_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
+                 ".webp": "image/webp", ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp"}
+# What a stored object may say it is: a type a browser renders without running anything, or a download.
+# text/html, image/svg+xml and XML types can carry script, so they (and any client's guess) become OPAQUE.
+SAFE_CONTENT_TYPES = frozenset({*_SUFFIX_TYPES.values(), "application/zip", "application/json", OPAQUE})
+
+
+def _image_signature(data: bytes) -> tuple[str, str] | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp", ".webp"
+    return next(((kind, suffix) for magic, kind, suffix in _SIGNATURES if data.startswith(magic)), None)
+
+
+def original_content_type(data: bytes) -> str:
+    """The content type an uploaded original is stored with: its raster format by magic bytes, else OPAQUE."""
+    found = _image_signature(data)
+    return found[0] if found else OPAQUE
+
+
+def original_suffix(data: bytes) -> str:
+    """The key suffix of an uploaded original (".jpg", ...), from its magic bytes; "" when not an image."""
+    found = _image_signature(data)
+    return found[1] if found else ""
+
+
+def safe_content_type(content_type: str) -> str:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind if kind in SAFE_CONTENT_TYPES else OPAQUE
+
+
+def response_content_type(key: str) -> str:
+    """The type a link to `key` answers with: a raster type by the key's suffix, else OPAQUE. Objects outside
+    producers wrote may say text/html; a link never passes that on."""
+    name = key.rsplit("/", 1)[-1]
+    suffix = name[name.rfind("."):].lower() if "." in name else ""
+    return _SUFFIX_TYPES.get(suffix, OPAQUE)
+
+
 class TransientError(RuntimeError):
     """Infrastructure trouble (S3 or the database unreachable): retry later, never a verdict."""
 
@@ -105,7 +150,8 @@ class S3BlobStore:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=_safe_key(key), Body=data, ContentType=content_type)
+            self.client.put_object(Bucket=self.bucket, Key=_safe_key(key), Body=data,
+                                   ContentType=safe_content_type(content_type))
         except (BotoCoreError, ClientError) as exc:
             raise TransientError(f"s3 put {self.bucket}/{key} failed: {exc}") from exc
         return key

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import mimetypes
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from celery import Celery
 
 from pipeline.events import Priority, UploadEvent, parse_payload
 from workers.app import enqueue
+from workers.storage import original_content_type, original_suffix
 
 if TYPE_CHECKING:
     from db.store import Store
@@ -91,9 +91,9 @@ def local_events(client, bucket: str, paths: Iterable[Path], source: str, priori
     for path in paths:
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        key = f"{prefix}/{digest[:2]}/{digest}{path.suffix.lower()}"
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        # name and type from the bytes: a file called x.png may hold HTML, and its link must not render it
+        key = f"{prefix}/{digest[:2]}/{digest}{original_suffix(data)}"
+        client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=original_content_type(data))
         yield UploadEvent(event_id=_event_id("file", digest[:40], priority), image_uri=f"s3://{bucket}/{key}",
                           sha256=digest, source=source, priority=priority)
 

@@ -9,7 +9,9 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from celery import signals
-from celery_batches import Batches
+from celery.exceptions import SoftTimeLimitExceeded
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 
 from pipeline.errors import InvalidEvent
 from pipeline.events import parse_event
@@ -75,8 +77,37 @@ settings = app.conf.deepscreen_settings
 _trimmer = HeapTrimmer(settings.malloc_trim_interval_s) if settings.malloc_trim else None
 
 
+class TimeLimitedBatches(Batches):
+    """celery-batches' task, plus what its flush leaves out: when the pool ends a batch's process (the hard
+    time limit, or the process died), the batch's messages go back on the queue at once instead of waiting
+    out the visibility timeout. Their events' screening had begun, so they come back as suspects, screened
+    one at a time, and one that keeps ending its process is dead-lettered (`_dead_letter_crasher`)."""
+
+    def flush(self, requests):  # noqa: ANN001, ANN201 - celery-batches' signature
+        late = [r for r in requests if r.task.acks_late]
+        early = [r for r in requests if not r.task.acks_late]
+        serializable = ([SimpleRequest.from_request(r) for r in requests],)
+
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            for request in early:
+                request.acknowledge()
+
+        def on_return(result: object) -> None:
+            for request in late:
+                request.acknowledge()
+
+        def on_error(error: object) -> None:
+            log.error("batch of %d ended by the pool (%s); its messages go back on the queue", len(late),
+                      getattr(getattr(error, "type", None), "__name__", type(error).__name__))
+            for request in late:
+                request.reject(requeue=True)
+
+        return self._pool.apply_async(apply_batches_task, (self, serializable, 0, None),
+                                      accept_callback=on_accepted, callback=on_return, error_callback=on_error)
+
+
 @app.task(
-    base=Batches,
+    base=TimeLimitedBatches,
     name=SCREEN_TASK,
     flush_every=settings.batch_size,
     flush_interval=settings.batch_wait_ms / 1000.0,
@@ -119,25 +150,59 @@ def _screen(requests) -> None:  # noqa: ANN001
     suspects = sorted((j for j in jobs if before.get(j.event.event_id, 0) > 0),
                       key=lambda j: before[j.event.event_id])
     outcomes: list[Outcome] = []
-    if fresh:
-        _begin(fresh)
-        log.info("screening batch event_ids=%s", ",".join(j.event.event_id for j in fresh))
-        outcomes += _process(fresh)
-    if suspects:
-        log.warning("screening alone, after a worker died with them: event_ids=%s",
-                    ",".join(j.event.event_id for j in suspects))
-    for job in suspects:
-        count = _begin([job]).get(job.event.event_id, 1)
-        if count > app.conf.deepscreen_settings.max_deliveries and _dead_letter_crasher(job, count):
-            continue
-        log.info("screening alone event_id=%s begun=%d", job.event.event_id, count)
-        outcomes += _process([job])
+    current: list[Job] = []
+    try:
+        if fresh:
+            _begin(fresh)
+            log.info("screening batch event_ids=%s", ",".join(j.event.event_id for j in fresh))
+            current = fresh
+            outcomes += _process(fresh)
+        if suspects:
+            log.warning("screening alone, after a worker died with them: event_ids=%s",
+                        ",".join(j.event.event_id for j in suspects))
+        for job in suspects:
+            current = []
+            count = _begin([job]).get(job.event.event_id, 1)
+            if count > app.conf.deepscreen_settings.max_deliveries and _dead_letter_crasher(job, count):
+                continue
+            log.info("screening alone event_id=%s begun=%d", job.event.event_id, count)
+            current = [job]
+            outcomes += _process([job])
+    except SoftTimeLimitExceeded:
+        settled = {id(o.job) for o in outcomes}
+        _over_time([j for j in jobs if id(j) not in settled], current)
     _settle(outcomes)
+
+
+def _over_time(unsettled: list[Job], current: list[Job]) -> None:
+    """The batch passed the soft time limit. An event screened alone when time ran out is what took the time:
+    it is recorded `failed`, reason `time_limit`. The others go back on the queue under the same attempt:
+    their screening had begun, so they come back as suspects, screened one at a time."""
+    limit = app.conf.deepscreen_settings.task_soft_time_limit_s
+    for job in unsettled:
+        if current == [job]:
+            log.error("time limit event_id=%s screened alone for more than %g s", job.event.event_id, limit)
+            try:
+                runtime().store.mark_failed(job.event, "failed", f"time_limit: screening alone took more than "
+                                            f"{limit:g} s", job.attempt)
+                continue
+            except TRANSIENT_DB:
+                log.exception("could not record the time limit of event_id=%s; requeueing", job.event.event_id)
+        log.warning("time limit: requeueing event_id=%s attempt=%d to screen it alone", job.event.event_id,
+                    job.attempt)
+        try:
+            enqueue(app, job.event.model_dump(mode="json"), job.event.priority, attempt=job.attempt,
+                    enqueued_at=job.enqueued_at)
+        except Exception:  # noqa: BLE001 - the same way out as a retry that cannot be queued
+            log.critical("cannot requeue event_id=%s; exiting so the broker redelivers the batch", job.event.event_id)
+            os._exit(75)
 
 
 def _process(jobs: list[Job]) -> list[Outcome]:
     try:
         return process_events(runtime(), jobs)
+    except SoftTimeLimitExceeded:
+        raise  # not a bug in the batch: the batch's time is up (_screen settles it)
     except TRANSIENT_DB as exc:  # the database is away while the runtime is built (a pool child started in
         # an outage registers its model there): an outage, so it never counts toward the events' attempts
         log.warning("database unavailable before screening size=%d error=%s", len(jobs), type(exc).__name__)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.csv_cells import restore_cell
 from pipeline.decode import decode_image
 from pipeline.faces import resize_square
 from pipeline.training.augment import AugmentConfig, AugmentParams, apply_params, difference_mask, draw_params
@@ -34,7 +35,8 @@ def read_manifest(root: Path) -> list[Sample]:
     """manifest.csv: file,label,group,split (dataset is optional)."""
     path = root / "manifest.csv"
     with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        rows = [{k: restore_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+                for row in csv.DictReader(handle)]  # manifests we write quote formula-like cells
     samples = []
     for row in rows:
         label = row["label"].strip().lower()

@@ -4,7 +4,6 @@ training sees a family such as gan-faces the way an upload of it is screened."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.csv_cells import SafeDictWriter
 from pipeline.decode import decode_image
 from pipeline.errors import InvalidInput
 from pipeline.faces import FaceDetector, crop_face
@@ -48,7 +48,7 @@ def crop_dataset(source: Path, out: Path, margin: float = 0.0, progress: bool = 
                      "split": sample.split})
         counts["cropped"] += 1
     with (out / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "label", "group", "split"])
+        writer = SafeDictWriter(handle, fieldnames=["file", "label", "group", "split"])
         writer.writeheader()
         writer.writerows(rows)
     done.write_text(json.dumps({"stamp": stamp, "counts": counts}, indent=2) + "\n")

@@ -13,7 +13,18 @@ from db.token_store import TokenError
 from review.auth import Admin
 from review.context import ReviewContext
 from review.routes.review import review_error
-from review.schemas import AgreementOut, AuditOut, DeliveryOut, Error, GoldIn, TokenCreated, TokenIn, TokenOut
+from review.schemas import (
+    MAX_ROW_ID,
+    AgreementOut,
+    AuditOut,
+    DeliveryOut,
+    Error,
+    GoldIn,
+    RowId,
+    TokenCreated,
+    TokenIn,
+    TokenOut,
+)
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -39,7 +50,7 @@ def create_token(request: Request, principal: Admin, body: TokenIn) -> Any:
 
 
 @router.post("/tokens/{token_id}/revoke", response_model=TokenOut, responses={404: {"model": Error}})
-def revoke_token(request: Request, principal: Admin, token_id: int) -> Any:
+def revoke_token(request: Request, principal: Admin, token_id: RowId) -> Any:
     ctx: ReviewContext = request.app.state.ctx
     try:
         info = ctx.tokens.revoke(token_id)
@@ -50,9 +61,9 @@ def revoke_token(request: Request, principal: Admin, token_id: int) -> Any:
 
 
 @router.get("/audit", response_model=list[AuditOut])
-def audit_log(request: Request, principal: Admin, item_id: int | None = None,
+def audit_log(request: Request, principal: Admin, item_id: int | None = Query(None, ge=1, le=MAX_ROW_ID),
               actor: str | None = Query(None, max_length=200), action: str | None = Query(None, max_length=40),
-              limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0)) -> Any:
+              limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_ROW_ID)) -> Any:
     ctx: ReviewContext = request.app.state.ctx
     return ctx.reviews.audit_log(item_id=item_id, actor=actor, action=action, limit=limit, offset=offset)
 
@@ -65,7 +76,7 @@ def deliveries(request: Request, principal: Admin, delivery_id: str | None = Que
 
 
 @router.put("/gold/{item_id}", status_code=204, response_class=Response, responses={404: {"model": Error}})
-def set_gold(request: Request, principal: Admin, item_id: int, body: GoldIn) -> Response:
+def set_gold(request: Request, principal: Admin, item_id: RowId, body: GoldIn) -> Response:
     """Mark an item as gold with its known answer (null clears it). Gold items are mixed into moderators'
     claim-next at DEEPSCREEN_GOLD_RATE once decided."""
     ctx: ReviewContext = request.app.state.ctx

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from review import media
 from review.auth import MediaReader, Reader
 from review.context import ReviewContext
-from review.schemas import Error, ImageOut
+from review.schemas import MAX_FACE_INDEX, Error, ImageOut, RowId
 
 router = APIRouter(prefix="/v1", tags=["images"])
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -23,7 +23,7 @@ def _image_document(ctx: ReviewContext, image: dict[str, Any]) -> dict[str, Any]
     presigned = ctx.presigner is not None
     return {**{k: image[k] for k in ("id", "sha256", "source", "width", "height", "size_bytes", "uploaded_at",
                                      "first_seen_at", "review_items")},
-            "original_url": media.original_link(ctx, image),
+            "original_url": media.original_link(ctx, image, [v for v in verdicts if v is not None]),
             "links_expire_in_s": ctx.settings.presign_seconds if presigned else None,
             "verdicts": [media.verdict_out(ctx, v) for v in verdicts if v is not None]}
 
@@ -40,7 +40,7 @@ def image_by_sha256(request: Request, principal: Reader, sha256: str) -> Any:
 
 
 @router.get("/images/{image_id}", response_model=ImageOut, responses=NOT_FOUND)
-def image_by_id(request: Request, principal: Reader, image_id: int = Path(ge=1)) -> Any:
+def image_by_id(request: Request, principal: Reader, image_id: RowId) -> Any:
     """The image: every verdict, per-face scores and short-lived heatmap links."""
     ctx: ReviewContext = request.app.state.ctx
     image = ctx.images.image(image_id=image_id)
@@ -55,25 +55,25 @@ def _send(fetch: Any, *args: Any) -> Response:
     except media.MediaMissing:
         return JSONResponse({"error": "no_such_media"}, status_code=404)
     return Response(blob.data, media_type=blob.content_type,
-                    headers={"cache-control": "private, max-age=300", "content-disposition": "inline"})
+                    headers={"cache-control": "private, max-age=300", "content-disposition": "attachment"})
 
 
 @router.get("/media/images/{image_id}/original", responses=NOT_FOUND)
-def original(request: Request, principal: MediaReader, image_id: int) -> Response:
+def original(request: Request, principal: MediaReader, image_id: RowId) -> Response:
     return _send(media.original, request.app.state.ctx, image_id)
 
 
 @router.get("/media/images/{image_id}/thumbnail", responses=NOT_FOUND)
-def thumbnail(request: Request, principal: MediaReader, image_id: int) -> Response:
+def thumbnail(request: Request, principal: MediaReader, image_id: RowId) -> Response:
     return _send(media.thumbnail, request.app.state.ctx, image_id)
 
 
 @router.get("/media/verdicts/{verdict_id}/heatmap", responses=NOT_FOUND)
-def verdict_heatmap(request: Request, principal: MediaReader, verdict_id: int) -> Response:
+def verdict_heatmap(request: Request, principal: MediaReader, verdict_id: RowId) -> Response:
     return _send(media.verdict_blob, request.app.state.ctx, verdict_id)
 
 
 @router.get("/media/verdicts/{verdict_id}/faces/{index}/{kind}", responses=NOT_FOUND)
-def face_media(request: Request, principal: MediaReader, verdict_id: int, index: int,
-               kind: Literal["heatmap", "crop"]) -> Response:
+def face_media(request: Request, principal: MediaReader, verdict_id: RowId,
+               index: Annotated[int, Path(ge=0, le=MAX_FACE_INDEX)], kind: Literal["heatmap", "crop"]) -> Response:
     return _send(media.verdict_blob, request.app.state.ctx, verdict_id, index, kind)

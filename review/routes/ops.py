@@ -1,10 +1,11 @@
-"""Operations: readiness, Prometheus metrics, and erasure of an image (admins)."""
+"""Operations: readiness (bare for anyone, detailed for admins), Prometheus metrics, and erasure of an image
+(admins)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -12,7 +13,7 @@ from db.erasure_store import ErasureStore
 from review.auth import Admin, Public
 from review.context import ReviewContext
 from review.health import readiness
-from review.schemas import Error
+from review.schemas import Error, RowId
 from workers.erasure import NothingToErase, erase, s3_original_deleter
 
 router = APIRouter(tags=["operations"])
@@ -20,7 +21,17 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/readyz", responses={503: {"model": Error}})
 async def readyz(request: Request, _: Public) -> JSONResponse:
-    """Ready to work: Postgres, Redis, the blob store and the model each answer; 503 names what failed."""
+    """Ready to work (Postgres, Redis, the blob store and the model answer): `ready`, else 503 `unavailable`.
+    Anyone may ask, so the answer is bare and comes from a cache of a second or two
+    (DEEPSCREEN_READINESS_CACHE_S); which part failed, and why, is at /v1/admin/readiness."""
+    checks = await run_in_threadpool(request.app.state.readiness.get)
+    ready = all(c.ok for c in checks)
+    return JSONResponse({"status": "ready" if ready else "unavailable"}, status_code=200 if ready else 503)
+
+
+@router.get("/v1/admin/readiness", responses={503: {"model": Error}})
+async def readiness_detail(request: Request, _: Admin) -> JSONResponse:
+    """Readiness checked now, each part with its detail and timing; 503 names what failed (admins)."""
     checks = await run_in_threadpool(readiness, request.app.state.ctx)
     failing = [c.name for c in checks if not c.ok]
     body: dict[str, Any] = {"status": "unavailable" if failing else "ready", "failing": failing,
@@ -35,7 +46,7 @@ def metrics(request: Request, _: Public) -> Response:
 
 
 @router.delete("/v1/images/{image_id}", responses={404: {"model": Error}})
-def erase_image(request: Request, principal: Admin, image_id: int = Path(ge=1),
+def erase_image(request: Request, principal: Admin, image_id: RowId,
                 reason: str = Query(..., min_length=3, max_length=500, description="why (recorded in the tombstone)"),
                 keep_originals: bool = Query(False, description="leave the original upload in its bucket")) -> Any:
     """Erase an image: its heatmaps, crops, thumbnails and bundles from the blob store, its original (unless

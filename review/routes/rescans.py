@@ -12,7 +12,7 @@ from db.model_registry import ModelRegistry
 from db.rescan_store import RescanError, RescanStore
 from review.auth import Admin
 from review.context import ReviewContext
-from review.schemas import Error
+from review.schemas import Error, RowId
 from workers.rescan import write_changes_csv
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -34,7 +34,7 @@ def list_runs(request: Request, principal: Admin) -> Any:
 
 
 @router.get("/rescans/{run_id}", responses={404: {"model": Error}})
-def get_run(request: Request, principal: Admin, run_id: int) -> Any:
+def get_run(request: Request, principal: Admin, run_id: RowId) -> Any:
     try:
         return run_document(rescans(request), run_id)
     except RescanError as exc:
@@ -42,7 +42,7 @@ def get_run(request: Request, principal: Admin, run_id: int) -> Any:
 
 
 @router.get("/rescans/{run_id}/changes.csv", responses={404: {"model": Error}})
-def run_changes(request: Request, principal: Admin, run_id: int, all: bool = False) -> Response:  # noqa: A002
+def run_changes(request: Request, principal: Admin, run_id: RowId, all: bool = False) -> Response:  # noqa: A002
     store = rescans(request)
     try:
         store.get(run_id)
@@ -55,7 +55,7 @@ def run_changes(request: Request, principal: Admin, run_id: int, all: bool = Fal
 
 
 @router.post("/rescans/{run_id}/{action}", responses={404: {"model": Error}, 409: {"model": Error}})
-def change_run(request: Request, principal: Admin, run_id: int, action: str) -> Any:
+def change_run(request: Request, principal: Admin, run_id: RowId, action: str) -> Any:
     ctx: ReviewContext = request.app.state.ctx
     if action not in ("pause", "resume", "cancel"):
         return JSONResponse({"error": "unknown_action", "detail": "pause, resume or cancel"}, status_code=404)

@@ -12,6 +12,8 @@ from review import decisions
 from review.auth import Admin, BundleReader, Reviewer
 from review.context import ReviewContext
 from review.schemas import (
+    MAX_AGE_S,
+    MAX_ROW_ID,
     BundleOut,
     ClaimOut,
     DecisionIn,
@@ -20,6 +22,7 @@ from review.schemas import (
     ItemDetail,
     QueuePage,
     ReverseIn,
+    RowId,
 )
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
@@ -42,9 +45,10 @@ def list_items(
     verdict: Literal["fake", "uncertain", "matched_known_fake"] | None = None,
     min_score: float | None = Query(None, ge=0, le=1), max_score: float | None = Query(None, ge=0, le=1),
     source: str | None = Query(None, max_length=200),
-    min_age_s: float | None = Query(None, ge=0), max_age_s: float | None = Query(None, ge=0),
+    min_age_s: float | None = Query(None, ge=0, le=MAX_AGE_S),
+    max_age_s: float | None = Query(None, ge=0, le=MAX_AGE_S),
     order: Literal["oldest", "score"] = "oldest",
-    limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_ROW_ID),
 ) -> Any:
     """The queue. `pending` includes claims whose lease ran out."""
     ctx: ReviewContext = request.app.state.ctx
@@ -56,7 +60,7 @@ def list_items(
 
 
 @router.get("/items/{item_id}", response_model=ItemDetail, responses=ERRORS)
-def get_item(request: Request, principal: Reviewer, item_id: int) -> Any:
+def get_item(request: Request, principal: Reviewer, item_id: RowId) -> Any:
     ctx: ReviewContext = request.app.state.ctx
     try:
         item = ctx.reviews.item(item_id, viewer=principal.actor)
@@ -78,7 +82,7 @@ def claim_next(request: Request, principal: Reviewer) -> Any:
 
 
 @router.post("/items/{item_id}/claim", response_model=ClaimOut, responses=ERRORS)
-def claim_item(request: Request, principal: Reviewer, item_id: int) -> Any:
+def claim_item(request: Request, principal: Reviewer, item_id: RowId) -> Any:
     """Claim this item (or renew your own claim). 409 when someone else holds it or it is decided."""
     ctx: ReviewContext = request.app.state.ctx
     try:
@@ -89,7 +93,7 @@ def claim_item(request: Request, principal: Reviewer, item_id: int) -> Any:
 
 
 @router.post("/items/{item_id}/decision", response_model=DecisionOut, responses=ERRORS)
-def decide(request: Request, principal: Reviewer, item_id: int, body: DecisionIn,
+def decide(request: Request, principal: Reviewer, item_id: RowId, body: DecisionIn,
            background: BackgroundTasks) -> Any:
     """Decide an item you hold: confirm_fake, mark_real, escalate (builds a signed evidence bundle and sends
     it to the webhook) or skip (back to the queue)."""
@@ -106,7 +110,7 @@ def decide(request: Request, principal: Reviewer, item_id: int, body: DecisionIn
 
 
 @router.post("/items/{item_id}/reverse", response_model=DecisionOut, responses=ERRORS)
-def reverse(request: Request, principal: Admin, item_id: int, body: ReverseIn) -> Any:
+def reverse(request: Request, principal: Admin, item_id: RowId, body: ReverseIn) -> Any:
     """Reverse a decided item's decision (admins): it goes back to the queue, and the known-fake memory
     entry the decision made is removed, with every match it made."""
     ctx: ReviewContext = request.app.state.ctx
@@ -119,7 +123,7 @@ def reverse(request: Request, principal: Admin, item_id: int, body: ReverseIn) -
 
 
 @router.post("/items/{item_id}/release", status_code=204, response_class=Response, responses=ERRORS)
-def release(request: Request, principal: Reviewer, item_id: int) -> Response:
+def release(request: Request, principal: Reviewer, item_id: RowId) -> Response:
     """Give an item back to the queue (admins may release anyone's claim)."""
     ctx: ReviewContext = request.app.state.ctx
     try:
@@ -130,7 +134,7 @@ def release(request: Request, principal: Reviewer, item_id: int) -> Response:
 
 
 @router.post("/items/{item_id}/bundles", response_model=BundleOut, status_code=201, responses=ERRORS)
-def build_bundle(request: Request, principal: Reviewer, item_id: int) -> Any:
+def build_bundle(request: Request, principal: Reviewer, item_id: RowId) -> Any:
     """Build a fresh signed evidence bundle of an escalated item."""
     ctx: ReviewContext = request.app.state.ctx
     try:
@@ -146,7 +150,7 @@ bundles = APIRouter(prefix="/v1", tags=["review"])
 
 
 @bundles.get("/bundles/{bundle_id}", responses={404: {"model": Error}})
-def download_bundle(request: Request, principal: BundleReader, bundle_id: int) -> Response:
+def download_bundle(request: Request, principal: BundleReader, bundle_id: RowId) -> Response:
     """The bundle zip: manifest.json, manifest.sig (HMAC-SHA256), the original and the heatmaps."""
     ctx: ReviewContext = request.app.state.ctx
     bundle = ctx.escalations.bundle(bundle_id)
