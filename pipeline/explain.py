@@ -44,8 +44,7 @@ def gradcam(classifier: Classifier, crops: Sequence[np.ndarray]) -> list[np.ndar
         return []
     tensor = crops_to_tensor(crops, classifier.meta).to(classifier.device)
     layer = classifier.layer(classifier.meta.gradcam_layer)
-    # Forward and backward run under the classifier's autocast (bf16 uses AMX on CPU: 2.3x faster than fp32
-    # here, maps correlate 0.9999 with fp32's). grad-cam hands activations and gradients to numpy, which has no
+    # Forward and backward run under the classifier's autocast (maps agree with fp32's; docs/benchmarks.md). grad-cam hands activations and gradients to numpy, which has no
     # bf16, so the target layer's output is cast to float32 by a hook registered before grad-cam's own: hooks
     # run in order, and grad-cam then sees (and takes gradients of) the float32 tensor.
     to_float = layer.register_forward_hook(lambda _m, _a, out: out.float()) if classifier.precision != "fp32" else None
@@ -211,8 +210,8 @@ def overlay(crop: np.ndarray, cam: np.ndarray, strength: float = 0.6) -> np.ndar
     if cam.shape[:2] != (height, width):
         cam = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
     levels = _levels(cam)
-    # colour and weight looked up per level (tables of 256), not computed per pixel: 0.48 -> 0.26 ms a
-    # 224 px face; OpenCV's per-pixel weighted sum does the blend
+    # colour and weight looked up per level (tables of 256) rather than computed per pixel; OpenCV's weighted
+    # sum does the blend
     alpha = cv2.LUT(levels, _heat_weights(strength))
     return np.asarray(cv2.blendLinear(_colours(levels), np.ascontiguousarray(crop), alpha, 1.0 - alpha))
 
@@ -229,8 +228,7 @@ def overlay_canvas(pixels: np.ndarray, max_side: int = 1280) -> np.ndarray:
     (width, height), scale = _canvas_size(pixels.shape[1], pixels.shape[0], max_side)
     if scale >= 1:
         return pixels
-    # OpenCV's bilinear resize: 4.5 ms for 1080p -> 1280 px here, against 14 ms (area) and ~20 ms (PIL); the
-    # canvas is only looked at
+    # bilinear: the cheapest of OpenCV's resizes, and the canvas is only looked at
     return np.asarray(cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR))
 
 

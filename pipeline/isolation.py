@@ -46,9 +46,8 @@ _GRACE_S = 2.0  # the parent's deadline trails the child's own, which normally f
 _START_S = 120.0  # a child's imports on a loaded machine
 _PIPE_BYTES = 1 << 20
 _ROOT = Path(__file__).resolve().parent.parent
-# One BLAS thread. And a heap that keeps what a decode freed for the next one: with glibc's sliding thresholds,
-# every 1080p frame's image and result were mapped afresh (5,000 page faults, half of its 23 ms of CPU); with
-# these, none. After a decode that peaked above _TRIM_AFTER_BYTES the child trims its heap instead.
+# One BLAS thread. And a heap that keeps what a decode freed for the next one: with glibc's sliding thresholds
+# every frame's image and result would be mapped afresh, page fault by page fault. After a decode that peaked above _TRIM_AFTER_BYTES the child trims its heap instead.
 _CHILD_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",

@@ -1,9 +1,8 @@
 """The worker's allocator settings: fewer glibc malloc arenas, and freed memory handed back when it goes idle.
 
-Measured with `python -m bench.load --events 1200 --distinct 1200 --side 320` (docs/benchmarks.md): glibc's
-default of up to 8 arenas per core let a worker's RSS grow 44% between 10% and 100% of the run; with
-MALLOC_ARENA_MAX=2 it grew 17%. glibc reads MALLOC_ARENA_MAX only when a process starts, so `deepscreen worker`
-sets it and re-executes itself once before anything is loaded.
+glibc's default of up to 8 arenas per core lets a long-running worker's RSS creep (figures in
+docs/benchmarks.md). glibc reads MALLOC_ARENA_MAX only when a process starts, so `deepscreen worker` sets it and
+re-executes itself once before anything is loaded.
 """
 
 from __future__ import annotations

@@ -86,9 +86,8 @@ class Settings(BaseSettings):
     # 0: after every batch. Above 0: when a worker process goes idle, and after a batch at most this often;
     # 3-5% more images/s, but not the default while a kill -9 chaos run that lost an event with it is unexplained
     malloc_trim_interval_s: float = 0.0
-    # A prefork pool of two processes, each screening on one of SCREEN_THREADS (measured: about 8-15% more
-    # images/s than one `solo` process screening on two threads, whose threads queue for Python's lock while
-    # it fetches and writes). One process per GPU on a GPU host: DEEPSCREEN_CONCURRENCY=1.
+    # A prefork pool of two processes, each screening on one of SCREEN_THREADS: a `solo` process's threads
+    # queue for Python's lock while it fetches and writes (docs/benchmarks.md). One process per GPU on a GPU host: DEEPSCREEN_CONCURRENCY=1.
     pool: Literal["solo", "prefork", "threads"] = "prefork"
     concurrency: int = 2
     # re-scans (workers/rescan.py) and model roll-outs
