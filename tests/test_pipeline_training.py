@@ -23,7 +23,7 @@ from pipeline.training.augment import AugmentConfig, apply_params, difference_ma
 from pipeline.training.data import Sample, load_crop, make_pair_batch, read_manifest, read_pairs
 from pipeline.training.metrics import at_threshold, auc, choose_thresholds, ece, fit_platt, fit_temperature
 from pipeline.training.sbi import face_mask, self_blend
-from pipeline.training.train import TrainConfig, Trainer
+from pipeline.training.train import TrainConfig, Trainer, update_ema
 
 # -- metrics ------------------------------------------------------------------------------------------
 
@@ -504,6 +504,35 @@ def test_mid_epoch_resume_is_exact_with_dropout(trained: tuple[TrainConfig, dict
     assert cfg.dropout > 0
     _interrupted_then_resumed(replace(cfg, out=str(runs / "resumed")), stop_before_call=2)
     _assert_same_weights(_checkpoint_model(Path(cfg.out)), _checkpoint_model(runs / "resumed"))
+
+
+def test_update_ema_moves_a_share_of_the_way() -> None:
+    ema, net = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    update_ema(ema, net, decay=0.75)
+    for name, value in ema.state_dict().items():
+        expected = 0.75 * before[name] + 0.25 * net.state_dict()[name]
+        assert torch.allclose(value, expected), name
+
+
+@pytest.mark.slow
+def test_ema_weights_are_judged_exported_and_resumed(dataset: Path, runs: Path) -> None:
+    cfg = _config(dataset, runs / "straight", dropout=0.0, ema_decay=0.5)
+    straight = Trainer(cfg, progress=False)
+    straight.fit()
+    assert straight.ema is not None
+    averaged = {k: v.cpu() for k, v in straight.ema.state_dict().items()}
+    raw = {k: v.cpu() for k, v in straight.net.state_dict().items()}
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw)
+    shipped = load_classifier(runs / "straight" / "best", precision="fp32", fold=False)
+    exported = shipped.net.state_dict()
+    weights = [k for k in exported if k in averaged and averaged[k].ndim > 1]
+    assert weights
+    for name in weights:
+        assert torch.allclose(exported[name].float(), averaged[name], atol=1e-3), name
+    resumed = _interrupted_then_resumed(replace(cfg, out=str(runs / "resumed")), stop_before_call=2)
+    assert resumed.ema is not None
+    _assert_same_weights(averaged, {k: v.cpu() for k, v in resumed.ema.state_dict().items()})
 
 
 def test_train_config_from_dict() -> None:

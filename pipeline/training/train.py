@@ -6,6 +6,7 @@ checkpoint.pt (the latest state), best/ (model.safetensors + model.json) and cur
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -92,6 +93,9 @@ class TrainConfig:
     extra_data: tuple[str, ...] = ()  # more families: face-crop folders (facecrops), reals and fakes unpaired
     extra_repeat: int = 1  # each extra family's pairs appear this many times an epoch (a small family's weight)
     tta_flip: bool = False  # validation (and the shipped model) average the logits of the crop and its mirror
+    # > 0: validation, selection and export use an exponential moving average of the weights (per step);
+    # averaging damps the late-epoch overfitting a fine-tune shows on a small set of identities
+    ema_decay: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -217,6 +221,9 @@ class Trainer:
         if cfg.init_from:
             self._warm_start(Path(cfg.init_from))
         self.net = self.net.to(memory_format=torch.channels_last)
+        self.ema: DetectorNet | None = None
+        if cfg.ema_decay > 0:
+            self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.opt = torch.optim.AdamW(param_groups(self.net, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = max(1, (len(pairs) + len(self.extra_pairs)) // cfg.pairs_per_batch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -249,7 +256,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save({"model": self.net.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
-                    "config": _config_dict(self.cfg)}, tmp)
+                    "config": _config_dict(self.cfg),
+                    "ema": self.ema.state_dict() if self.ema is not None else None}, tmp)
         os.replace(tmp, self.checkpoint_path)
 
     def try_resume(self) -> bool:
@@ -260,6 +268,8 @@ class Trainer:
             raise ValueError(f"{self.checkpoint_path} was written by a different config; use a new --out")
         self.net.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["opt"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
         self.state = ckpt["state"]
         log.info("resumed epoch=%s step=%s", self.state["epoch"], self.state["step"])
         return True
@@ -318,6 +328,8 @@ class Trainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
         self.opt.step()
+        if self.ema is not None:
+            update_ema(self.ema, self.net, cfg.ema_decay)
         return float(loss.detach())
 
     def val_crops(self) -> list[np.ndarray]:
@@ -327,7 +339,8 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, loss: float | None, seconds: float) -> float:
         labels = np.array([s.label for s in self.val])
-        logits = predict_logits(self.net, self.val_crops(), self.meta, self.device, self.cfg.precision,
+        judged = self.ema if self.ema is not None else self.net
+        logits = predict_logits(judged, self.val_crops(), self.meta, self.device, self.cfg.precision,
                                 tta_flip=self.cfg.tta_flip)
         val_auc = auc(labels, logits)
         row = {"epoch": epoch + 1, "train_loss": loss, "val_auc": val_auc, "seconds": round(seconds, 1),
@@ -335,7 +348,7 @@ class Trainer:
         for name, samples in self.extra_val.items():  # reported; selection stays on the main family
             if name not in self._extra_val_crops:
                 self._extra_val_crops[name] = [load_crop(self.root, s, self.cfg.input_size) for s in samples]
-            extra_logits = predict_logits(self.net, self._extra_val_crops[name], self.meta, self.device,
+            extra_logits = predict_logits(judged, self._extra_val_crops[name], self.meta, self.device,
                                           self.cfg.precision, tta_flip=self.cfg.tta_flip)
             row[f"val_auc_{name}"] = auc(np.array([s.label for s in samples]), extra_logits)
         self.state["history"].append(row)
@@ -344,7 +357,7 @@ class Trainer:
         log.info("epoch=%s val_auc=%.4f loss=%s", epoch + 1, val_auc, loss)
         if val_auc > self.state["best_auc"]:
             self.state["best_auc"] = val_auc
-            save_model(self.net, self.meta, self.run / "best")
+            save_model(judged, self.meta, self.run / "best")
         self.state["epoch"] = epoch + 1
         self.state["step"] = 0
         self.save_checkpoint()
@@ -393,6 +406,16 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * net, parameters and floating buffers alike."""
+    for mine, theirs in zip(ema.state_dict().values(), net.state_dict().values(), strict=True):
+        if mine.dtype.is_floating_point:
+            mine.lerp_(theirs, 1.0 - decay)
+        else:
+            mine.copy_(theirs)
 
 
 def param_groups(net: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
