@@ -17,7 +17,7 @@ DEMO ?= $(DEMO_IMAGES)
 DEMO_HOME := .deepscreen/demo
 
 # ruff and mypy only see the folders that exist, so lint works while the tree is being built.
-LINT_DIRS := $(wildcard pipeline db workers review tests bench)
+LINT_DIRS := $(wildcard pipeline db workers review cli tests bench devservices)
 MYPY_FLAGS := --ignore-missing-imports --follow-imports=silent
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 

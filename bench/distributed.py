@@ -1,11 +1,5 @@
-"""The distributed path, measured: N events -> Redis -> one Celery worker -> Postgres + moto S3.
-
-Reports images/s from submit to last verdict, and the worker's RSS, idle, after the first `--rss-early`
-and after all N images (Grad-CAM hooks and caches must not leak). Embedded `scan` screens the same images,
-part by part between the distributed parts, for the ratio. Both sides are measured warm, as a running
-worker is: the worker first screens `--warmup` images of its own (not counted), as `bench.run`'s embedded scan
-first scans a batch into a throwaway home. Every image is distinct
-(a face with per-image noise), so nothing is answered from the sha256 reuse path.
+"""The distributed path, measured: N distinct images through Redis, one Celery worker, Postgres and moto S3,
+against embedded `scan` on the same images (both warm), and the worker's RSS from `--rss-early` to N images.
 
     python -m bench.distributed --events 2000 --rss-early 200
 """
@@ -127,8 +121,8 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
 
     from bench.services import start_worker
     from db.schema import Event
+    from devservices import service_env
     from pipeline.events import UploadEvent
-    from tests.services import service_env
     from workers.app import create_app
     from workers.settings import Settings, default_model_dir
     from workers.submit import submit

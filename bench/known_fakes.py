@@ -1,18 +1,8 @@
 """The known-fake memory's benchmark: index lookup latency and memory, and PDQ's robustness on our images.
 
-    python -m bench.known_fakes lookup       # p50/p99 lookup and memory at 10k, 100k, 1M hashes
-    python -m bench.known_fakes robustness   # match rate per transform at distance 31, false-match rate
-    python -m bench.known_fakes all --out bench/results/known_fakes.json
-    python -m bench.known_fakes faces        # the same transforms on a hash of each face region (frames)
+    python -m bench.known_fakes lookup|robustness|faces|all [--out bench/results/known_fakes.json]
 
-Lookup: the bank holds random 256-bit hashes, a tenth of them near-duplicates (1-31 bits flipped) of others;
-queries are half near-duplicates of a bank entry, half random. Each query is one `HashIndex.search` call on
-one thread, as a worker makes them.
-
-Robustness: every image (the 40 example frames in ../shared/data/examples, face crops from
-../shared/data/dfdc-faces, and the images the tests generate from skimage.data) is transformed; a transform
-"matches" when the copy's PDQ hash is within 31 bits of the original's. Hashes are made exactly as the
-pipeline makes them (pipeline.pdq.pdq_hash, on a copy at most 512 px long).
+What each mode measures, and how: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""Load: a burst of N events onto the queue, one CPU worker, real Redis, Postgres and moto S3.
-
-Every event is its own upload (its own key and event id); `--distinct` images are spread over them, so the
-rest are re-uploads of the same bytes that reuse a verdict (as a platform sees reposts). The whole burst is
-queued, then the worker starts; the clock starts when it is ready. Reported: drain time, events/s,
-event->verdict latency percentiles (from that moment to each event's finished_at, i.e. time in queue plus
-screening), statuses, and the worker's RSS sampled every few seconds. Exits 1 if any event
-is lost (not terminal) or got more than one verdict or review item.
+"""Load: a burst of N events onto the queue, one CPU worker, real Redis, Postgres and moto S3; `--distinct`
+images are spread over them, the rest are re-uploads. The clock starts when the worker is ready. Exits 1 if
+any event is lost or got more than one verdict or review item.
 
     python -m bench.load --events 10000 --distinct 1000
 """
@@ -47,8 +42,8 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
     from bench.distributed import face_images, rss_mb
     from bench.services import start_worker
     from db.schema import Event, ReviewItem, Verdict
+    from devservices import service_env
     from pipeline.events import UploadEvent
-    from tests.services import service_env
     from workers.app import create_app
     from workers.settings import Settings, default_model_dir
     from workers.submit import submit

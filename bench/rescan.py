@@ -1,13 +1,5 @@
-"""Re-scans, measured: re-scan throughput, and what a running re-scan does to fresh-upload latency.
-
-One worker (real Redis, Postgres, moto S3). Phases, on distinct generated face images:
-1. `--images` uploads are screened by the shipped model (the stored history to re-scan; gives capacity C).
-2. Upload latency with no re-scan: `--latency-events` uploads sent one by one at `--load` x C.
-3. A second version is registered and activated (the same weights under another version name: this measures
-   the pipeline, not a model change), and a re-scan of every image starts at `--rate-share` x C images/s.
-   While it runs, the same latency probe is repeated.
-4. The same with an unlimited re-scan rate (the queue cap alone holds it back).
-Reported: re-scan images/s (from the run's report) and p50/p95 upload latency in each phase.
+"""Re-scans, measured: re-scan throughput, and fresh-upload latency with no re-scan, with one limited to
+`--rate-share` x capacity and with an unlimited one (one worker, real Redis, Postgres and moto S3).
 
     python -m bench.rescan --images 200 --latency-events 40
 """
@@ -53,9 +45,9 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001, C901 - bench.se
     from db.model_registry import ModelRegistry
     from db.rescan_store import RescanSelector, RescanStore
     from db.schema import Event
+    from devservices import service_env
     from pipeline.events import UploadEvent
     from pipeline.model import METADATA_FILE, read_metadata
-    from tests.services import service_env
     from workers.app import create_app
     from workers.rescan import celery_driver
     from workers.settings import Settings, default_model_dir

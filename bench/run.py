@@ -1,22 +1,6 @@
-"""The benchmark harness (`make bench`): every figure measured in one run, on the same machine and images,
-printed as a table with ratios and written to bench/results/<timestamp>.json.
-
-Rows:
-  seed        the old single-image demo approach on the same frames (MTCNN full-size, 256 px, Grad-CAM x2)
-  forward     bare batched classifier forward on pre-cut, pre-decoded crops, with TORCH_THREADS threads
-  forward-all the same with TORCH_THREADS x SCREEN_THREADS threads: the ceiling of the cores scan uses
-  forward-chunks  the same cores arranged as scan --crops arranges them: SCREEN_THREADS batches of
-              CROPS_CHUNK at once, each with TORCH_THREADS threads (the other ceiling; the higher one is the bar)
-  scan-crops  `deepscreen scan --crops` path (process_events + SQLite + local blobs) on crop files
-  scan-crops-none  the same with no heatmaps (what explaining the flagged crops costs, by difference)
-  scan        `deepscreen scan` on full frames, heatmaps for flagged faces (the default)
-  scan-all    the same with a heatmap for every face
-  scan-none   the same with no heatmaps (the cost of explaining, by difference)
-Times cover the screening loop only (model load excluded, reported separately).
-
-`--compare MODEL` adds forward, scan-crops and scan rows for a second model (suffixed `@compare`) in the same
-run, so a new model's serving cost is read beside the one it replaces; MODEL is a folder, or `git:REV:PATH` for
-a model folder as committed at REV (a replaced model stays in the history, not in the tree).
+"""The benchmark harness (`make bench`): every embedded row measured in one run on the same images, printed
+as a table with ratios and written to bench/results/<timestamp>.json. The rows (`--only`) are described in
+docs/benchmarks.md; times cover the screening loop only (model load is reported separately).
 """
 
 from __future__ import annotations

@@ -9,21 +9,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from devservices import PrivateRedis, S3Server, WorkerProcess, fresh_database, start_moto
 
 
 @dataclass(frozen=True)
 class BenchServices:
     database_url: str
     broker_url: str
-    s3: Any  # tests.services.S3Server
+    s3: S3Server
     broker_pid: int  # the private redis-server, for its CPU
 
 
 @contextmanager
 def bench_services(prefix: str) -> Iterator[BenchServices]:
-    from tests.services import PrivateRedis, fresh_database, start_moto
-
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     broker = PrivateRedis()
@@ -39,10 +38,8 @@ def bench_services(prefix: str) -> Iterator[BenchServices]:
         broker.destroy()
 
 
-def start_worker(env: dict[str, str], log_path: Path, timeout: float = 180):  # noqa: ANN201 - WorkerProcess
+def start_worker(env: dict[str, str], log_path: Path, timeout: float = 180) -> WorkerProcess:
     """`deepscreen worker` in a subprocess, returned once it is ready (its model is loaded)."""
-    from tests.services import WorkerProcess
-
     worker = WorkerProcess(env, log_path)
     deadline = time.monotonic() + timeout
     while not worker.ready():

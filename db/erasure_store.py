@@ -1,28 +1,15 @@
 """Erasure and retention in the database: which rows and blob keys belong to an image, and their deletion.
 
-Erasure removes every row that names the image (events, image, verdicts, faces, review items, gold answers,
-evidence bundles; webhook delivery records lose their bundle link) and leaves one tombstone per sha256
-(`erasures`: the sha256, when, by whom, why) plus an audit entry. The audit log itself is never touched.
-The image's bank entries go the way a reversal removes them (db.known_fakes.erase_entries), and its hash is
-blanked in the bank change log. Events still queued end `erased` (their event id and source stay, nothing
-that names the image), so a worker that picks one up later records that and screens nothing.
-
-An event sent before an erasure may reach a worker after it. Every save of an image's verdict checks the
-tombstones in its own transaction (`erased_events`), under the same per-content lock an erasure takes
-(`lock_contents`), so no save can slip in between an erasure's read and its commit: an event sent before
-the erasure of its bytes ends `erased` and writes no image, verdict or review row.
-
-Retention deletes heatmap keys after N days and, after M days, verdicts (with faces and crops) whose review
-item is absent or was decided more than M days ago; then events and images nothing points at any more.
-Callers delete the blobs first (workers/erasure.py, workers/retention.py), then the rows: a failure in
-between leaves rows whose blobs are gone (a re-run finishes the job), never blobs no row remembers.
+Every verdict save checks the tombstones in its own transaction, under the per-content lock an erasure takes
+(`lock_contents`), so an event sent before an erasure ends `erased` and writes nothing. Callers delete the
+blobs before the rows: a failure in between leaves rows a re-run finishes, never blobs no row remembers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, or_, select, text, update
@@ -45,10 +32,10 @@ from db.schema import (
     WebhookDelivery,
     utcnow,
 )
+from db.states import OPEN_STATES, EventStatus
+from db.timestamps import aware
 from pipeline.events import UploadEvent
 
-OPEN_REVIEW_STATES = ("pending", "claimed")
-ERASED = "erased"  # the status and reason of an event an erasure covers
 ERASED_URI = "erased:"  # what such an event keeps of its image's address
 LOCK_CLASS = 0x45524153  # "ERAS": the advisory-lock namespace of per-content erasure locks
 
@@ -81,14 +68,10 @@ def erased_events(session: Session, pairs: Sequence[tuple[UploadEvent, str]]) ->
     for event, sha in pairs:
         status, received = rows.get(event.event_id, (None, None))
         last = erased_at.get(sha)
-        sent = min(_aware(t) for t in (event.uploaded_at, received) if t is not None)
-        if status == ERASED or (last is not None and sent <= _aware(last)):
+        sent = min(aware(t) for t in (event.uploaded_at, received) if t is not None)
+        if status == EventStatus.ERASED or (last is not None and sent <= aware(last)):
             covered.add(event.event_id)
     return covered
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -215,10 +198,10 @@ class ErasureStore:
         verdicts = select(Verdict.id).where(Verdict.image_id.in_(image_ids))
         items = select(ReviewItem.id).where(ReviewItem.image_id.in_(image_ids))
         # a queued event ends `erased` (a worker that picks it up records nothing more); the others go
-        queued = session.execute(update(Event).where(event_filter, Event.status == "queued").values(
-            status=ERASED, reason=ERASED, image_uri=ERASED_URI, expected_sha256=None, image_id=None,
+        queued = session.execute(update(Event).where(event_filter, Event.status == EventStatus.QUEUED).values(
+            status=EventStatus.ERASED, reason=EventStatus.ERASED, image_uri=ERASED_URI, expected_sha256=None, image_id=None,
             verdict_id=None, finished_at=utcnow()).execution_options(synchronize_session=False)).rowcount or 0
-        counts = {"events": session.execute(delete(Event).where(event_filter, Event.status != ERASED)).rowcount or 0,
+        counts = {"events": session.execute(delete(Event).where(event_filter, Event.status != EventStatus.ERASED)).rowcount or 0,
                   "queued_events": queued}
         counts.update(self._delete_review_rows(session, items))
         counts["faces"] = session.execute(delete(FaceRow).where(FaceRow.verdict_id.in_(verdicts))).rowcount or 0
@@ -275,7 +258,7 @@ class ErasureStore:
         """Verdicts older than cutoff whose review item is absent, or decided before cutoff (open items stay)."""
         with self.sessions() as session:
             kept = select(ReviewItem.verdict_id).where(or_(
-                ReviewItem.state.in_(OPEN_REVIEW_STATES), ReviewItem.decided_at.is_(None),
+                ReviewItem.state.in_(OPEN_STATES), ReviewItem.decided_at.is_(None),
                 ReviewItem.decided_at >= cutoff))
             ids = list(session.scalars(select(Verdict.id).where(Verdict.created_at < cutoff, Verdict.id.not_in(kept))
                                        .order_by(Verdict.id).limit(limit)).all())

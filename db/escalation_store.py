@@ -10,31 +10,28 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
 
 from db.schema import EvidenceBundle, ReviewItem, WebhookCursor, WebhookDelivery, WebhookOutbox
+from db.timestamps import aware
 
 OUTBOX_STATES = ("pending", "delivered", "failed", "dropped")
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _bundle_dict(row: EvidenceBundle) -> dict[str, Any]:
     return {"id": row.id, "review_item_id": row.review_item_id, "blob_key": row.blob_key,
             "manifest_sha256": row.manifest_sha256, "signature": row.signature, "created_by": row.created_by,
-            "created_at": _aware(row.created_at)}
+            "created_at": aware(row.created_at)}
 
 
 def _delivery_dict(row: WebhookDelivery) -> dict[str, Any]:
     return {"id": row.id, "delivery_id": row.delivery_id, "topic": row.topic, "bundle_id": row.bundle_id,
             "target": row.target, "attempt": row.attempt, "status_code": row.status_code, "error": row.error,
-            "succeeded": row.succeeded, "seconds": row.seconds, "at": _aware(row.at)}
+            "succeeded": row.succeeded, "seconds": row.seconds, "at": aware(row.at)}
 
 
 def _outbox_dict(row: WebhookOutbox) -> dict[str, Any]:
     return {"id": row.id, "delivery_id": row.delivery_id, "topic": row.topic, "bundle_id": row.bundle_id,
             "payload": row.payload, "state": row.state, "attempts": row.attempts,
-            "next_attempt_at": _aware(row.next_attempt_at), "last_error": row.last_error,
-            "created_at": _aware(row.created_at)}
+            "next_attempt_at": aware(row.next_attempt_at), "last_error": row.last_error,
+            "created_at": aware(row.created_at)}
 
 
 class EscalationStore:

@@ -7,8 +7,10 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import sessionmaker
 
-from db.review_store import aware, face_dict, item_dict, now_utc
+from db.review_store import face_dict, item_dict
 from db.schema import Event, FaceRow, Image, ReviewItem, Verdict
+from db.states import ReviewState
+from db.timestamps import aware, now_utc
 
 
 class ImageStore:
@@ -85,7 +87,7 @@ class ImageStore:
             rows = session.execute(
                 select(ReviewItem.id, ReviewItem.state, ReviewItem.verdict_id, Image.sha256, Image.uri)
                 .join(Image, Image.id == ReviewItem.image_id)
-                .where(ReviewItem.state.in_(("confirmed_fake", "marked_real"))).order_by(ReviewItem.id)
+                .where(ReviewItem.state.in_((ReviewState.CONFIRMED_FAKE, ReviewState.MARKED_REAL))).order_by(ReviewItem.id)
             ).all()
             out = []
             for item_id, state, verdict_id, sha256, uri in rows:

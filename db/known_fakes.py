@@ -1,15 +1,6 @@
-"""Hash banks of the known-fake memory: entries, their change log, CSV import/export, decision hooks, the
-re-scan hook, and the rows a screening writes (its PDQ hash and bank matches).
-
-Decision banks: `confirmed_fake` (a moderator confirmed a fake) and `confirmed_real` (marked it real). Each of
-their entries names its review item and the decision's audit row; reversing the decision deletes the entry
-and revokes the matches it made. Every add and remove is appended to `bank_changes`, which workers follow to
-update their in-memory index.
-
-A removed entry's matches are re-checked: a verdict that was `fake` only because of the match gets the
-classifier's own verdict back, and its open review item keeps its place only on that verdict's own ground
-(else it is `withdrawn`). Erasing an image removes its entries the same way and also blanks its hash in
-`bank_changes` (a follower replays a blanked add as nothing), so the hash survives nowhere.
+"""Hash banks of the known-fake memory: entries, their change log (`bank_changes`, which workers follow),
+CSV import/export, decision hooks, the re-scan hook, and the rows a screening writes (its PDQ hash and bank
+matches). Removing an entry (a reversal or an erasure) revokes its matches and re-checks what they decided.
 """
 
 from __future__ import annotations
@@ -40,6 +31,7 @@ from db.schema import (
     ReviewItem,
     Verdict,
 )
+from db.states import OPEN_STATES, ReviewState
 from pipeline.csv_cells import SafeWriter, restore_cell
 from pipeline.decide import needs_review
 from pipeline.known_fakes import MATCHED_KNOWN_FAKE
@@ -58,8 +50,6 @@ LABEL_COLUMNS = ("label", "verdict", "status")
 CHANGE_LOOKBACK = 1000
 SCAN_CHUNK = 50_000
 SCRUBBED = ""  # an erased entry's hash in bank_changes: blanked, the entry id and op stay for followers
-WITHDRAWN = "withdrawn"  # a review item whose only ground, a bank match, is gone
-OPEN_STATES = ("pending", "claimed")
 JUDGED = ("fake", "uncertain", "real")  # face verdicts in the order the image's own verdict takes them
 
 
@@ -211,8 +201,8 @@ def _recheck_item(session: Session, verdict_id: int, own: str | None, why: str, 
         values: dict[str, Any] = {"reason": own, "updated_at": now}
         new_state = item.state
     else:
-        values = {"state": WITHDRAWN, "claimed_by": None, "lease_expires_at": None, "updated_at": now}
-        new_state = WITHDRAWN
+        values = {"state": ReviewState.WITHDRAWN, "claimed_by": None, "lease_expires_at": None, "updated_at": now}
+        new_state = ReviewState.WITHDRAWN
     session.execute(update(ReviewItem).where(ReviewItem.id == item.id).values(values)
                     .execution_options(synchronize_session=False))
     session.add(AuditEntry(at=now, actor="system", actor_role="system", action="bank_recheck",
@@ -473,9 +463,9 @@ class BankStore:
                 created_at=now).on_conflict_do_nothing(index_elements=["verdict_id", "label"]))
             item = session.execute(select(ReviewItem.id, ReviewItem.state)
                                    .where(ReviewItem.verdict_id == near.verdict_id)).first()
-            if item is not None and item.state == WITHDRAWN:  # its match went and has come back
+            if item is not None and item.state == ReviewState.WITHDRAWN:  # its match went and has come back
                 session.execute(update(ReviewItem).where(ReviewItem.id == item.id)
-                                .values(state="pending", reason=MATCHED_KNOWN_FAKE, updated_at=now))
+                                .values(state=ReviewState.PENDING, reason=MATCHED_KNOWN_FAKE, updated_at=now))
                 return int(item.id)
             if item is not None:
                 return int(item.id) if item.state in OPEN_STATES else None
@@ -483,7 +473,7 @@ class BankStore:
                                       .where(Verdict.id == near.verdict_id)).one()
             source = session.scalar(select(Image.source).where(Image.id == near.image_id))
             item_id = session.scalar(insert(ReviewItem).values(
-                verdict_id=near.verdict_id, image_id=near.image_id, state="pending", reason=MATCHED_KNOWN_FAKE,
+                verdict_id=near.verdict_id, image_id=near.image_id, state=ReviewState.PENDING, reason=MATCHED_KNOWN_FAKE,
                 fake_probability=verdict.fake_probability, source=source, created_at=now, updated_at=now,
             ).on_conflict_do_nothing(index_elements=["verdict_id"]).returning(ReviewItem.id))
             return int(item_id) if item_id is not None else None

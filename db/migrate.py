@@ -92,7 +92,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 def current(url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    from db.store import connect
+    from db.engine import connect
 
     engine = connect(url)
     try:

@@ -1,24 +1,12 @@
 """Re-scan runs in the database: selection by keyset cursor, chunk bookkeeping, progress and the report.
 
-A run pages through `images` by id (`WHERE images.id > cursor ORDER BY images.id LIMIT n`, never OFFSET).
-Event ids are `rescan-r<run>-i<image>`: a message sent twice is screened once (the worker's idempotency).
-
-Review semantics of a re-scan verdict (`review_for_rescan`, called inside the verdict's transaction):
-- fake/uncertain and the image has no open item: a new review item;
-- fake/uncertain and an item is already pending or claimed: a note on that item, no second item;
-- any verdict while a decided item exists: a note, and the decision stands unless the run asked to reopen;
-- real (or no face) while an item is pending: a note on it; the item stays for a moderator.
-
-Ordering against the queue: a chunk's items, queued events and the cursor are committed first, and the chunk is
-sent after. A crash (or a broker failure) in between leaves recorded events that were never sent; they are
-`queued` rows, and the stuck-event sweeper (workers/requeue.py) sends them. So every selected image has its
-item before any worker can screen it, and the report sees every verdict the run caused.
+A chunk's items, queued events and cursor are committed before the chunk is sent, so every selected image has
+its item before a worker screens it; events a crash left unsent are sent by the sweeper (workers/requeue.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,13 +15,13 @@ from sqlalchemy import Engine, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from db.schema import AuditEntry, Event, Image, RescanItem, RescanRun, ReviewItem, Verdict
+from db.events import event_from_row
+from db.schema import Event, Image, RescanItem, RescanRun, ReviewItem, Verdict
+from db.states import TERMINAL, EventStatus
+from db.timestamps import aware
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("scored", "no_face", "invalid_input", "failed")
-OPEN_STATES = ("pending", "claimed")
-DECIDED_STATES = ("confirmed_fake", "marked_real", "escalated")
 ACTIVE_STATES = ("running", "draining")
 RUN_STATES = ("running", "paused", "draining", "finished", "cancelled")
 
@@ -154,7 +142,7 @@ class RescanStore:
 
     def chunk(self, session: Session, run: RescanRun, limit: int) -> list[ChunkRow]:
         selector = RescanSelector.from_dict(run.selector)
-        stmt = (self._selection(selector, run.model_version, _aware(run.created_at) or datetime.now(UTC))
+        stmt = (self._selection(selector, run.model_version, aware(run.created_at) or datetime.now(UTC))
                 .where(Image.id > run.cursor).order_by(Image.id).limit(limit))
         return [ChunkRow(*row) for row in session.execute(stmt)]
 
@@ -223,7 +211,7 @@ class RescanStore:
                   "old_verdict_id": r.old_verdict_id, "old_verdict": r.old_verdict, "enqueued_at": now} for r in rows]
         session.execute(self._insert(RescanItem).values(items).on_conflict_do_nothing(index_elements=["event_id"]))
         events = [{"event_id": r.event_id(run.id), "image_uri": r.uri, "source": r.source, "priority": "rescan",
-                   "expected_sha256": r.sha256, "uploaded_at": now, "received_at": now, "status": "queued",
+                   "expected_sha256": r.sha256, "uploaded_at": now, "received_at": now, "status": EventStatus.QUEUED,
                    "attempts": 0} for r in rows]
         session.execute(self._insert(Event).values(events).on_conflict_do_nothing(index_elements=["event_id"]))
         run.cursor = max(r.image_id for r in rows)
@@ -241,22 +229,20 @@ class RescanStore:
             .group_by(Event.status)).all()
         by_status = {status: int(n) for status, n in rows}
         done = sum(n for s, n in by_status.items() if s in TERMINAL)
-        return {"enqueued": sum(by_status.values()), "done": done, "failed": by_status.get("failed", 0)}
+        return {"enqueued": sum(by_status.values()), "done": done, "failed": by_status.get(EventStatus.FAILED, 0)}
 
     def take_over_unsent(self, run_id: int, before: datetime, now: datetime) -> list[Any]:
         """Events of this run recorded before `before` and still `queued`: a driver that died between
         recording a chunk and sending it left them. Marked requeued at `now`; the caller sends them again
         (a message sent twice is screened once)."""
-        from db.store import _event_from_row
-
         since = func.coalesce(Event.requeued_at, Event.received_at)
         with self.sessions.begin() as session:
             rows = session.scalars(select(Event).join(RescanItem, RescanItem.event_id == Event.event_id)
-                                   .where(RescanItem.run_id == run_id, Event.status == "queued", since < before)
+                                   .where(RescanItem.run_id == run_id, Event.status == EventStatus.QUEUED, since < before)
                                    .order_by(Event.received_at).limit(10_000)).all()
             for row in rows:
                 row.requeued_at = now
-            return [_event_from_row(row, run_id) for row in rows]
+            return [event_from_row(row, run_id) for row in rows]
 
     def finish_if_done(self, session: Session, run: RescanRun, now: datetime) -> bool:
         """A draining run whose every item is terminal gets its report and ends `finished`."""
@@ -312,7 +298,7 @@ class RescanStore:
         first, last = session.execute(
             select(func.min(RescanItem.enqueued_at), func.max(Event.finished_at)).select_from(RescanItem)
             .join(Event, Event.event_id == RescanItem.event_id).where(RescanItem.run_id == run.id)).one()
-        seconds = (_aware(last) - _aware(first)).total_seconds() if first and last else 0.0
+        seconds = (aware(last) - aware(first)).total_seconds() if first and last else 0.0
         return {"images": total, "changed": changed, "transitions": matrix, "seconds": round(seconds, 3),
                 "images_per_s": round(total / seconds, 3) if seconds > 0 else None}
 
@@ -324,40 +310,6 @@ class RescanStore:
                 if report and report.get("images_per_s"):
                     return float(report["images_per_s"])
         return None
-
-
-def review_for_rescan(session: Session, *, run_id: int, verdict_id: int, image_id: int, label: str | None,
-                      fake_probability: float | None, model_version: str, needs_review: bool,
-                      open_item: Callable[[], int | None]) -> int | None:
-    """The review side of one new re-scan verdict (see the module docstring). `open_item` opens the verdict's
-    own item the way every verdict does. Returns the open item's id."""
-    run = session.get(RescanRun, run_id)
-    reopen = bool(run and run.reopen_decided)
-    items = session.scalars(select(ReviewItem).where(ReviewItem.image_id == image_id, ReviewItem.verdict_id != verdict_id)
-                            .order_by(ReviewItem.id.desc())).all()
-    open_item_row = next((i for i in items if i.state in OPEN_STATES), None)
-    decided = next((i for i in items if i.state in DECIDED_STATES), None)
-    summary = f"re-scan run {run_id} with model {model_version}: now {label or 'no verdict'}" + (
-        f" (fake probability {fake_probability:.3f})" if fake_probability is not None else "")
-    if open_item_row is not None:
-        _note(session, run_id, open_item_row,
-              summary + ("; this item stays open for a decision" if not needs_review else ""))
-        return open_item_row.id if needs_review else None
-    if decided is not None and not (reopen and needs_review):
-        _note(session, run_id, decided, summary + f"; the decision ({decided.state}) stands")
-        return None
-    if not needs_review:
-        return None
-    item_id = open_item()
-    if decided is not None:  # reopened on request: say so on the old item
-        _note(session, run_id, decided, summary + f"; reopened as review item {item_id} (the run asked to reopen)")
-    return item_id
-
-
-def _note(session: Session, run_id: int, item: ReviewItem, note: str) -> None:
-    session.add(AuditEntry(at=datetime.now(UTC), actor=f"rescan-run-{run_id}", actor_role="system",
-                           action="rescan_note", review_item_id=item.id, previous_state=item.state,
-                           new_state=item.state, note=note[:4000], details={"run_id": run_id}))
 
 
 def _get(session: Session, run_id: int, lock: bool = False) -> RescanRun:
@@ -372,12 +324,5 @@ def _get(session: Session, run_id: int, lock: bool = False) -> RescanRun:
 
 def _view(run: RescanRun) -> RunView:
     return RunView(run.id, run.state, run.model_version, dict(run.selector or {}), run.cursor, run.selected,
-                   run.enqueued, run.rate_per_s, run.chunk_size, _aware(run.created_at), _aware(run.started_at),
-                   _aware(run.finished_at), _aware(run.last_tick_at), dict(run.report or {}))
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
+                   run.enqueued, run.rate_per_s, run.chunk_size, aware(run.created_at), aware(run.started_at),
+                   aware(run.finished_at), aware(run.last_tick_at), dict(run.report or {}))

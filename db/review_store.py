@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, case, exists, func, or_, select, true, update
@@ -19,15 +19,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import known_fakes
 from db.schema import AuditEntry, BankMatchRow, FaceRow, GoldAnswer, Image, ReviewItem, Verdict
+from db.states import DECIDED_STATES, ReviewState
+from db.timestamps import aware, now_utc
 
 DECISIONS: dict[str, str] = {
-    "confirm_fake": "confirmed_fake",
-    "mark_real": "marked_real",
-    "escalate": "escalated",
-    "skip": "pending",
+    "confirm_fake": ReviewState.CONFIRMED_FAKE,
+    "mark_real": ReviewState.MARKED_REAL,
+    "escalate": ReviewState.ESCALATED,
+    "skip": ReviewState.PENDING,
 }
-DECIDED_STATES = ("confirmed_fake", "marked_real", "escalated")
-STATES = ("pending", "claimed", *DECIDED_STATES)
 GOLD_ANSWER = {"confirm_fake": "fake", "escalate": "fake", "mark_real": "real", "skip": "skip"}
 
 
@@ -79,7 +79,7 @@ class DecisionResult:
 
 @dataclass(frozen=True)
 class QueueFilter:
-    state: str | None = "pending"  # pending includes claims whose lease expired
+    state: str | None = ReviewState.PENDING  # pending includes claims whose lease expired
     verdict: str | None = None  # the verdict that opened the item: fake | uncertain
     min_score: float | None = None
     max_score: float | None = None
@@ -91,20 +91,9 @@ class QueueFilter:
     offset: int = 0
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _claimable(now: datetime):  # noqa: ANN202 - a SQL expression
-    return or_(ReviewItem.state == "pending",
-               and_(ReviewItem.state == "claimed", ReviewItem.lease_expires_at < now))
+    return or_(ReviewItem.state == ReviewState.PENDING,
+               and_(ReviewItem.state == ReviewState.CLAIMED, ReviewItem.lease_expires_at < now))
 
 
 class ReviewStore:
@@ -118,10 +107,10 @@ class ReviewStore:
         now = now_utc()
         query = select(ReviewItem, Image.sha256).join(Image, Image.id == ReviewItem.image_id)
         conditions = []
-        if flt.state == "pending":
+        if flt.state == ReviewState.PENDING:
             conditions.append(_claimable(now))
-        elif flt.state == "claimed":
-            conditions.append(and_(ReviewItem.state == "claimed", ReviewItem.lease_expires_at >= now))
+        elif flt.state == ReviewState.CLAIMED:
+            conditions.append(and_(ReviewItem.state == ReviewState.CLAIMED, ReviewItem.lease_expires_at >= now))
         elif flt.state:
             conditions.append(ReviewItem.state == flt.state)
         if flt.verdict:
@@ -170,7 +159,7 @@ class ReviewStore:
             gold = self._open_gold(session, item_id, viewer.name) if viewer is not None else None
             if gold is not None:
                 lease = aware(gold.served_at) + timedelta(seconds=self.lease_seconds)  # type: ignore[operator]
-                doc.update(state="claimed", claimed_by=viewer.name, lease_expires_at=lease,  # type: ignore[union-attr]
+                doc.update(state=ReviewState.CLAIMED, claimed_by=viewer.name, lease_expires_at=lease,  # type: ignore[union-attr]
                            decision=None, decided_by=None, decided_at=None, history=[], gold_label=None,
                            bank_matches=[])
             elif viewer is not None and viewer.role != "admin":
@@ -228,13 +217,13 @@ class ReviewStore:
             holder = true() if actor.role == "admin" else ReviewItem.claimed_by == actor.name
             result = session.execute(
                 update(ReviewItem)
-                .where(ReviewItem.id == item_id, ReviewItem.state == "claimed", holder)
-                .values(state="pending", claimed_by=None, lease_expires_at=None, updated_at=now)
+                .where(ReviewItem.id == item_id, ReviewItem.state == ReviewState.CLAIMED, holder)
+                .values(state=ReviewState.PENDING, claimed_by=None, lease_expires_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:
                 raise self._why_not(session, actor, item_id)
-            _audit(session, actor, "release", item_id, "claimed", "pending", now=now)
+            _audit(session, actor, "release", item_id, ReviewState.CLAIMED, ReviewState.PENDING, now=now)
 
     def decide(self, actor: Actor, item_id: int, decision: str, note: str | None = None) -> DecisionResult:
         if decision not in DECISIONS:
@@ -253,17 +242,17 @@ class ReviewStore:
                 values.update(decision=decision, decided_by=actor.name, decided_at=now)
             result = session.execute(
                 update(ReviewItem)
-                .where(ReviewItem.id == item_id, ReviewItem.state == "claimed",
+                .where(ReviewItem.id == item_id, ReviewItem.state == ReviewState.CLAIMED,
                        ReviewItem.claimed_by == actor.name, ReviewItem.lease_expires_at >= now)
                 .values(values)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:
                 raise self._why_not(session, actor, item_id)
-            entry = _audit(session, actor, decision, item_id, "claimed", new_state, note=note, now=now)
+            entry = _audit(session, actor, decision, item_id, ReviewState.CLAIMED, new_state, note=note, now=now)
             session.flush()
             bank_entry_id = known_fakes.on_decision(session, item_id, decision, entry.id, actor.name)
-            return DecisionResult(item_id, decision, "claimed", new_state, bank_entry_id=bank_entry_id)
+            return DecisionResult(item_id, decision, ReviewState.CLAIMED, new_state, bank_entry_id=bank_entry_id)
 
     def reverse(self, actor: Actor, item_id: int, note: str | None = None) -> DecisionResult:
         """Undo a decision: the item goes back to the queue, and the bank entries it made are removed."""
@@ -278,16 +267,16 @@ class ReviewStore:
                 raise ClaimConflict("not_decided", state)
             result = session.execute(
                 update(ReviewItem).where(ReviewItem.id == item_id, ReviewItem.state == state)
-                .values(state="pending", decision=None, decided_by=None, decided_at=None, claimed_by=None,
+                .values(state=ReviewState.PENDING, decision=None, decided_by=None, decided_at=None, claimed_by=None,
                         lease_expires_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:
                 raise ClaimConflict("changed_meanwhile")
             removed = known_fakes.on_reversal(session, item_id)
-            _audit(session, actor, "reverse", item_id, state, "pending", note=note,
+            _audit(session, actor, "reverse", item_id, state, ReviewState.PENDING, note=note,
                    details={"reversed_decision": decision, "bank_entries_removed": removed}, now=now)
-            return DecisionResult(item_id, "reverse", state, "pending")
+            return DecisionResult(item_id, "reverse", state, ReviewState.PENDING)
 
     # -- gold --------------------------------------------------------------------------------------
     def set_gold(self, actor: Actor, item_id: int, label: str | None) -> None:
@@ -338,21 +327,21 @@ class ReviewStore:
         if before is None:
             raise ItemNotFound("no_such_item", str(item_id))
         expires = now + timedelta(seconds=lease_seconds)
-        mine = and_(ReviewItem.state == "claimed", ReviewItem.claimed_by == actor.name)
+        mine = and_(ReviewItem.state == ReviewState.CLAIMED, ReviewItem.claimed_by == actor.name)
         result = session.execute(
             update(ReviewItem)
             .where(ReviewItem.id == item_id, or_(_claimable(now), mine))
-            .values(state="claimed", claimed_by=actor.name, lease_expires_at=expires, updated_at=now)
+            .values(state=ReviewState.CLAIMED, claimed_by=actor.name, lease_expires_at=expires, updated_at=now)
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:
             return None
         previous_state, previous_holder = before
         details = {"lease_expires_at": expires.isoformat()}
-        if previous_state == "claimed" and previous_holder != actor.name:
+        if previous_state == ReviewState.CLAIMED and previous_holder != actor.name:
             details["expired_claim_of"] = previous_holder
-        action = "renew" if previous_state == "claimed" and previous_holder == actor.name else "claim"
-        _audit(session, actor, action, item_id, previous_state, "claimed", details=details, now=now)
+        action = "renew" if previous_state == ReviewState.CLAIMED and previous_holder == actor.name else "claim"
+        _audit(session, actor, action, item_id, previous_state, ReviewState.CLAIMED, details=details, now=now)
         return Claim(item_id, expires)
 
     def _why_not(self, session: Session, actor: Actor, item_id: int) -> ReviewError:
@@ -363,9 +352,9 @@ class ReviewStore:
         state, holder, lease = row
         if state in DECIDED_STATES:
             return ClaimConflict("already_decided", state)
-        if state == "claimed" and holder != actor.name and (aware(lease) or now_utc()) >= now_utc():
+        if state == ReviewState.CLAIMED and holder != actor.name and (aware(lease) or now_utc()) >= now_utc():
             return ClaimConflict("claimed_by_other")
-        if state == "claimed" and holder == actor.name:
+        if state == ReviewState.CLAIMED and holder == actor.name:
             return ClaimConflict("lease_expired")
         return ClaimConflict("not_claimed")
 
@@ -397,7 +386,7 @@ class ReviewStore:
         gold.correct = None if answer == "skip" else answer == label
         _audit(session, actor, "gold_answer", gold.review_item_id, None, None, note=note,
                details={"decision": decision, "correct": gold.correct})
-        return DecisionResult(gold.review_item_id, decision, "claimed", DECISIONS[decision], gold=True)
+        return DecisionResult(gold.review_item_id, decision, ReviewState.CLAIMED, DECISIONS[decision], gold=True)
 
     def _history(self, session: Session, item_id: int) -> list[dict[str, Any]]:
         rows = session.scalars(select(AuditEntry).where(AuditEntry.review_item_id == item_id,
@@ -425,15 +414,15 @@ def _matches_confirmed_real():  # noqa: ANN202 - a SQL expression
 def item_dict(item: ReviewItem, sha256: str, now: datetime) -> dict[str, Any]:
     lease = aware(item.lease_expires_at)
     state = item.state
-    if state == "claimed" and lease is not None and lease < now:
-        state = "pending"  # the lease ran out: anyone may claim it
+    if state == ReviewState.CLAIMED and lease is not None and lease < now:
+        state = ReviewState.PENDING  # the lease ran out: anyone may claim it
     created = aware(item.created_at)
     return {"id": item.id, "state": state, "verdict_id": item.verdict_id,
             "image_id": item.image_id, "sha256": sha256, "reason": item.reason,
             "fake_probability": item.fake_probability, "source": item.source, "created_at": created,
             "age_s": (now - created).total_seconds() if created else None,
-            "claimed_by": item.claimed_by if state == "claimed" else None,
-            "lease_expires_at": lease if state == "claimed" else None, "decision": item.decision,
+            "claimed_by": item.claimed_by if state == ReviewState.CLAIMED else None,
+            "lease_expires_at": lease if state == ReviewState.CLAIMED else None, "decision": item.decision,
             "decided_by": item.decided_by, "decided_at": aware(item.decided_at), "skips": item.skips,
             "gold_label": item.gold_label}
 

@@ -8,14 +8,8 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from db.schema import Event, ReviewItem
-
-ERROR_STATUSES = ("failed", "invalid_input")
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+from db.states import ERROR_STATUSES, OPEN_STATES, ReviewState
+from db.timestamps import aware
 
 
 def status_summary(engine: Engine, window_s: float = 300.0, errors: int = 10,
@@ -26,9 +20,9 @@ def status_summary(engine: Engine, window_s: float = 300.0, errors: int = 10,
         finished = dict(conn.execute(select(Event.status, func.count()).where(Event.finished_at >= since)
                                      .group_by(Event.status)).all())
         backlog = dict(conn.execute(select(ReviewItem.state, func.count())
-                                    .where(ReviewItem.state.in_(("pending", "claimed")))
+                                    .where(ReviewItem.state.in_(OPEN_STATES))
                                     .group_by(ReviewItem.state)).all())
-        oldest = _aware(conn.scalar(select(func.min(ReviewItem.created_at)).where(ReviewItem.state == "pending")))
+        oldest = aware(conn.scalar(select(func.min(ReviewItem.created_at)).where(ReviewItem.state == ReviewState.PENDING)))
         rows = conn.execute(select(Event.finished_at, Event.status, Event.reason, Event.event_id, Event.source)
                             .where(Event.status.in_(ERROR_STATUSES), Event.reason.is_not(None))
                             .order_by(Event.finished_at.desc()).limit(errors)).all()
@@ -38,6 +32,6 @@ def status_summary(engine: Engine, window_s: float = 300.0, errors: int = 10,
                        "by_status": finished},
         "review_backlog": {"pending": backlog.get("pending", 0), "claimed": backlog.get("claimed", 0),
                            "oldest_pending_age_s": round((now - oldest).total_seconds(), 1) if oldest else None},
-        "errors": [{"at": _aware(at).isoformat() if at else None, "status": status, "reason": reason,
+        "errors": [{"at": aware(at).isoformat() if at else None, "status": status, "reason": reason,
                     "event_id": event_id, "source": source} for at, status, reason, event_id, source in rows],
     }

@@ -1,4 +1,4 @@
-"""Idempotent persistence of screening results: upserts on unique keys, one transaction per verdict or per batch.
+"""Verdict writes: idempotent upserts on unique keys, one transaction per verdict or per batch.
 
 The same code runs on Postgres (distributed) and SQLite (embedded `deepscreen scan`). Every save first checks
 the erasure tombstones of the content it writes, in its own transaction (db.erasure_store): an event sent
@@ -8,27 +8,27 @@ before its bytes were erased ends `erased` and writes nothing else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, create_engine, delete, event, func, literal_column, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, func, literal_column, select
 from sqlalchemy.exc import NoResultFound
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from db import known_fakes
-from db.erasure_store import ERASED, ERASED_URI, erased_events, lock_contents
-from db.rescan_store import review_for_rescan
-from db.schema import Event, FaceRow, Image, PerceptualHashRow, RescanItem, ReviewItem, Verdict
+from db.engine import connect
+from db.erasure_store import erased_events, lock_contents
+from db.events import DONE_COLUMNS, EventLedger, SavedResult, done_row, event_row
+from db.review_opening import open_review, review_for_rescan, review_row
+from db.schema import Event, FaceRow, Image, PerceptualHashRow, ReviewItem, Verdict
+from db.states import TERMINAL
 from pipeline.decide import needs_review
 from pipeline.events import UploadEvent
 from pipeline.screen import Verdict as ScreenVerdict
 
 log = logging.getLogger(__name__)
-
-TERMINAL = ("scored", "no_face", "invalid_input", "failed", ERASED)
 
 
 @dataclass(frozen=True)
@@ -40,18 +40,6 @@ class BlobKeys:
 
 
 @dataclass(frozen=True)
-class SavedResult:
-    event_id: str
-    status: str
-    verdict_id: int | None
-    verdict: str | None
-    review_item_id: int | None
-    reused: bool
-    reason: str | None = None
-    sha256: str | None = None  # the screened bytes' hash, when known (logs)
-
-
-@dataclass(frozen=True)
 class ExistingVerdict:
     verdict_id: int
     image_id: int
@@ -59,119 +47,16 @@ class ExistingVerdict:
     verdict: str | None
 
 
-def connect(url: str, fast_commits: bool = False, **engine_kwargs: Any) -> Engine:
-    """An engine with the settings each dialect needs (SQLite: WAL, foreign keys, busy timeout).
+class Store(EventLedger):
+    """Verdicts, their faces and review items, written with the events they end (event bookkeeping: EventLedger)."""
 
-    `fast_commits` (SQLite only; `deepscreen scan` sets it): synchronous=NORMAL, so a commit does not wait for
-    an fsync (5 ms each here, a quarter of a face crop's screening time). The database stays consistent; a
-    power cut or OS crash can lose the last commits, which a re-run of `scan` screens again. The review
-    console's decisions and audit entries never use it."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **engine_kwargs)
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            if fast_commits:
-                cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        return engine
-    engine_kwargs.setdefault("pool_pre_ping", True)
-    if "poolclass" not in engine_kwargs:
-        engine_kwargs.setdefault("pool_size", 5)
-    return create_engine(url, **engine_kwargs)
-
-
-class Store:
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.sessions = sessionmaker(engine, expire_on_commit=False)
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        super().__init__(engine)
         self._plain = _PlainStatements(self._insert)
 
     @classmethod
     def from_url(cls, url: str, fast_commits: bool = False) -> Store:
         return cls(connect(url, fast_commits=fast_commits))
-
-    # -- events ----------------------------------------------------------------------------------------
-    def record_events(self, events: Iterable[UploadEvent]) -> list[str]:
-        """Insert events that are new; return the ids that were new (a resubmission inserts nothing)."""
-        rows = [_event_row(e) for e in events]
-        fresh: list[str] = []
-        with self.sessions.begin() as session:
-            # in chunks: one statement binds every column of its rows, and SQLite allows 32,766 variables
-            for start in range(0, len(rows), 1000):
-                stmt = (self._insert(Event).values(rows[start:start + 1000])
-                        .on_conflict_do_nothing(index_elements=["event_id"]))
-                fresh.extend(r[0] for r in session.execute(stmt.returning(Event.event_id)))
-        return fresh
-
-    def forget_queued(self, event_ids: list[str]) -> None:
-        """Events recorded but never enqueued (the broker was down): remove them so a retry queues them."""
-        with self.sessions.begin() as session:
-            session.execute(delete(Event).where(Event.event_id.in_(event_ids), Event.status == "queued"))
-
-    def count_deliveries(self, deliveries: Sequence[tuple[UploadEvent, int]]) -> dict[str, int]:
-        """Record that screening begins for each (event, attempt) message; return how often it has now begun
-        (1 = the first time; more = a worker died while screening it). Terminal events are left alone."""
-        if not deliveries:
-            return {}
-        rows = [{**_event_row(e), "delivery_attempt": attempt, "deliveries": 1} for e, attempt in deliveries]
-        unique = sorted({r["event_id"]: r for r in rows}.values(), key=lambda r: r["event_id"])  # one lock order
-        with self.sessions.begin() as session:  # one statement for the batch
-            stmt = self._insert(Event).values(unique)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["event_id"],
-                set_={"deliveries": case((Event.delivery_attempt == stmt.excluded.delivery_attempt,
-                                          Event.deliveries + 1), else_=1),
-                      "delivery_attempt": stmt.excluded.delivery_attempt},
-                where=Event.status.not_in(TERMINAL))
-            return {event_id: int(count) for event_id, count in
-                    session.execute(stmt.returning(Event.event_id, Event.deliveries))}
-
-    def started_before(self, deliveries: Sequence[tuple[UploadEvent, int]]) -> dict[str, int]:
-        """How often screening already began for each (event, attempt) message without an end (0: never)."""
-        if not deliveries:
-            return {}
-        wanted = dict((e.event_id, attempt) for e, attempt in deliveries)
-        with self.sessions() as session:
-            rows = session.execute(select(Event.event_id, Event.delivery_attempt, Event.deliveries)
-                                   .where(Event.event_id.in_(list(wanted)), Event.status.not_in(TERMINAL)))
-            return {event_id: (count if attempt == wanted[event_id] else 0) for event_id, attempt, count in rows}
-
-    def stuck_events(self, older_than: datetime, limit: int = 1000) -> list[tuple[UploadEvent, int]]:
-        """Events still `queued` since before `older_than` (and not requeued since), with the attempt their
-        last message carried: the API may have died between recording them and enqueueing them, a re-scan
-        chunk may have been recorded and never sent, or Redis may have lost them."""
-        since = func.coalesce(Event.requeued_at, Event.received_at)
-        with self.sessions() as session:
-            rows = session.execute(select(Event, RescanItem.run_id)
-                                   .outerjoin(RescanItem, RescanItem.event_id == Event.event_id)
-                                   .where(Event.status == "queued", since < older_than)
-                                   .order_by(Event.received_at).limit(limit)).all()
-            return [(_event_from_row(event, run_id), max(1, event.delivery_attempt)) for event, run_id in rows]
-
-    def mark_requeued(self, event_ids: Sequence[str], at: datetime) -> None:
-        with self.sessions.begin() as session:
-            session.execute(update(Event).where(Event.event_id.in_(list(event_ids)), Event.status == "queued")
-                            .values(requeued_at=at))
-
-    def event_status(self, event_id: str) -> str | None:
-        with self.sessions() as session:
-            return session.scalar(select(Event.status).where(Event.event_id == event_id))
-
-    def finished_events(self, event_ids: Sequence[str]) -> dict[str, str]:
-        """Terminal status of those events that already have one (a redelivered message is skipped)."""
-        if not event_ids:
-            return {}
-        with self.sessions() as session:
-            rows = session.execute(
-                select(Event.event_id, Event.status).where(Event.event_id.in_(list(event_ids)), Event.status.in_(TERMINAL))
-            )
-            return {event_id: status for event_id, status in rows}
 
     # -- verdicts --------------------------------------------------------------------------------------
     def find_verdict(self, sha256: str, model_version: str) -> ExistingVerdict | None:
@@ -208,25 +93,12 @@ class Store:
         with self.sessions() as session:
             return erased_events(session, pairs)
 
-    def mark_erased(self, events: Sequence[tuple[UploadEvent, int]]) -> dict[str, SavedResult]:
-        """(event, attempts) end `erased`: their bytes were erased after they were sent."""
-        with self.sessions.begin() as session:
-            return {event.event_id: self._finish_erased(session, event, attempts) for event, attempts in events}
-
     @staticmethod
     def _erased(session: Session, items: Sequence[tuple[UploadEvent, ScreenVerdict]]) -> set[str]:
         """Lock the contents about to be written against a concurrent erasure, then read the tombstones."""
         pairs = [(event, result.sha256) for event, result in items if result.sha256 is not None]
         lock_contents(session, [sha for _, sha in pairs])
         return erased_events(session, pairs)
-
-    def _finish_erased(self, session: Session, event: UploadEvent, attempts: int) -> SavedResult:
-        done = {**_done_row(ERASED, ERASED, attempts, None, None, datetime.now(UTC)), "image_uri": ERASED_URI,
-                "expected_sha256": None}
-        stmt = self._insert(Event).values({**_event_row(event), **done})
-        session.execute(stmt.on_conflict_do_update(index_elements=["event_id"], set_=done,
-                                                   where=Event.status.not_in(TERMINAL)))
-        return SavedResult(event.event_id, ERASED, None, None, None, False, ERASED)
 
     def save_many(self, items: Sequence[tuple[UploadEvent, ScreenVerdict, BlobKeys, int]]) -> list[SavedResult]:
         """`save` for a batch, in one transaction: one commit (one WAL flush) for the batch, and one multi-row
@@ -318,7 +190,7 @@ class Store:
             reused = key not in inserted or writers[key][0] != index  # as `save` says: written by another
             per_item[index] = (upload, result, key[0], verdict_id, status, label, reused)
             if needs_review(label) and verdict_id not in reviews:
-                reviews[verdict_id] = _review_row(verdict_id, key[0], label, result, upload.source, now)
+                reviews[verdict_id] = review_row(verdict_id, key[0], label, result, upload.source, now)
         review_ids: dict[int, int] = {}
         if reviews:
             review_ids = {verdict_id: review_id for review_id, verdict_id in
@@ -330,8 +202,8 @@ class Store:
         events: dict[str, dict[str, Any]] = {}
         for index, upload, result, _, attempts in items:
             _, _, image_id, verdict_id, status, _, _ = per_item[index]
-            events.setdefault(upload.event_id, {**_event_row(upload),
-                                                **_done_row(status, result.reason, attempts, image_id, verdict_id, now)})
+            events.setdefault(upload.event_id, {**event_row(upload),
+                                                **done_row(status, result.reason, attempts, image_id, verdict_id, now)})
         session.execute(plain.events, [events[event_id] for event_id in sorted(events)])
         out: dict[int, SavedResult] = {}
         for index, (upload, result, _, verdict_id, status, label, reused) in per_item.items():
@@ -373,9 +245,9 @@ class Store:
                 session, run_id=event.rescan_run, verdict_id=verdict_id, image_id=image_id, label=label,
                 fake_probability=result.fake_probability, model_version=result.model_version,
                 needs_review=needs_review(label),
-                open_item=lambda: self._open_review(session, verdict_id, image_id, label, result, event.source))
+                open_item=lambda: open_review(session, self._insert, verdict_id, image_id, label, result, event.source))
         else:
-            review_id = self._open_review(session, verdict_id, image_id, label, result, event.source)
+            review_id = open_review(session, self._insert, verdict_id, image_id, label, result, event.source)
         self._finish_event(session, event, status, result.reason, attempts, image_id, verdict_id)
         return SavedResult(event.event_id, status, verdict_id, label, review_id, reused, result.reason)
 
@@ -389,19 +261,6 @@ class Store:
             self._finish_event(session, event, existing.status, None, attempts, existing.image_id, existing.verdict_id)
             review_id = session.scalar(select(ReviewItem.id).where(ReviewItem.verdict_id == existing.verdict_id))
         return SavedResult(event.event_id, existing.status, existing.verdict_id, existing.verdict, review_id, True)
-
-    def mark_failed(self, event: UploadEvent, status: str, reason: str, attempts: int) -> None:
-        """A terminal status without a verdict: unreadable object, retries exhausted."""
-        with self.sessions.begin() as session:
-            self._finish_event(session, event, status, reason, attempts, None, None)
-
-    def record_attempt(self, event_id: str, reason: str) -> None:
-        with self.sessions.begin() as session:
-            session.execute(
-                update(Event)
-                .where(Event.event_id == event_id, Event.status.not_in(TERMINAL))
-                .values(attempts=Event.attempts + 1, reason=reason[:200])
-            )
 
     # -- reads -----------------------------------------------------------------------------------------
     def verdict_document(self, verdict_id: int) -> dict[str, Any]:
@@ -440,16 +299,6 @@ class Store:
                      "verdict": verdict, "heatmap": heatmap})
         return documents
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Events that ended `failed` (retries exhausted), newest first: the dead-letter view."""
-        with self.sessions() as session:
-            rows = session.scalars(
-                select(Event).where(Event.status == "failed").order_by(Event.finished_at.desc()).limit(limit)
-            ).all()
-            return [{"event_id": r.event_id, "image_uri": r.image_uri, "source": r.source, "attempts": r.attempts,
-                     "reason": r.reason, "finished_at": r.finished_at.isoformat() if r.finished_at else None}
-                    for r in rows]
-
     def counts(self) -> dict[str, int]:
         with self.sessions() as session:
             return {
@@ -469,57 +318,15 @@ class Store:
             image_id = session.scalar(select(Image.id).where(Image.sha256 == result.sha256))
         return int(image_id)
 
-    def _open_review(
-        self, session: Session, verdict_id: int, image_id: int, label: str | None, result: ScreenVerdict, source: str
-    ) -> int | None:
-        if not needs_review(label):
-            return None
-        review_id = session.scalar(
-            self._insert(ReviewItem)
-            .values(_review_row(verdict_id, image_id, label, result, source, datetime.now(UTC)))
-            .on_conflict_do_nothing(index_elements=["verdict_id"])
-            .returning(ReviewItem.id)
-        )
-        if review_id is None:
-            review_id = session.scalar(select(ReviewItem.id).where(ReviewItem.verdict_id == verdict_id))
-        return review_id
-
-    def _finish_event(
-        self, session: Session, event: UploadEvent, status: str, reason: str | None, attempts: int,
-        image_id: int | None, verdict_id: int | None,
-    ) -> None:
-        row = _event_row(event)
-        done = _done_row(status, reason, attempts, image_id, verdict_id, datetime.now(UTC))
-        stmt = self._insert(Event).values({**row, **done})
-        # the first terminal status wins: a dead-letter racing a successful duplicate cannot undo the verdict
-        session.execute(stmt.on_conflict_do_update(index_elements=["event_id"], set_=done,
-                                                   where=Event.status.not_in(TERMINAL)))
-
-
-def _event_row(event: UploadEvent) -> dict[str, Any]:
-    return {
-        "event_id": event.event_id, "image_uri": event.image_uri, "source": event.source,
-        "priority": event.priority, "expected_sha256": event.sha256, "uploaded_at": event.uploaded_at,
-        "received_at": datetime.now(UTC), "status": "queued", "attempts": 0,
-    }
-
 
 PLAIN_GROUP = 100  # items per group of rows in save_many
-DONE_COLUMNS = ("status", "reason", "attempts", "image_id", "verdict_id", "finished_at")
-
-
-def _done_row(status: str, reason: str | None, attempts: int, image_id: int | None, verdict_id: int | None,
-              now: datetime) -> dict[str, Any]:
-    """An event's columns when it ends (DONE_COLUMNS)."""
-    return {"status": status, "reason": reason, "attempts": attempts, "image_id": image_id,
-            "verdict_id": verdict_id, "finished_at": now}
 
 
 class _PlainStatements:
     """save_many's statements, built once and run with a list of rows (executemany): SQLAlchemy compiles each
     once and caches it, and its insertmanyvalues still sends them as multi-row INSERTs. A statement with the
-    rows inlined (`.values([...])`) is a new statement per batch, compiled afresh each time: that compile was
-    a third of the saving thread's time (py-spy, `scan --crops`)."""
+    rows inlined (`.values([...])`) is a new statement per batch, compiled afresh each time, and that compile
+    dominated the saving thread."""
 
     def __init__(self, insert: Any) -> None:  # noqa: ANN401 - postgresql.insert or sqlite.insert
         images, verdicts, reviews = Image.__table__, Verdict.__table__, ReviewItem.__table__
@@ -532,7 +339,7 @@ class _PlainStatements:
         self.reviews = (insert(reviews).on_conflict_do_nothing(index_elements=["verdict_id"])
                         .returning(reviews.c.id, reviews.c.verdict_id))
         events = insert(Event.__table__)
-        # the first terminal status wins, as in _finish_event
+        # the first terminal status wins, as in EventLedger._finish_event
         self.events = events.on_conflict_do_update(
             index_elements=["event_id"], set_={name: events.excluded[name] for name in DONE_COLUMNS},
             # the statuses inline: a list parameter is expanded per execution, which executemany cannot do
@@ -543,19 +350,6 @@ def _image_row(event: UploadEvent, result: ScreenVerdict, now: datetime) -> dict
     return {"sha256": result.sha256, "uri": event.image_uri, "source": event.source,
             "size_bytes": result.size_bytes, "width": result.width, "height": result.height,
             "uploaded_at": event.uploaded_at, "first_seen_at": now}
-
-
-def _review_row(verdict_id: int, image_id: int, label: str | None, result: ScreenVerdict, source: str,
-                now: datetime) -> dict[str, Any]:
-    return {"verdict_id": verdict_id, "image_id": image_id, "state": "pending",
-            "reason": known_fakes.review_reason(result, label), "fake_probability": result.fake_probability,
-            "source": source, "created_at": now, "updated_at": now}
-
-
-def _event_from_row(row: Event, rescan_run: int | None) -> UploadEvent:
-    return UploadEvent(event_id=row.event_id, image_uri=row.image_uri, sha256=row.expected_sha256, source=row.source,
-                       uploaded_at=row.uploaded_at, priority="rescan" if row.priority == "rescan" else "upload",
-                       rescan_run=rescan_run if row.priority == "rescan" else None)
 
 
 def _verdict_row(image_id: int, result: ScreenVerdict, keys: BlobKeys, attempts: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import sessionmaker
 
 from db.schema import ApiToken, ConsoleSession
+from db.timestamps import aware
 
 ROLES = ("service", "moderator", "admin")
 TOKEN_PREFIX = "ds_"
@@ -58,19 +59,15 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _info(row: ApiToken) -> TokenInfo:
-    return TokenInfo(row.id, row.name, row.role, row.prefix, _aware(row.created_at),  # type: ignore[arg-type]
-                     _aware(row.expires_at), _aware(row.revoked_at), _aware(row.last_used_at))
+    return TokenInfo(row.id, row.name, row.role, row.prefix, aware(row.created_at),  # type: ignore[arg-type]
+                     aware(row.expires_at), aware(row.revoked_at), aware(row.last_used_at))
 
 
 def _usable(row: ApiToken, now: datetime) -> bool:
     if row.revoked_at is not None:
         return False
-    expires = _aware(row.expires_at)
+    expires = aware(row.expires_at)
     return expires is None or expires > now
 
 
@@ -105,7 +102,7 @@ class TokenStore:
             row = session.scalar(select(ApiToken).where(ApiToken.token_hash == wanted))
             if row is None or not hmac.compare_digest(row.token_hash, wanted) or not _usable(row, now):
                 return None
-            last = _aware(row.last_used_at)
+            last = aware(row.last_used_at)
             if last is None or now - last > TOUCH_EVERY:
                 row.last_used_at = now
             return _info(row)
@@ -164,9 +161,9 @@ class TokenStore:
             if row is None:
                 return None
             console, token = row
-            if _aware(console.expires_at) <= now or not _usable(token, now):  # type: ignore[operator]
+            if aware(console.expires_at) <= now or not _usable(token, now):  # type: ignore[operator]
                 return None
-            return SessionInfo(_info(token), console.csrf_token, _aware(console.expires_at))  # type: ignore[arg-type]
+            return SessionInfo(_info(token), console.csrf_token, aware(console.expires_at))  # type: ignore[arg-type]
 
     def close_session(self, session_id: str) -> None:
         with self.sessions.begin() as session:

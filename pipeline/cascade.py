@@ -1,28 +1,7 @@
-"""MTCNN's three-stage cascade (facenet-pytorch's networks), with its resampling read from one integral image.
-
-facenet-pytorch's `detect_face` resamples with torch's area interpolation: the whole image once per pyramid
-scale (about ten passes over every pixel), then every candidate box on its own (one call per box, about a
-hundred an image). Here each batch gets one summed-area table, and every one of those resamplings becomes a
-few gathers from it. The windows are torch's adaptive-pooling windows, the sums of 8-bit pixels are exact
-integers, and each mean is taken as torch's CPU kernel takes it (sum / window height / window width, in
-float32), so on CPU the networks see bit-identical inputs and the cascade returns facenet-pytorch's boxes and
-probabilities (`tests/test_pipeline_faces.py` checks this against `MTCNN.detect`). On CUDA torch's kernel
-multiplies by the reciprocal of the window's area instead, so its means and these can differ by one float32
-rounding step; no GPU was at hand to measure what that does to the boxes. A window must cover under 2**24 / 255
-(about 65,800) pixels for its float32 sum to be exact in torch too (at the detector's sizes, a few thousand),
-and the output must not be 1 x 1, which torch takes as a plain mean (the cascade's are 12 px and more).
-
-The stage logic (proposal, box regression, squaring, the NMS thresholds) follows facenet-pytorch 2.6's
-`detect_face`, whose networks and helpers it calls. STYLE.md asks for facenet-pytorch's batched MTCNN rather
-than a re-implementation; this is the one place we depart from it, on evidence: `detect_face` takes its
-resampler from a module global, so the only other way in is patching the library for the whole process (the
-benchmark's seed-style baseline runs facenet-pytorch's MTCNN as shipped). Measured on one torch thread:
-detection of a 320 px image 32 -> 27.5 ms, of a 1080p frame's 720 px copy 60 -> 45 ms; `deepscreen scan` on
-1080p frames 6-13% more images/s (three alternations). The bit-for-bit test against `MTCNN.detect` keeps it honest.
-Two differences, both where `detect_face` raised: a candidate box wholly outside the image is dropped with
-its score (`detect_face` dropped only its crop, and then failed on boxes and scores of different lengths), and
-an image too small for the smallest face (short side under `min_face_size`) has no faces rather than an
-empty pyramid.
+"""MTCNN's three-stage cascade on facenet-pytorch 2.6's networks and stage logic, with every resampling read
+from one summed-area table per batch: on CPU the networks see bit-identical inputs and the boxes equal
+`MTCNN.detect`'s (tests/test_pipeline_faces.py). It departs from STYLE.md's "use facenet-pytorch" because
+`detect_face` takes its resampler from a module global, which only a process-wide patch could replace.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """Decoding in separate processes, so that no input costs more than a bounded amount.
 
 A decoder inside C code cannot be interrupted from Python (a signal waits for it to return), so each decode
-runs in a child process (`python -m pipeline.isolation`): a watchdog thread there ends the process when the
-decode passes its CPU or wall-clock allowance, its address space is capped (RLIMIT_AS) at its idle size plus
-room for two copies of the input and `max_decode_bytes`, and the parent kills it if it stops answering. A
-child that crosses a limit is replaced, and its input ends as InvalidInput: `decode_cpu_limit`,
-`decode_timeout`, `decode_memory_limit` or `decoder_crashed`. Children are persistent (one per thread
-decoding at once, at most one per CPU); the pixels come back over a pipe. A 1080p frame costs about 1.3 ms
-of CPU more in the caller (measured with bench/hostile.py), and nothing in the child, whose heap stays warm.
+runs in a persistent child process (`python -m pipeline.isolation`) capped in CPU, wall time and address
+space; a child that crosses a cap is replaced, and its input ends as InvalidInput.
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
-"""PDQ perceptual hashes of decoded images: 256 bits as 64 hex characters, with PDQ's quality score.
-
-The hex form is the ThreatExchange one: the 256 bits in order, most significant first. Hashes are taken on
-a copy at most `max_side` pixels long (PDQ itself works on a 64 x 64 downsample, and with the `pdqhash`
-binding used before, a 1080p frame cost 60-100 ms at full size against about 3 ms at 512 px); every
-hash deepscreen stores is made the same way, so stored hashes compare like with like.
-
-The hash is computed here, in numpy, as PDQ's reference (Meta's ThreatExchange `pdq`) defines it: luma, two
-passes of Jarosz box filters along each axis, decimation to 64 x 64, a 16 x 16 DCT from the 64 x 64, and each
-coefficient against the median. The box filters and the decimation are linear, so for an image of H x W they
-are two matrices (64 x H and 64 x W, kept per size) and the whole downsample is two matrix products; those
-release the interpreter lock, which the `pdqhash` binding held for its whole hash (0.69 ms a 224 px crop
-against 0.14 here; 2.0 ms against 0.34 for a 512 px frame). On natural images the bits and quality equal
-`pdqhash`'s (tests/test_known_fakes_pipeline.py), so hashes from partners' lists, made with the reference,
-compare as before; only images PDQ calls quality 0 (flat) may differ, and those are never matched on.
+"""PDQ perceptual hashes of decoded images: 256 bits as 64 hex characters in ThreatExchange's order, with
+PDQ's quality score, computed in numpy as Meta's reference defines it (the downsample is two matrix products,
+which release the interpreter lock). Every stored hash is taken on a copy at most `max_side` long, so stored
+hashes compare like with like.
 """
 
 from __future__ import annotations

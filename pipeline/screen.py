@@ -1,17 +1,7 @@
 """screen_batch(items) -> verdicts: the one orchestration that `deepscreen scan`, the Celery task,
-`deepscreen evaluate` and the benchmark all call.
-
-decode (threads) -> detect (MTCNN, batched) -> crop (full resolution) -> classify (one forward for all
-crops) -> decide -> Grad-CAM (one backward for the chosen faces) -> overlays. Every item gets exactly one
-terminal status: scored, no_face or invalid_input. Nothing in here raises for a bad input.
-
-Memory is bounded by pixels in flight, not by images: a chunk decodes until its full-resolution images reach
-`chunk_pixels`, then detects their faces, cuts the crops and lets the full images go, keeping of an image with
-faces only the canvas its overlay is drawn on (at most `annotate_max_side` long). So each chunk screened at
-once holds at most `chunk_pixels` + one image of decoded pixels (3 bytes each): 24 + 40 megapixels, 192 MB,
-with the default settings and the largest input. And a chunk that holds no image waits, before its next
-image's pixels are allocated, while that image and what the other chunks hold would pass `chunk_pixels`: a
-stream of 40-megapixel images is screened one image at a time, eight 1080p frames a chunk never wait.
+`deepscreen evaluate` and the benchmark all call. Every item gets exactly one terminal status (scored,
+no_face or invalid_input); nothing in here raises for a bad input. Memory is bounded by decoded pixels in
+flight (`chunk_pixels`), not by image count: a full image is let go once its faces are cut.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from review.context import ReviewContext
 from review.health import ReadinessCache
 from review.ratelimit import FailedAuthLimiter
 from review.routes import admin, events, images, ops, rescans, review
+from review.schemas import Error, error_response
 from review.security import BodyLimit, RefuseNulInUrl, SecurityHeaders
 from review.telemetry import ApiMetrics, RequestMetrics
 
@@ -76,7 +77,7 @@ def create_app(ctx: ReviewContext) -> FastAPI:
         headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
         if exc.status == 429:
             headers = {"retry-after": "60"}
-        return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=headers)
+        return error_response(exc.status, exc.reason, headers=headers)
 
     _bearer_scheme(app)
     limits = ctx.settings
@@ -101,21 +102,20 @@ def _bad_input_handlers(app: FastAPI) -> None:
         # FastAPI's default echoes the input back, and an echoed NaN or Infinity cannot be written as JSON
         problems = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
                              for err in exc.errors())
-        return JSONResponse({"error": "invalid_request", "detail": problems[:2000]}, status_code=422)
+        return error_response(422, "invalid_request", detail=problems[:2000])
 
     @app.exception_handler(OverflowError)
     @app.exception_handler(DataError)
     async def out_of_range(request: Request, exc: Exception) -> Response:
         # a value the database cannot hold; routes bound their numbers, this is the net under them
         log.warning("bad input reached the store path=%s error=%s", request.url.path, type(exc).__name__)
-        return JSONResponse({"error": "value_out_of_range", "detail": "a value is out of the range the store "
-                             "holds"}, status_code=400)
+        return error_response(400, "value_out_of_range", detail="a value is out of the range the store holds")
 
     @app.exception_handler(OperationalError)
     async def store_unavailable(request: Request, exc: OperationalError) -> Response:
         # the database is down or unreachable: a 503 the client may retry, and the readiness probe names it
         log.warning("database unavailable path=%s error=%s", request.url.path, str(exc).splitlines()[0][:200])
-        return JSONResponse({"error": "store_unavailable"}, status_code=503, headers={"retry-after": "5"})
+        return error_response(503, "store_unavailable", headers={"retry-after": "5"})
 
 
 def _document_access(routes: list[Any]) -> None:
@@ -137,7 +137,22 @@ def _bearer_scheme(app: FastAPI) -> None:
                                  routes=app.routes)
             schema.setdefault("components", {})["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "a deepscreen API token"}}
+            _error_shape_for_422(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _error_shape_for_422(schema: dict[str, Any]) -> None:
+    """FastAPI documents 422 as its own `HTTPValidationError`; `invalid_request` above answers with `Error`."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422")
+            if response is not None:
+                response["content"] = error
+    schemas = schema["components"].setdefault("schemas", {})
+    schemas.setdefault("Error", Error.model_json_schema())
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)

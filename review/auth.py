@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from db.review_store import Actor
 from db.token_store import TokenInfo
+from review.context import get_ctx
 
 SESSION_COOKIE = "ds_session"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -92,7 +93,7 @@ class RoleCheck:
             raise
 
     async def _credentials(self, request: Request) -> Principal:
-        ctx = request.app.state.ctx
+        ctx = get_ctx(request)
         header = request.headers.get("authorization")
         if header and self.bearer:
             scheme, _, value = header.partition(" ")

@@ -1,22 +1,5 @@
-"""Evidence bundles: a zip of manifest.json (sha256 of every file, model version, timestamps, the decision
-history), manifest.sig, the original and the heatmaps.
-
-manifest.sig is a few `name=value` lines:
-
-    purpose=deepscreen-evidence-bundle/1
-    t=<Unix time the bundle was made>
-    hmac-sha256=<hex HMAC under the bundle key derived from the signing secret (review/signing.py)>
-    ed25519=<base64 Ed25519 signature>   (when DEEPSCREEN_BUNDLE_SIGNING_KEY_FILE is set)
-    ed25519-key=<fingerprint of the public key that made it>
-
-Both signatures cover `purpose + "\\n" + t + "\\n" + manifest.json`. To verify a bundle without the secret,
-take the public key `deepscreen bundles public-key` exports and, with the `cryptography` package:
-
-    key = serialization.load_pem_public_key(public_pem)
-    key.verify(base64.b64decode(sig["ed25519"]), f"{sig['purpose']}\\n{sig['t']}\\n".encode() + manifest_json)
-
-(check that purpose is deepscreen-evidence-bundle/1), then compare each file's sha256 with the manifest's
-`files` list. `verify_bundle` does all of it.
+"""Evidence bundles: a zip of manifest.json, manifest.sig, the original and the heatmaps, and `verify_bundle`,
+which checks one without the secret. The format and how an outside authority verifies it: docs/security.md.
 """
 
 from __future__ import annotations

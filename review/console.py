@@ -21,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from db.review_store import QueueFilter, ReviewError
+from db.states import ReviewState
 from review import decisions
 from review.auth import (
     CONSOLE_ROLES,
@@ -35,7 +36,7 @@ from review.auth import (
     count_failure,
 )
 from review.checks import CheckFailed, run_check
-from review.context import ReviewContext
+from review.context import Ctx, get_ctx
 from review.item_facts import box_size, origin, thresholds
 from review.schemas import MAX_PAGE, RowId, StoredText
 
@@ -50,10 +51,6 @@ templates.env.filters["age"] = lambda s: "-" if s is None else (
     f"{s / 86400:.1f} d" if s >= 86400 else f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min")
 templates.env.filters["px"] = box_size
 router = APIRouter(prefix="/console", include_in_schema=False)
-
-
-def _ctx(request: Request) -> ReviewContext:
-    return request.app.state.ctx
 
 
 def render(request: Request, name: str, me: Principal | None, status: int = 200, **context: Any) -> HTMLResponse:
@@ -85,7 +82,7 @@ def _login_form(request: Request, status: int, next_url: str | None, error: str 
     response = render(request, "login.html", None, status=status, next_url=_safe_next(next_url), error=error,
                       login_csrf=nonce)
     response.set_cookie(LOGIN_CSRF_COOKIE, nonce, httponly=True, samesite="strict", path="/console/login",
-                        secure=_ctx(request).settings.environment == "production", max_age=3600)
+                        secure=get_ctx(request).settings.environment == "production", max_age=3600)
     return response
 
 
@@ -95,9 +92,9 @@ def login_page(request: Request, _: Public, next: str | None = None) -> HTMLResp
 
 
 @router.post("/login")
-async def login(request: Request, _: Public, token: str = Form(max_length=200), csrf: str = Form(max_length=100),
+async def login(request: Request, ctx: Ctx, _: Public, token: str = Form(max_length=200),
+                csrf: str = Form(max_length=100),
                 next: str = Form("/console/queue", max_length=500)) -> Response:
-    ctx = _ctx(request)
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not hmac.compare_digest(expected, csrf):
         return _login_form(request, 403, next, "The form expired; try again.")
@@ -123,8 +120,8 @@ async def login(request: Request, _: Public, token: str = Form(max_length=200), 
 
 
 @router.post("/logout")
-def logout(request: Request, me: ConsoleUser) -> Response:
-    _ctx(request).tokens.close_session(request.cookies.get(SESSION_COOKIE, ""))
+def logout(request: Request, ctx: Ctx, me: ConsoleUser) -> Response:
+    ctx.tokens.close_session(request.cookies.get(SESSION_COOKIE, ""))
     response = _see_other("/console/login")
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -136,27 +133,27 @@ def console_root(_: Public) -> Response:
 
 
 @router.get("/queue")
-def queue_page(request: Request, me: ConsoleReviewer, state: str = "pending", verdict: str | None = None,
-               source: str | None = None, min_score: float | None = Query(None, ge=0, le=1),
+def queue_page(request: Request, ctx: Ctx, me: ConsoleReviewer, state: str = "pending",
+               verdict: str | None = None, source: str | None = None,
+               min_score: float | None = Query(None, ge=0, le=1),
                max_score: float | None = Query(None, ge=0, le=1), order: str = "oldest",
                page: int = Query(1, ge=1, le=MAX_PAGE), message: str | None = None) -> HTMLResponse:
     limit = 50
     flt = QueueFilter(state=None if state == "any" else state, verdict=verdict or None, source=source or None,
                       min_score=min_score, max_score=max_score, order=order if order in ("oldest", "score") else "oldest",
                       limit=limit, offset=(page - 1) * limit)
-    items, total = _ctx(request).reviews.list_items(flt)
+    items, total = ctx.reviews.list_items(flt)
     filters = {"state": state, "verdict": verdict or "", "source": source or "", "order": order,
                "min_score": "" if min_score is None else min_score, "max_score": "" if max_score is None else max_score}
     pages = max(1, -(-total // limit))
     links = {name: "/console/queue?" + urlencode({**filters, "page": number})
              for name, number in (("previous", page - 1), ("next", page + 1)) if 1 <= number <= pages}
     return render(request, "queue.html", me, items=items, total=total, page=page, pages=pages, filters=filters,
-                  links=links, message=message)
+                  links=links, message=message, states=[*(s.value for s in ReviewState), "any"])
 
 
 @router.post("/next")
-def claim_next(request: Request, me: ConsoleReviewer) -> Response:
-    ctx = _ctx(request)
+def claim_next(ctx: Ctx, me: ConsoleReviewer) -> Response:
     claim = ctx.reviews.claim_next(me.actor, ctx.settings.review_lease_seconds, ctx.settings.gold_rate)
     if claim is None:
         return _see_other("/console/queue?message=" + quote("The queue is empty."))
@@ -164,8 +161,8 @@ def claim_next(request: Request, me: ConsoleReviewer) -> Response:
 
 
 @router.get("/items/{item_id}")
-def item_page(request: Request, me: ConsoleReviewer, item_id: RowId, message: str | None = None) -> Response:
-    ctx = _ctx(request)
+def item_page(request: Request, ctx: Ctx, me: ConsoleReviewer, item_id: RowId,
+              message: str | None = None) -> Response:
     try:
         item = ctx.reviews.item(item_id, viewer=me.actor)
     except ReviewError:
@@ -177,8 +174,7 @@ def item_page(request: Request, me: ConsoleReviewer, item_id: RowId, message: st
 
 
 @router.post("/items/{item_id}/claim")
-def claim_item(request: Request, me: ConsoleReviewer, item_id: RowId) -> Response:
-    ctx = _ctx(request)
+def claim_item(ctx: Ctx, me: ConsoleReviewer, item_id: RowId) -> Response:
     try:
         ctx.reviews.claim(me.actor, item_id, ctx.settings.review_lease_seconds)
     except ReviewError as exc:
@@ -187,11 +183,11 @@ def claim_item(request: Request, me: ConsoleReviewer, item_id: RowId) -> Respons
 
 
 @router.post("/items/{item_id}/decision")
-def decide(request: Request, me: ConsoleReviewer, item_id: RowId, background: BackgroundTasks,
+def decide(ctx: Ctx, me: ConsoleReviewer, item_id: RowId, background: BackgroundTasks,
            decision: str = Form(max_length=20),
            note: Annotated[StoredText, Form(max_length=4000)] = "") -> Response:
     try:
-        decided = decisions.decide(_ctx(request), me.actor, item_id, decision, note.strip() or None)
+        decided = decisions.decide(ctx, me.actor, item_id, decision, note.strip() or None)
     except ReviewError as exc:
         return _see_other(f"/console/items/{item_id}?message=" + quote(f"Not recorded: {exc.reason}"))
     for followup in decided.followups:
@@ -201,18 +197,18 @@ def decide(request: Request, me: ConsoleReviewer, item_id: RowId, background: Ba
 
 
 @router.post("/items/{item_id}/release")
-def release(request: Request, me: ConsoleReviewer, item_id: RowId) -> Response:
+def release(ctx: Ctx, me: ConsoleReviewer, item_id: RowId) -> Response:
     try:
-        _ctx(request).reviews.release(me.actor, item_id)
+        ctx.reviews.release(me.actor, item_id)
     except ReviewError as exc:
         return _see_other(f"/console/items/{item_id}?message=" + quote(f"Not released: {exc.reason}"))
     return _see_other("/console/queue?message=" + quote(f"Released item {item_id}."))
 
 
 @router.post("/items/{item_id}/gold")
-def set_gold(request: Request, me: ConsoleAdmin, item_id: RowId, label: str = Form(max_length=8)) -> Response:
+def set_gold(ctx: Ctx, me: ConsoleAdmin, item_id: RowId, label: str = Form(max_length=8)) -> Response:
     try:
-        _ctx(request).reviews.set_gold(me.actor, item_id, label if label in ("fake", "real") else None)
+        ctx.reviews.set_gold(me.actor, item_id, label if label in ("fake", "real") else None)
     except ReviewError as exc:
         return _see_other(f"/console/items/{item_id}?message=" + quote(f"Not set: {exc.reason}"))
     return _see_other(f"/console/items/{item_id}?message=" + quote(f"Gold label: {label}."))
@@ -224,8 +220,8 @@ def check_page(request: Request, me: ConsoleReviewer) -> HTMLResponse:
 
 
 @router.post("/check")
-async def check_upload(request: Request, me: ConsoleReviewer, image: UploadFile = File(...)) -> Response:
-    ctx = _ctx(request)
+async def check_upload(request: Request, ctx: Ctx, me: ConsoleReviewer,
+                       image: UploadFile = File(...)) -> Response:
     data = await image.read(ctx.settings.max_image_bytes + 1)
     if len(data) > ctx.settings.max_image_bytes:
         return render(request, "check.html", me, status=413, error="The file is larger than the limit.")
@@ -238,8 +234,7 @@ async def check_upload(request: Request, me: ConsoleReviewer, image: UploadFile 
 
 
 @router.get("/checks/{event_id}")
-def check_result(request: Request, me: ConsoleReviewer, event_id: str) -> HTMLResponse:
-    ctx = _ctx(request)
+def check_result(request: Request, ctx: Ctx, me: ConsoleReviewer, event_id: str) -> HTMLResponse:
     event = ctx.images.event(event_id) if event_id.startswith("check-") else None
     if event is None:
         return render(request, "error.html", me, status=404, message="No such check.")
@@ -253,16 +248,16 @@ def check_result(request: Request, me: ConsoleReviewer, event_id: str) -> HTMLRe
 
 
 @router.get("/admin/agreement")
-def agreement_page(request: Request, me: ConsoleAdmin) -> HTMLResponse:
-    return render(request, "agreement.html", me, rows=_ctx(request).reviews.agreement())
+def agreement_page(request: Request, ctx: Ctx, me: ConsoleAdmin) -> HTMLResponse:
+    return render(request, "agreement.html", me, rows=ctx.reviews.agreement())
 
 
 @router.get("/admin/rescans")
-def rescans_page(request: Request, me: ConsoleAdmin) -> HTMLResponse:
+def rescans_page(request: Request, ctx: Ctx, me: ConsoleAdmin) -> HTMLResponse:
     from db.model_registry import ModelRegistry
     from db.rescan_store import RescanStore
 
-    engine = _ctx(request).store.engine
+    engine = ctx.store.engine
     store = RescanStore(engine)
     runs = [{"run": run, "progress": store.progress(run.id)} for run in store.list()]
     registry = ModelRegistry(engine)
@@ -270,10 +265,10 @@ def rescans_page(request: Request, me: ConsoleAdmin) -> HTMLResponse:
 
 
 @router.get("/admin/rescans/{run_id}")
-def rescan_page(request: Request, me: ConsoleAdmin, run_id: RowId) -> HTMLResponse:
+def rescan_page(request: Request, ctx: Ctx, me: ConsoleAdmin, run_id: RowId) -> HTMLResponse:
     from db.rescan_store import RescanError, RescanStore
 
-    store = RescanStore(_ctx(request).store.engine)
+    store = RescanStore(ctx.store.engine)
     try:
         run = store.get(run_id)
     except RescanError:

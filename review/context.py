@@ -6,12 +6,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends, Request
+
+from db.engine import connect
 from db.escalation_store import EscalationStore
 from db.image_store import ImageStore
 from db.review_store import ReviewStore
-from db.store import Store, connect
+from db.store import Store
 from db.token_store import TokenStore
 from workers.processing import Runtime
 from workers.settings import Settings
@@ -80,6 +83,15 @@ class ReviewContext:
 
     def close(self) -> None:
         self.store.engine.dispose()
+
+
+def get_ctx(request: Request) -> ReviewContext:
+    """The ReviewContext create_app was handed: a route takes it as `ctx: Ctx`; code outside a route (an
+    exception handler, an auth dependency) calls this."""
+    return request.app.state.ctx
+
+
+Ctx = Annotated[ReviewContext, Depends(get_ctx)]
 
 
 def _presign_client(settings: Settings) -> Any:

@@ -1,17 +1,8 @@
 """A brake on guessing: a client whose credentials failed too often within a window gets 429 for more tries.
 
-Only a presented credential that is refused counts (an unknown, expired or revoked token, a dead session
-cookie); a request with no credentials at all is a plain 401 and counts for nothing. A valid credential
-always gets through, even from a limited address: behind a NAT or a reverse proxy, one guesser must not
-lock out everyone who shares the address. That costs nothing in safety, because the tokens and session ids
-are 256 random bits; the limiter's job is to stop floods and make them visible.
-
-The client is `request.client.host`: the socket peer, or, when `deepscreen serve` runs with proxy headers
-on (DEEPSCREEN_PROXY_HEADERS, `--proxy-headers`), the address X-Forwarded-For names for a request that came
-through a proxy listed in FORWARDED_ALLOW_IPS. Without that, every client of a proxy shares its address.
-
-In-process and per API process: behind several replicas a guesser gets `replicas x max_failures` tries per
-window before 429s.
+Only a refused credential counts, and a valid one always passes even from a limited address, so one guesser
+behind a shared NAT or proxy locks no one out; the tokens are 256 random bits, so the limiter is there to stop
+floods and make them visible. In-process: each API replica counts on its own.
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
 """The webhook relay: every webhook message is delivered from here, never from an API request thread.
 
-A request (a decision, an escalation) only adds a row to the outbox (`enqueue`). The relay takes each due
-row, makes one attempt (one POST, no sleeping) and marks it delivered, gives up (a permanent 4xx, or
-max_attempts), or schedules the next attempt after an exponential backoff; every attempt is recorded in
-webhook_deliveries. A receiver that does not answer costs the relay one timeout per pass, and nothing else.
-`deepscreen serve` runs a relay in a background thread (DEEPSCREEN_WEBHOOK_RELAY_IN_SERVE) and
-`deepscreen webhooks relay` runs one on its own; several relays share the outbox, each attempt claimed first.
-
-The relay also follows new `fake` verdicts (written by the workers, which cannot call up into review/) for
-subscribers of topic `verdict.fake`: each goes into the outbox under a delivery id made from its verdict id,
-so two relays following the same stream send it once. A cursor row remembers how far the relay got; a first
-run starts at the newest verdict (no flood of history) unless told to start from the beginning. Delivery is
-at least once: a receiver deduplicates on `delivery_id`.
+A request only adds a row to the outbox (`enqueue`); the relay makes one attempt per due row (one POST, no
+sleeping) and records it, so a receiver that does not answer costs one timeout per pass. It also turns new
+`fake` verdicts into `verdict.fake` messages, keyed by verdict id, so two relays following them send each once.
 """
 
 from __future__ import annotations

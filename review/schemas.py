@@ -6,10 +6,12 @@ value past what the database holds would otherwise end as an OverflowError or a 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 Decision = Literal["confirm_fake", "mark_real", "escalate", "skip"]
@@ -46,6 +48,14 @@ class Body(BaseModel):
 class Error(BaseModel):
     error: str
     detail: str | None = None
+
+
+def error_response(
+    status: int, error: str, *, headers: Mapping[str, str] | None = None, **fields: Any
+) -> JSONResponse:
+    """The one shape of a JSON error: a stable `error` code clients branch on, then the fields that explain
+    it (`Error` documents the common ones)."""
+    return JSONResponse({"error": error, **fields}, status_code=status, headers=headers)
 
 
 class EventsAccepted(BaseModel):

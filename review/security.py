@@ -6,6 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
+from review.schemas import error_response
+
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 HEADERS = {
@@ -63,7 +67,7 @@ class BodyLimit:
         limit = self.limit_for(scope.get("path", ""))
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _reject(send, limit)
+                await _too_large(limit)(scope, receive, send)
                 return
         seen = 0
         started = False
@@ -87,14 +91,11 @@ class BodyLimit:
             await self.app(scope, counted_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _reject(send, limit)
+                await _too_large(limit)(scope, receive, send)
 
 
-async def _reject(send: Any, limit: int) -> None:
-    body = b'{"error":"body_too_large","limit_bytes":%d}' % limit
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+def _too_large(limit: int) -> JSONResponse:
+    return error_response(413, "body_too_large", limit_bytes=limit)
 
 
 class RefuseNulInUrl:
@@ -106,11 +107,8 @@ class RefuseNulInUrl:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and _holds_nul(scope):
-            body = b'{"error":"bad_url","detail":"the path or query string holds a NUL byte"}'
-            await send({"type": "http.response.start", "status": 400,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            refusal = error_response(400, "bad_url", detail="the path or query string holds a NUL byte")
+            await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

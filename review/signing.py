@@ -1,19 +1,8 @@
-"""Signing keys: one key per purpose derived from the signing secret, and the Ed25519 key of evidence bundles.
+"""Signing keys: one HMAC key per purpose derived from the signing secret, and the Ed25519 key of bundles.
 
-A signature made for one purpose never verifies for another: each purpose has its own HMAC key,
-HKDF-SHA256(secret, salt "deepscreen/1", info = the purpose label), and the signed message starts with the
-purpose label and a Unix timestamp:
-
-    message = purpose + "\\n" + str(timestamp) + "\\n" + body
-
-so an evidence bundle's manifest.sig cannot be replayed as a webhook signature, nor the other way round.
-
-Evidence bundles can also carry an Ed25519 signature over the same message, which an outside authority
-verifies with the exported public key alone (`deepscreen bundles public-key`). The private key is a PEM
-file named by DEEPSCREEN_BUNDLE_SIGNING_KEY_FILE; `deepscreen bundles keygen` makes it once. In production
-it belongs in a secret store mounted read-only into the API containers (a Docker or Kubernetes secret such
-as /run/secrets/deepscreen-bundle-key.pem), backed up like the signing secret: every API replica must sign
-with the same key, so a server never makes one by itself.
+Every signed message starts with its purpose label and a timestamp and is signed with that purpose's own key,
+so an evidence bundle's manifest.sig cannot be replayed as a webhook signature, nor the other way round. The
+Ed25519 key is made once (`deepscreen bundles keygen`) and shared by every API replica: no server makes one.
 """
 
 from __future__ import annotations

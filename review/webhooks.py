@@ -1,18 +1,6 @@
-"""Webhook messages: a JSON body, signed for the webhook purpose with a timestamp, POSTed by the relay
-(review/relay.py) from the outbox, never from a request thread: an attempt is one POST, and retries are
-scheduled in the outbox with exponential backoff. Every attempt is a row in webhook_deliveries. Only
-scheme://host/path of the URL is ever stored or logged (a webhook URL often carries a credential in its query).
-
-A receiver checks each request as `verify_webhook` does (copy it with `derive_key` from review/signing.py;
-both need only the standard library):
-
-    x-deepscreen-signature: t=<Unix time of this attempt>,v1=<hex HMAC-SHA256>
-    key     = HKDF-SHA256(signing secret, salt "deepscreen/1", info "deepscreen-webhook/1")
-    v1      = HMAC-SHA256(key, "deepscreen-webhook/1\\n" + t + "\\n" + raw body)
-
-and refuses a request whose t is more than a few minutes from its own clock, so a captured request cannot be
-replayed later; within the window it deduplicates on the body's `delivery_id` (the same on every retry).
-An evidence bundle's manifest.sig is made under another key and label and never passes this check.
+"""Webhook messages: a JSON body signed for the webhook purpose with a timestamp, POSTed by the relay
+(review/relay.py), and `verify_webhook`, the receiver's check (docs/security.md). Only scheme://host/path of
+a URL is ever stored or logged: a webhook URL often carries a credential in its query.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""A tiny evaluator for exactly the PromQL our rules use (promtool is not available here).
-
-Supported: selectors with =, !=, =~ and !~ matchers and an optional [range]; rate() and increase(); vector(n);
-sum, max and min with `by (...)`; + - * / between scalars and vectors, and between vectors with one-to-one
-matching on all labels; comparisons > < >= <= == != as filters; `and` and `or`; parentheses. PromQL's
-precedence (or < and < comparisons < + - < * /). Series carry no __name__ after any function, as in Prometheus.
-
-One simplification: rate() and increase() do not extrapolate to the window's edges as Prometheus does. The
-rules compare ratios of rates over the same window of series scraped together, where that factor cancels.
-Counter resets are handled as Prometheus does (a drop means the counter restarted from zero).
+"""A tiny evaluator for exactly the PromQL our alert rules use (selectors, rate/increase, sum/max/min by,
+arithmetic, comparisons as filters, and/or), as promtool is not installed with the project. Unlike
+Prometheus, rate() and increase() do not extrapolate to the window's edges: the rules compare rates over one
+window of series scraped together, where that factor cancels.
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
-"""kill -9 the worker at random moments mid-batch, restart it, and prove nothing is lost or doubled.
-
-This is the test that decides the batching design (STYLE.md, "micro-batches vs. prefetch 1"): celery-batches
-with acks_late acknowledges a batch only after it returns, so messages a killed worker held come back after
-the visibility timeout, and the idempotent store turns the redelivery into a no-op.
-
-One loss is the broker's own: kombu's Redis transport takes a message with BRPOP and records it as
-unacknowledged in a second command, so a kill between the two leaves the message nowhere in Redis. The events
-are therefore submitted as producers submit them (recorded `queued` first), and the stuck-event sweeper runs
-while the test waits, as beat runs it, with a threshold of a minute instead of two hours.
-
-Sizes: `make chaos` runs 1,000 events and 5 kills (DEEPSCREEN_CHAOS_EVENTS / DEEPSCREEN_CHAOS_KILLS); the
-default in `make test` is smaller so the suite stays under its time budget.
+"""kill -9 the worker at random moments mid-batch, restart it, and prove nothing is lost or doubled: the test
+that decides the batching design (STYLE.md, "micro-batches vs. prefetch 1"). Events are recorded `queued`
+before they are sent and the stuck-event sweeper runs meanwhile, as in production, because a kill inside
+kombu's two-step take loses the message from Redis (docs/architecture.md). `make chaos` runs a larger size.
 """
 
 from __future__ import annotations
@@ -26,8 +17,9 @@ from sqlalchemy import create_engine, func, select
 from bench.distributed import face_images
 from db.schema import Event, ReviewItem, Verdict
 from db.store import Store
+from devservices import WorkerProcess, service_env, wait_for
 from pipeline.events import UploadEvent
-from tests.services import WorkerProcess, service_env, statuses_of, wait_for
+from tests.services import statuses_of
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.chaos]
 

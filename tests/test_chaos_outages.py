@@ -12,8 +12,9 @@ from sqlalchemy import create_engine, func, select
 from bench.distributed import face_images
 from db.migrate import upgrade
 from db.schema import Event, Verdict
+from devservices import WorkerProcess, service_env, wait_for
 from pipeline.events import UploadEvent
-from tests.services import ThrowawayPostgres, WorkerProcess, service_env, statuses_of, wait_for
+from tests.services import ThrowawayPostgres, statuses_of
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.chaos]
 
@@ -114,7 +115,8 @@ def test_worker_started_during_a_postgres_outage_waits_for_it(redis_url, s3_serv
 def test_s3_outage_is_retried_and_no_verdict_points_at_a_missing_object(
     redis_url, postgres_url, s3_server, flagging_model, celery_app, tmp_path: Path  # noqa: ANN001
 ) -> None:
-    from tests.services import S3Server, SwitchableProxy
+    from devservices import S3Server
+    from tests.services import SwitchableProxy
     from workers.submit import submit
 
     events = _upload(s3_server, "s3out", 40)
@@ -156,7 +158,7 @@ def test_s3_outage_is_retried_and_no_verdict_points_at_a_missing_object(
 def test_redis_restart_redelivers_reserved_messages(postgres_url, s3_server, flagging_model, tmp_path: Path) -> None:  # noqa: ANN001
     """Redis (append-only file on, as compose runs it) restarts while a worker holds reserved, unacknowledged
     messages: they are redelivered and every event ends with exactly one verdict."""
-    from tests.services import PrivateRedis
+    from devservices import PrivateRedis
     from workers.app import create_app
     from workers.settings import Settings
     from workers.submit import submit

@@ -144,11 +144,9 @@ def test_env_example_lists_every_variable_the_compose_files_use() -> None:
 
 
 def test_every_deepscreen_command_in_compose_exists(services: dict[str, dict[str, Any]]) -> None:
-    from review.cli import add_review_commands
-    from workers.cli import build_parser
+    from cli.main import build_parser
 
     parser = build_parser()
-    add_review_commands(parser)
     for service in services.values():
         words = command_words(service)
         if words and words[0] == "deepscreen":
@@ -157,13 +155,11 @@ def test_every_deepscreen_command_in_compose_exists(services: dict[str, dict[str
 
 @pytest.mark.parametrize("name", ["worker", "api"])
 def test_long_running_roles_have_healthchecks_our_cli_can_run(services: dict[str, dict[str, Any]], name: str) -> None:
-    from review.cli import add_review_commands
-    from workers.cli import build_parser
+    from cli.main import build_parser
 
     test = services[name]["healthcheck"]["test"]
     assert test[0] == "CMD" and test[1] == "deepscreen"
     parser = build_parser()
-    add_review_commands(parser)
     args = parser.parse_args(test[2:])
     assert args.command == "probe"
     if name == "api":

@@ -21,8 +21,8 @@ from PIL import Image
 from sqlalchemy import create_engine, select
 
 from db.schema import Event
+from devservices import PrivateRedis, WorkerProcess, fresh_database, service_env, wait_for
 from pipeline.events import UploadEvent
-from tests.services import PrivateRedis, WorkerProcess, fresh_database, service_env, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

@@ -75,9 +75,9 @@ def test_changes_csv_neutralises_tab_cr_and_every_formula_start() -> None:
 
 
 def test_bank_export_neutralises_hostile_external_ids_and_reimports_them_unchanged(tmp_path: Path) -> None:
+    from db.engine import connect
     from db.known_fakes import BankStore, add_entries, ensure_bank
     from db.migrate import upgrade
-    from db.store import connect
 
     url = f"sqlite:///{tmp_path / 'banks.sqlite3'}"
     upgrade(url)

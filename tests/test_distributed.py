@@ -15,8 +15,9 @@ from PIL import Image
 from sqlalchemy import create_engine, func, select
 
 from db.schema import Event, FaceRow, ReviewItem, Verdict
+from devservices import WorkerProcess, service_env, wait_for
 from pipeline.events import UploadEvent
-from tests.services import WorkerProcess, service_env, wait_for, wait_terminal
+from tests.services import wait_terminal
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

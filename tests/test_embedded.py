@@ -22,7 +22,7 @@ FIELDS = {"source", "sha256", "status", "verdict", "fake_probability", "faces", 
 
 def _run(args: list[str], model_dir: Path, **env: str) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "DEEPSCREEN_MODEL_DIR": str(model_dir), "DEEPSCREEN_TORCH_THREADS": "1", **env}
-    return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=REPO, env=full_env,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=600)
 
 

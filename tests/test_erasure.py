@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select, text, update
 
 from db.schema import Base, Erasure, FaceRow, Image, ReviewItem, Verdict
-from tests.services import BIN
+from devservices import BIN
 from tests.test_review_support import client, make_item, review_ctx, review_db_url, review_redis_url, tokens  # noqa: F401
 
 pytestmark = pytest.mark.services
@@ -207,10 +207,11 @@ def test_embedded_sqlite_erasure_keeps_the_append_only_audit_log(tmp_path) -> No
     import numpy as np
     from sqlalchemy.exc import DatabaseError
 
+    from db.engine import connect
     from db.erasure_store import ErasureStore
     from db.migrate import upgrade
     from db.review_store import Actor, ReviewStore
-    from db.store import Store, connect
+    from db.store import Store
     from pipeline.events import UploadEvent
     from pipeline.screen import FaceVerdict
     from pipeline.screen import Verdict as ScreenVerdict

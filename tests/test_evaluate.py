@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.cli import main
+from cli.main import main
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from tests.services import PG_ADMIN_URL, S3Server, ensure_postgres, free_port
+from devservices import PG_ADMIN_URL, S3Server, ensure_postgres, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _deepscreen(args: list[str], **env: str) -> subprocess.CompletedProcess:
     full = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", **env}
     return subprocess.run(
-        [sys.executable, "-m", "review.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=REPO,
         env=full,
         capture_output=True,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.services import PrivateRedis, ThrowawayPostgres, wait_for
+from devservices import PrivateRedis, wait_for
+from tests.services import ThrowawayPostgres
 
 pytestmark = pytest.mark.services
 

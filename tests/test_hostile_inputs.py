@@ -303,7 +303,7 @@ def _time_limited_worker(
     redis_url: str,  # noqa: ANN001
     **env: str,
 ):  # noqa: ANN202
-    from tests.services import WorkerProcess, service_env, wait_for
+    from devservices import WorkerProcess, service_env, wait_for
 
     worker = WorkerProcess(
         service_env(
@@ -378,7 +378,7 @@ def test_the_soft_time_limit_fails_the_slow_event_and_screens_its_batch_mate(
     """A batch of a slow input (a decode allowed 120 s of CPU) and a face passes its 4 s soft limit: both go
     back on the queue as suspects, the face is screened alone and scored, the slow one alone passes the limit
     again and is recorded failed `time_limit`. Nothing waits for the visibility timeout, nothing is lost."""
-    from tests.services import PrivateRedis, fresh_database
+    from devservices import PrivateRedis, fresh_database
     from tests.test_review_support import jpeg
 
     redis = PrivateRedis()
@@ -420,7 +420,7 @@ def test_the_hard_time_limit_requeues_the_batch_at_once(
     inside C code runs on, about 13 s of CPU) is killed by the pool at the hard limit. Its messages go back on
     the queue at once, not after the visibility timeout (120 s here): the face is screened alone and scored,
     and the slow input ends in a recorded outcome."""
-    from tests.services import PrivateRedis, fresh_database
+    from devservices import PrivateRedis, fresh_database
     from tests.test_review_support import jpeg
 
     redis = PrivateRedis()

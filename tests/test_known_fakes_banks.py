@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from db.engine import connect
 from db.known_fakes import CONFIRMED_FAKE, BankError, BankStore, parse_bank_csv
 from db.review_store import Actor, ReviewStore
-from db.store import BlobKeys, Store, connect
+from db.store import BlobKeys, Store
+from devservices import fresh_database
 from pipeline.events import UploadEvent
 from pipeline.known_fakes import MATCHED_KNOWN_FAKE
 from pipeline.pdq import pdq_hash
 from pipeline.screen import FaceVerdict, Verdict
-from tests.services import fresh_database
 from workers.known_fakes import KnownFakeMemory
 
 pytestmark = pytest.mark.services

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from db.known_fakes import CONFIRMED_FAKE, BankStore
-from tests.services import WorkerProcess, service_env, wait_for
+from devservices import WorkerProcess, service_env, wait_for
 from tests.test_review_console import login
 from tests.test_review_support import (  # noqa: F401
     client,

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _run(args: list[str], model_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DEEPSCREEN_MODEL_DIR": str(model_dir), "DEEPSCREEN_TORCH_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -100,11 +100,11 @@ def test_erasing_a_confirmed_fake_in_a_scan_home_drops_it_from_the_saved_index(f
     from skimage import data
     from sqlalchemy import select
 
+    from db.engine import connect
     from db.erasure_store import ErasureStore
     from db.migrate import home_database
     from db.review_store import Actor, ReviewStore
     from db.schema import BankChange, ReviewItem
-    from db.store import connect
     from pipeline.hash_index import HashIndex
     from workers.erasure import erase
     from workers.storage import LocalBlobStore

@@ -10,7 +10,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 FORBIDDEN_IN_PIPELINE = {"celery", "celery_batches", "kombu", "sqlalchemy", "alembic", "boto3", "botocore",
                          "redis", "fastapi", "starlette", "psycopg2", "requests", "db", "workers", "review"}
-FLOORS = {"pipeline": set(), "db": {"pipeline"}, "workers": {"db", "pipeline"}, "review": {"workers", "db", "pipeline"}}
+FLOORS = {"pipeline": set(), "db": {"pipeline"}, "workers": {"db", "pipeline"}, "review": {"workers", "db", "pipeline"},
+          "cli": {"review", "workers", "db", "pipeline"}}
 
 
 def _imports(path: Path) -> set[str]:
@@ -50,3 +51,14 @@ def test_importing_the_whole_pipeline_loads_no_adapter_module() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_bench_and_devservices_import_no_tests() -> None:
+    """The benchmark harness and the service launchers it shares with the tests stand without the test suite."""
+    offenders = [
+        str(path.relative_to(REPO))
+        for folder in ("bench", "devservices")
+        for path in (REPO / folder).rglob("*.py")
+        if "tests" in _imports(path)
+    ]
+    assert offenders == []

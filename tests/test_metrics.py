@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.services import BIN, REPO, WorkerProcess, free_port, service_env, wait_for, wait_terminal
+from devservices import BIN, REPO, WorkerProcess, free_port, service_env, wait_for
+from tests.services import wait_terminal
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:

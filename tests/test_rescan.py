@@ -19,10 +19,10 @@ from db.rescan_store import RescanError, RescanSelector, RescanStore
 from db.review_store import Actor, ReviewStore
 from db.schema import AuditEntry, Event, Image, RescanItem, ReviewItem, Verdict
 from db.store import BlobKeys, Store
+from devservices import fresh_database
 from pipeline.events import UploadEvent
 from pipeline.screen import FaceVerdict
 from pipeline.screen import Verdict as ScreenVerdict
-from tests.services import fresh_database
 from workers.rescan import DriverConfig, RescanDriver
 
 pytestmark = pytest.mark.services
@@ -155,6 +155,24 @@ def test_keyset_paging_records_before_sending_and_a_failed_send_is_swept_not_ski
     view = rescans.get(run.id)
     assert view.enqueued == 37 and view.state == "draining"
     assert len({int(e.split("-i")[1]) for e in items}) == 37
+
+
+def test_an_event_erased_during_a_run_counts_as_done_and_the_run_finishes(db: Store) -> None:
+    rescans = RescanStore(db.engine)
+    for n in range(1, 4):
+        _screen(db, n, OLD, "real")
+    run = rescans.create(RescanSelector(), NEW, rate_per_s=1000, chunk_size=5)
+    sent = Recorder()
+    driver = RescanDriver(rescans, sent, config=DriverConfig(tick_s=1.0))
+    driver.tick_run(run.id, NOW + timedelta(seconds=1))
+    assert len(sent.events) == 3
+    by_sha = {_sha(n): n for n in range(1, 4)}
+    for event in sent.events[:2]:
+        db.save(event, _verdict(by_sha[event.sha256 or ""], NEW, "real"), BlobKeys())
+    db.mark_erased([(sent.events[2], 1)])  # its bytes were erased after the run sent it
+    assert rescans.progress(run.id) == {"enqueued": 3, "done": 3, "failed": 0}
+    driver.tick_run(run.id, NOW + timedelta(seconds=2))
+    assert rescans.get(run.id).state == "finished"
 
 
 def _events_for(run_id: int, rows):  # noqa: ANN001, ANN202

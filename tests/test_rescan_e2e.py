@@ -23,17 +23,9 @@ from sqlalchemy import create_engine, func, select
 
 from db.schema import AuditEntry, CanaryResult, Event, RescanItem, ReviewItem, Verdict
 from db.schema import Image as ImageRow
+from devservices import BIN, REPO, PrivateRedis, WorkerProcess, fresh_database, service_env, wait_for
 from pipeline.events import UploadEvent
-from tests.services import (
-    BIN,
-    REPO,
-    PrivateRedis,
-    WorkerProcess,
-    fresh_database,
-    service_env,
-    wait_for,
-    wait_terminal,
-)
+from tests.services import wait_terminal
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from db.schema import Event
-from tests.services import WorkerProcess, service_env, wait_for, wait_terminal
+from devservices import WorkerProcess, service_env, wait_for
+from tests.services import wait_terminal
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -19,7 +20,7 @@ def test_transient_s3_failure_is_retried_then_dead_lettered_never_a_verdict(
 ) -> None:
     """A worker whose S3 endpoint refuses connections: the event is retried with backoff, never gets a
     verdict, and after max_attempts ends `failed` with the attempt count and reason."""
-    from tests.services import S3Server, free_port
+    from devservices import S3Server, free_port
     from workers.submit import submit
 
     dead = S3Server(f"http://127.0.0.1:{free_port()}", s3_server.process)  # nothing listens there
@@ -43,7 +44,7 @@ def test_transient_s3_failure_is_retried_then_dead_lettered_never_a_verdict(
     assert log.count("retry event_id=poison-1") == 2
     import json
 
-    from workers.cli import main
+    from cli.main import main
 
     capsys.readouterr()
     assert main(["dead-letters", "--json", "--database-url", postgres_url]) == 0

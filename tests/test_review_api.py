@@ -89,8 +89,8 @@ def test_events_are_recorded_queued_once_and_validated(client, tokens, review_re
 def test_a_broker_outage_is_a_503_and_the_retry_is_queued(review_ctx, tokens, review_redis_url) -> None:  # noqa: ANN001
     from fastapi.testclient import TestClient
 
+    from devservices import free_port
     from review.api import create_app
-    from tests.services import free_port
     from workers.app import create_app as create_celery
     from workers.settings import Settings
 

@@ -199,6 +199,15 @@ def test_the_table_names_every_route_and_matches_each_routes_declared_roles(clie
     schema = client.get("/openapi.json", headers=tokens.header("admin")).json()
     assert schema["paths"]["/v1/review/claim"]["post"]["x-roles"] == ["admin", "moderator"]
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    # every documented 422 is the `Error` shape the validation handler sends, not FastAPI's own
+    invalid = [op["responses"]["422"] for ops in schema["paths"].values() for op in ops.values()
+               if "422" in op.get("responses", {})]
+    assert invalid and all(r["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+                           for r in invalid)
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    assert set(schema["components"]["schemas"]["Error"]["properties"]) == {"error", "detail"}
+    bad = client.get("/v1/review/items", params={"limit": 0}, headers=tokens.header("admin"))
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_request"
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +305,7 @@ def test_tokens_are_stored_hashed_and_revoked_or_expired_tokens_fail(review_ctx,
 
 
 def test_token_cli_creates_lists_and_revokes(review_db_url, capsys) -> None:  # noqa: ANN001
-    from review.cli import main
+    from cli.main import main
 
     assert main(["token", "create", "--role", "moderator", "--name", "cli-mod", "--json",
                  "--database-url", review_db_url]) == 0
@@ -393,12 +402,11 @@ def test_the_limiter_counts_the_client_the_trusted_proxy_names(review_ctx, token
     trusted proxy are limited apart; a client that is not the proxy cannot pick its address."""
     import uvicorn
 
+    from cli.main import build_parser
+    from cli.review import proxy_options
     from review.api import create_app
-    from review.cli import add_review_commands, proxy_options
-    from workers.cli import build_parser
 
     parser = build_parser()
-    add_review_commands(parser)
     args = parser.parse_args(["serve", "--forwarded-allow-ips", "testclient,10.0.0.0/8"])
     app = create_app(review_ctx)
     app.state.auth_failures.max_failures = 3

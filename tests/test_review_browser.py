@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port, wait_for
+from devservices import free_port, wait_for
 from tests.test_review_support import make_item, review_ctx, review_db_url, tokens  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

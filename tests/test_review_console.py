@@ -194,9 +194,9 @@ def test_favicon_and_the_shortcut_help_are_served(client, tokens) -> None:  # no
 
 
 def test_export_labels_writes_the_dataset_train_reads(review_ctx, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from cli.main import main
     from db.review_store import Actor
     from pipeline.training.data import read_manifest
-    from review.cli import main
 
     admin = Actor("labeller", "admin")
     fake = make_item(review_ctx, faces=2, source="labels", score=0.95)  # face 1 is "uncertain": left out

@@ -9,8 +9,8 @@ import hashlib
 import httpx
 import pytest
 
+from devservices import WorkerProcess, service_env, wait_for
 from review.bundles import verify_bundle
-from tests.services import WorkerProcess, service_env, wait_for
 from tests.test_review_support import (  # noqa: F401
     SECRET,
     client,

@@ -194,7 +194,7 @@ def test_webhook_retries_with_backoff_until_the_receiver_accepts(review_ctx, tok
 
 def test_webhook_gives_up_on_a_permanent_refusal_and_after_max_attempts(review_ctx, tokens,  # noqa: ANN001
                                                                         receiver_factory) -> None:  # noqa: ANN001
-    from tests.services import free_port
+    from devservices import free_port
 
     gone = receiver_factory([410])
     http = _app_with(review_ctx, webhook_url=gone.url, webhook_max_attempts=4)
@@ -259,8 +259,8 @@ def test_fake_verdicts_are_relayed_once_each_from_a_durable_cursor(review_ctx, r
 
 
 def test_escalations_that_never_reached_the_webhook_are_redelivered(review_ctx, tokens, receiver_factory) -> None:  # noqa: ANN001
+    from devservices import free_port
     from review import relay, webhooks
-    from tests.services import free_port
 
     down = f"http://127.0.0.1:{free_port()}/hook"
     http = _app_with(review_ctx, webhook_url=down, webhook_max_attempts=2, webhook_backoff_s=0.01)

@@ -8,10 +8,12 @@ import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 from sqlalchemy.exc import DatabaseError
 
 from db.review_store import DECISIONS, Actor, ClaimConflict, QueueFilter
+from db.schema import ReviewItem
+from db.states import ReviewState
 from tests.test_review_support import client, make_item, review_ctx, review_db_url, tokens  # noqa: F401
 
 pytestmark = pytest.mark.services
@@ -52,6 +54,19 @@ def test_list_filters_and_paginates(review_ctx, client, tokens) -> None:  # noqa
     assert item["image"]["sha256"] == item["sha256"] and item["verdict"]["model_version"] == "test-model-1"
     assert client.get("/v1/review/items/987654", headers=headers).status_code == 404
     _drain(review_ctx)
+
+
+def test_withdrawn_items_can_be_listed(review_ctx, client, tokens) -> None:  # noqa: ANN001
+    _drain(review_ctx)
+    item_id = make_item(review_ctx, source="withdrawn-filter", score=0.95).review_item_id
+    with review_ctx.reviews.sessions.begin() as session:
+        session.execute(update(ReviewItem).where(ReviewItem.id == item_id).values(state=ReviewState.WITHDRAWN))
+    headers = tokens.header("moderator")
+    response = client.get("/v1/review/items", params={"state": "withdrawn", "source": "withdrawn-filter"},
+                          headers=headers)
+    assert response.status_code == 200, response.text
+    assert [i["id"] for i in response.json()["items"]] == [item_id]
+    assert review_ctx.reviews.list_items(QueueFilter(state="pending", source="withdrawn-filter"))[1] == 0
 
 
 def test_concurrent_claimers_never_get_the_same_item(review_ctx) -> None:  # noqa: ANN001

@@ -162,8 +162,8 @@ def test_a_webhook_signature_outside_its_time_window_is_refused() -> None:
 def test_an_exported_public_key_alone_verifies_a_bundle_and_catches_tampering(  # noqa: ANN001
     review_ctx, tokens, tmp_path, capsys
 ) -> None:  # noqa: ANN001
+    from cli.main import main
     from review.bundles import BundleInvalid, verify_bundle
-    from review.cli import main
 
     key_file = tmp_path / "secrets" / "bundle-key.pem"
     assert main(["bundles", "keygen", "--key", str(key_file)]) == 0
@@ -250,7 +250,7 @@ def test_serve_refuses_to_start_with_an_unusable_bundle_key(tmp_path: Path, monk
     import secrets
     import threading
 
-    from review.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("DEEPSCREEN_BUNDLE_SIGNING_KEY_FILE", str(tmp_path / "missing.pem"))
     monkeypatch.setenv("DEEPSCREEN_SIGNING_SECRET", secrets.token_hex(32))

@@ -21,9 +21,9 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 
 from db.store import SavedResult
+from devservices import fresh_database
 from pipeline.events import UploadEvent
 from pipeline.screen import FaceVerdict, Verdict
-from tests.services import fresh_database
 
 SECRET = "test-signing-secret-0123456789abcdef"
 # Not the session's Redis db: other test runs on this machine flush that one and run workers on it.
@@ -175,9 +175,10 @@ def test_review_migration_runs_up_and_down_on_sqlite_and_makes_the_audit_log_app
 
 def test_claims_work_on_sqlite_too(tmp_path) -> None:  # noqa: ANN001
     """The embedded mode's SQLite runs the same conditional-UPDATE claims."""
+    from db.engine import connect
     from db.migrate import upgrade
     from db.review_store import Actor, ClaimConflict, ReviewStore
-    from db.store import Store, connect
+    from db.store import Store
     from workers.processing import store_blobs
     from workers.storage import LocalBlobStore
 

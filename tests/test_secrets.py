@@ -98,7 +98,7 @@ def test_serve_refuses_to_start_exposed_with_a_weak_secret(
     capsys,
     tmp_path,
 ) -> None:  # noqa: ANN001
-    from review.cli import main
+    from cli.main import main
 
     for name in ("DEEPSCREEN_SIGNING_SECRET", "DEEPSCREEN_WEBHOOK_URL", "DEEPSCREEN_ENVIRONMENT"):
         monkeypatch.delenv(name, raising=False)

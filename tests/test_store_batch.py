@@ -110,7 +110,7 @@ def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
 
         yield Store.from_url(home_database(tmp_path / "one")), Store.from_url(home_database(tmp_path / "batch"))
         return
-    from tests.services import fresh_database
+    from devservices import fresh_database
 
     with fresh_database("deepscreen_batch_one") as one, fresh_database("deepscreen_batch_many") as many:
         stores = Store.from_url(one), Store.from_url(many)

@@ -20,7 +20,7 @@ def _submit(args: list[str], redis_url: str, s3_server, postgres_url: str, **env
     full = {**os.environ, "DEEPSCREEN_BROKER_URL": redis_url, "DEEPSCREEN_S3_ENDPOINT_URL": s3_server.endpoint,
             "DEEPSCREEN_DATABASE_URL": postgres_url,
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", **env}
-    return subprocess.run([sys.executable, "-m", "workers.cli", "submit", *args], cwd=REPO, env=full,
+    return subprocess.run([sys.executable, "-m", "cli", "submit", *args], cwd=REPO, env=full,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -106,7 +106,7 @@ def test_submitted_events_are_recorded_queued_first_and_a_resubmission_queues_no
 
 def test_a_broker_outage_exits_3_and_leaves_nothing_recorded(tmp_path: Path, redis_url: str, s3_server,  # noqa: ANN001
                                                                postgres_url: str) -> None:
-    from tests.services import free_port
+    from devservices import free_port
 
     events = tmp_path / "events.jsonl"
     events.write_text(json.dumps({"event_id": "cli-outage-1", "image_uri": "s3://uploads/o.jpg"}) + "\n")

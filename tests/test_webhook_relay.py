@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.services import free_port
+from devservices import free_port
 from tests.test_review_escalation import Receiver, receiver_factory  # noqa: F401
 from tests.test_review_support import (  # noqa: F401
     SECRET,

@@ -1,25 +1,7 @@
-"""The Celery app and its settings, configured the way Celery's docs prescribe for long ML tasks.
-
-- acks_late + task_reject_on_worker_lost: a message is acknowledged only after its verdict is committed;
-  a worker killed mid-batch leaves it unacknowledged and Redis redelivers it after `visibility_timeout`
-  (and at most 10 s more: the restore scan is not throttled).
-- kombu's Redis transport pops a message (BRPOP) and records it as unacknowledged in a second command, so a
-  worker killed between the two loses that message from Redis. The event's `queued` row, written by every
-  producer before it enqueues (workers/submit.py), is what the stuck-event sweeper re-sends.
-- Micro-batches need the messages reserved: the prefetch is twice the batch size per process (not 1),
-  because a worker can only batch what it holds, and the next batch fills while one runs. With acks_late, reserved-but-unprocessed messages are redelivered
-  if the worker dies, so the larger prefetch costs nothing in safety (tests/test_distributed.py).
-- Queues: `upload` is always polled before `rescan` (kombu's priority queue order), so a re-scan backlog
-  never delays fresh uploads.
-- Pool: `prefork` with 2 children by default, one model per child loaded in worker_process_init, each
-  screening on its share of SCREEN_THREADS (Settings.pool_child); `solo` (one process, torch's own threads
-  doing the parallel work) is available.
-- Time limits, below `visibility_timeout` (Settings refuses otherwise), so a batch is never redelivered to a
-  second worker while the first still runs it. The prefork pool enforces them on every job, celery-batches'
-  included: the soft limit raises SoftTimeLimitExceeded in the task, which settles its events
-  (workers/tasks.py); the hard limit kills the pool process, and the batch's messages go back on the queue
-  at once, where the events are screened one at a time and a repeat offender is dead-lettered. The `solo`
-  and `threads` pools enforce no time limit; decodes stay bounded by their own caps (pipeline/isolation.py).
+"""The Celery app and its settings: acks_late with task_reject_on_worker_lost, uploads polled before
+re-scans, a prefork pool with one model per child, time limits below the visibility timeout, and a prefetch
+of whole batches rather than Celery's usual 1, because a worker can only batch what it holds (acks_late keeps
+that safe). Why each: docs/architecture.md, "How a worker runs".
 """
 
 from __future__ import annotations

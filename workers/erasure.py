@@ -1,21 +1,8 @@
 """Erasure of an image (by sha256, image id or source): derivatives in the blob store, rows, a tombstone.
 
-Order: plan (read every key and row the image has), delete the blobs, delete the rows and write the
-tombstone in one transaction, then list the image's prefixes again and report anything left. Deleting the
-blobs first means a failure half-way leaves rows pointing at missing objects (a re-run completes the
-erasure), never objects no row remembers. Originals in the input buckets are deleted too unless
-`keep_originals` (the platform may hold its own copy under its own retention).
-
-After an erasure nothing about the image is left but the tombstone (sha256, when, by whom, why) and the
-audit log. Its bank entries are removed as a reversal removes them (matches revoked, the items they queued
-re-checked) and its hash is blanked in the bank change log, so workers drop it from their index within
-`bank_refresh_s`; an embedded home's saved index file drops it at once. A later upload of the same bytes
-is a new image: no verdict exists, and no bank holds its hash, so it is screened afresh. An event sent
-before the erasure ends `erased` whenever a worker reaches it (db.erasure_store).
-
-A save that committed between the plan and the row deletion is deleted with the rest (the deletion
-re-reads the image's rows under the content lock), and a second pass over the blob store after the rows
-takes the blobs it wrote.
+Blobs go before rows, so a failure half-way leaves rows pointing at missing objects (a re-run completes the
+erasure), never objects no row remembers. A save that commits during an erasure is caught by the row
+deletion, which re-reads under the content lock, and by a second pass over the blob store after it.
 """
 
 from __future__ import annotations

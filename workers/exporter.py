@@ -1,13 +1,6 @@
-"""The worker's metrics exporter, correct under Celery's prefork pool.
-
-Scheme: prometheus-client's **multiprocess mode**. `deepscreen worker` points PROMETHEUS_MULTIPROC_DIR at a
-fresh, empty folder before anything imports prometheus_client (`prepare_multiprocess_dir`; this module
-imports it lazily for that reason). Every pool child then writes its samples to its own mmap files there,
-and the worker's main process serves one HTTP exporter (`serve_exporter`) whose MultiProcessCollector sums
-the files of all children. Counters and histograms of a child that died keep counting in the sum (a
-restarted child never makes a counter go backwards); `deepscreen_worker_processes` is a live-sum gauge, so a
-dead child's 1 is dropped (`mark_process_dead`). With the solo pool the same code runs in one process.
-tests/test_metrics.py proves it with two processes and with a prefork worker of two children.
+"""The worker's metrics exporter, correct under Celery's prefork pool: prometheus-client's multiprocess mode,
+one HTTP exporter in the main process summing every child's files (docs/operations.md). prometheus_client is
+imported lazily because PROMETHEUS_MULTIPROC_DIR must be set before its first import.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """The worker's heartbeat: a file for compose and Kubernetes probes, and a Redis key for `deepscreen status`.
 
-The beat is scheduled on the Celery consumer's own timer (the event loop that fetches messages), not on a
-side thread: when that loop wedges, the file goes stale and `deepscreen probe worker` fails, so the
-orchestrator restarts the worker. With the solo pool a batch runs on that loop too, so the probe's max age
-must exceed the longest batch (DEEPSCREEN_HEARTBEAT_MAX_AGE_S, default 300 s).
-
-The Redis key `deepscreen:worker:<hostname>` holds {hostname, pid, model_version, queues, at} and expires
-after three intervals: the keys present are the live workers.
+The beat runs on the Celery consumer's own timer, not on a side thread, so when that loop wedges the file goes
+stale and `deepscreen probe worker` fails.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""Log set-up for every deepscreen process: key=value text for people, or one JSON object per line.
-
-Code logs the way STYLE.md says (`log.info("verdict event_id=%s sha256=%s ...", ...)`). The JSON formatter
-lifts those key=value fields to top-level keys, and adds the fields of the enclosing `log_context` (a worker
-sets batch_id and model_version around a batch), so `event_id`, `sha256`, `batch_id` and `model_version` are
-fields one can filter on to trace an upload from queue to review.
-
-Secrets never reach a line: an API token (`ds_...`) or a bearer header is masked, and a message is cut at
-MAX_MESSAGE characters, so raw image bytes could never fill a log even by mistake.
+"""Log set-up for every deepscreen process: key=value text for people, or one JSON object per line whose keys
+include the message's key=value fields and those of the enclosing `log_context`. Tokens and bearer values are
+masked and a message is cut at MAX_MESSAGE characters, so no secret or image bytes can fill a log.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from db.erasure_store import ERASED
+from db.states import EventStatus
 from db.store import BlobKeys, ExistingVerdict, SavedResult, Store
 from pipeline.decode import OUT_OF_MEMORY
 from pipeline.errors import InvalidInput
@@ -303,7 +303,7 @@ def _forget_refused_blobs(runtime: Runtime, rows: list[tuple[int, Job, Verdict, 
     kept: set[str] = set()
     for index, _, verdict, keys in rows:
         saved = outcomes[index].saved
-        if saved is not None and saved.status == ERASED:
+        if saved is not None and saved.status == EventStatus.ERASED:
             refused[verdict.key] = (verdict, keys)
         else:
             kept.add(verdict.key)

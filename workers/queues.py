@@ -1,13 +1,7 @@
 """What waits on the Redis queues: depth and the age of the oldest message, per queue.
 
-Kombu's Redis transport keeps a queue as a list (LPUSH to add, BRPOP to take), so the oldest message is the
-list's last element; with the priority strategy a queue may also have sub-lists `<name>\\x06\\x16<step>`.
-A message's age comes from the `enqueued_at` that `workers.app.enqueue` puts in its kwargs, else from the
-event's `uploaded_at`. Messages a worker has reserved (prefetched, or retries waiting for their countdown)
-are in kombu's `unacked` hash, not in these lists: they are not backlog.
-
-`QueueCollector` exports both as Prometheus gauges on each scrape. It belongs in one process per
-deployment (`deepscreen serve` registers it on /metrics), not in every worker.
+Kombu keeps a queue as a list (LPUSH to add, BRPOP to take), so the oldest message is its last element, with
+priority sub-lists `<name>\\x06\\x16<step>`; reserved messages are in its `unacked` hash and are not backlog.
 """
 
 from __future__ import annotations

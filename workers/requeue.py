@@ -1,13 +1,6 @@
 """The stuck-event sweeper: events recorded as `queued` long ago that no worker has finished are put on their
-queue again.
-
-How an event gets stuck: the API records it and dies before enqueueing it; a Redis without persistence
-restarts and loses its queues; an operator flushes a queue. Requeueing is safe because screening is
-idempotent: if the original message is still somewhere, one of the two deliveries finds the event finished
-(or the verdict of its image and model) and writes nothing new. `stuck_after_s` should exceed the longest
-normal wait and the broker's visibility timeout (a reserved message comes back by itself after that); the
-sweeper also waits longer than the oldest message on the queues, and an event is requeued again only after
-another such period. The message carries the attempt the event was on, so retries keep their budget.
+queue again (why they exist: docs/operations.md). Safe because screening is idempotent; the message carries
+the attempt the event was on, so retries keep their budget.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
-"""The re-scan driver: each tick moves every running run forward by what its rate allows.
+"""The re-scan driver: each tick moves every running run forward by what its rate allows (docs/rescans.md).
 
-Ticks come from beat (`deepscreen.rescan_tick` on the control queue, every DEEPSCREEN_RESCAN_TICK_S) and from
-`deepscreen rescan follow`. A run's row is locked for the tick (FOR UPDATE SKIP LOCKED on Postgres), so two
-drivers never enqueue the same chunk at once; if they did, event ids repeat and the worker's idempotency
-makes the second delivery a no-op.
-
-The run enqueues at most `rate_per_s` images per second of wall time (fractions carry over; idle time is not
-banked beyond two ticks), and nothing while the re-scan queue already holds `max_queued` messages, so a paused
-or cancelled run stops within one queue's worth. If another model becomes active mid-run, the run pauses
-rather than mix versions.
+A run's row is locked for the tick (FOR UPDATE SKIP LOCKED on Postgres), so two drivers never enqueue the same
+chunk at once; if they did, the repeated event ids would make the second delivery a no-op.
 """
 
 from __future__ import annotations

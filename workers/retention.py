@@ -1,13 +1,6 @@
-"""Retention, applied daily by beat (`deepscreen.retention`) or by hand (`deepscreen retention`).
-
-- heatmaps: deleted DEEPSCREEN_RETENTION_HEATMAP_DAYS (90) days after their verdict; the rows forget the keys;
-- verdicts with their faces, crops and review items: deleted DEEPSCREEN_RETENTION_VERDICT_DAYS (365) days
-  after the verdict, once the review item (if any) was decided that long ago; open review items are kept;
-- then events finished before that cutoff, and images no verdict names (with their thumbnails);
-- audit entries and erasure tombstones are never deleted.
-
-Every step selects what is expired *now* and deletes it, so a second run finds nothing: it is idempotent,
-and a run interrupted half-way is finished by the next one.
+"""Retention, applied daily by beat (`deepscreen.retention`) or by hand (`deepscreen retention`); what it
+deletes and keeps is in docs/operations.md. Every step deletes what is expired now, so a run is idempotent
+and an interrupted one is finished by the next.
 """
 
 from __future__ import annotations

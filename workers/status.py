@@ -27,8 +27,8 @@ def collect(settings: Settings, window_s: float = 300.0, errors: int = 10) -> di
     except Exception as exc:  # noqa: BLE001
         report["problems"].append(f"redis: {type(exc).__name__}: {str(exc)[:200]}")
     try:
+        from db.engine import connect
         from db.status_store import status_summary
-        from db.store import connect
 
         engine = connect(settings.database_url)
         try:

@@ -7,8 +7,8 @@ import os
 from alembic import context
 from sqlalchemy import pool
 
+from db.engine import connect
 from db.schema import Base
-from db.store import connect
 
 config = context.config
 target_metadata = Base.metadata

@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from db.erasure_store import ErasureStore
 from review.auth import Admin, Public
-from review.context import ReviewContext
+from review.context import Ctx
 from review.health import readiness
-from review.schemas import Error, RowId
+from review.schemas import Error, RowId, error_response
 from workers.erasure import NothingToErase, erase, s3_original_deleter
 
 router = APIRouter(tags=["operations"])
@@ -30,9 +30,9 @@ async def readyz(request: Request, _: Public) -> JSONResponse:
 
 
 @router.get("/v1/admin/readiness", responses={503: {"model": Error}})
-async def readiness_detail(request: Request, _: Admin) -> JSONResponse:
+async def readiness_detail(ctx: Ctx, _: Admin) -> JSONResponse:
     """Readiness checked now, each part with its detail and timing; 503 names what failed (admins)."""
-    checks = await run_in_threadpool(readiness, request.app.state.ctx)
+    checks = await run_in_threadpool(readiness, ctx)
     failing = [c.name for c in checks if not c.ok]
     body: dict[str, Any] = {"status": "unavailable" if failing else "ready", "failing": failing,
                             "checks": {c.name: c.as_dict() for c in checks}}
@@ -46,13 +46,12 @@ def metrics(request: Request, _: Public) -> Response:
 
 
 @router.delete("/v1/images/{image_id}", responses={404: {"model": Error}})
-def erase_image(request: Request, principal: Admin, image_id: RowId,
+def erase_image(ctx: Ctx, principal: Admin, image_id: RowId,
                 reason: str = Query(..., min_length=3, max_length=500, description="why (recorded in the tombstone)"),
                 keep_originals: bool = Query(False, description="leave the original upload in its bucket")) -> Any:
     """Erase an image: its heatmaps, crops, thumbnails and bundles from the blob store, its original (unless
     keep_originals), and its verdict, face, review and event rows. A tombstone (sha256, when, by whom, why)
     and the audit log remain."""
-    ctx: ReviewContext = request.app.state.ctx
     client = getattr(ctx.reader, "client", None)
     deleter = s3_original_deleter(client, ctx.reader.allowed_buckets) if client is not None else None
     try:
@@ -60,5 +59,5 @@ def erase_image(request: Request, principal: Admin, image_id: RowId,
                        actor_role=principal.role, reason=reason, image_id=image_id, delete_original=deleter,
                        keep_originals=keep_originals)
     except NothingToErase:
-        return JSONResponse({"error": "no_such_image"}, status_code=404)
+        return error_response(404, "no_such_image")
     return report.as_dict()

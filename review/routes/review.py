@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import JSONResponse, Response
 
 from db.review_store import QueueFilter, ReviewError
 from review import decisions
 from review.auth import Admin, BundleReader, Reviewer
-from review.context import ReviewContext
+from review.context import Ctx
 from review.schemas import (
     MAX_AGE_S,
     MAX_ROW_ID,
@@ -23,6 +23,7 @@ from review.schemas import (
     QueuePage,
     ReverseIn,
     RowId,
+    error_response,
 )
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
@@ -30,7 +31,7 @@ ERRORS = {404: {"model": Error}, 409: {"model": Error}}
 
 
 def review_error(exc: ReviewError) -> JSONResponse:
-    return JSONResponse({"error": exc.reason, "detail": exc.detail or None}, status_code=exc.status)
+    return error_response(exc.status, exc.reason, detail=exc.detail or None)
 
 
 def bundle_out(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -40,8 +41,8 @@ def bundle_out(bundle: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/items", response_model=QueuePage)
 def list_items(
-    request: Request, principal: Reviewer,
-    state: Literal["pending", "claimed", "confirmed_fake", "marked_real", "escalated", "any"] = "pending",
+    ctx: Ctx, principal: Reviewer,
+    state: Literal["pending", "claimed", "confirmed_fake", "marked_real", "escalated", "withdrawn", "any"] = "pending",
     verdict: Literal["fake", "uncertain", "matched_known_fake"] | None = None,
     min_score: float | None = Query(None, ge=0, le=1), max_score: float | None = Query(None, ge=0, le=1),
     source: str | None = Query(None, max_length=200),
@@ -51,7 +52,6 @@ def list_items(
     limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_ROW_ID),
 ) -> Any:
     """The queue. `pending` includes claims whose lease ran out."""
-    ctx: ReviewContext = request.app.state.ctx
     flt = QueueFilter(state=None if state == "any" else state, verdict=verdict, min_score=min_score,
                       max_score=max_score, source=source, min_age_s=min_age_s, max_age_s=max_age_s, order=order,
                       limit=limit, offset=offset)
@@ -60,8 +60,7 @@ def list_items(
 
 
 @router.get("/items/{item_id}", response_model=ItemDetail, responses=ERRORS)
-def get_item(request: Request, principal: Reviewer, item_id: RowId) -> Any:
-    ctx: ReviewContext = request.app.state.ctx
+def get_item(ctx: Ctx, principal: Reviewer, item_id: RowId) -> Any:
     try:
         item = ctx.reviews.item(item_id, viewer=principal.actor)
     except ReviewError as exc:
@@ -72,9 +71,8 @@ def get_item(request: Request, principal: Reviewer, item_id: RowId) -> Any:
 
 
 @router.post("/claim", response_model=ClaimOut, responses={204: {"description": "the queue is empty"}})
-def claim_next(request: Request, principal: Reviewer) -> Any:
+def claim_next(ctx: Ctx, principal: Reviewer) -> Any:
     """Claim the next item (oldest first, items you skipped last) for `review_lease_seconds`."""
-    ctx: ReviewContext = request.app.state.ctx
     claim = ctx.reviews.claim_next(principal.actor, ctx.settings.review_lease_seconds, ctx.settings.gold_rate)
     if claim is None:
         return Response(status_code=204)
@@ -82,9 +80,8 @@ def claim_next(request: Request, principal: Reviewer) -> Any:
 
 
 @router.post("/items/{item_id}/claim", response_model=ClaimOut, responses=ERRORS)
-def claim_item(request: Request, principal: Reviewer, item_id: RowId) -> Any:
+def claim_item(ctx: Ctx, principal: Reviewer, item_id: RowId) -> Any:
     """Claim this item (or renew your own claim). 409 when someone else holds it or it is decided."""
-    ctx: ReviewContext = request.app.state.ctx
     try:
         claim = ctx.reviews.claim(principal.actor, item_id, ctx.settings.review_lease_seconds)
     except ReviewError as exc:
@@ -93,11 +90,10 @@ def claim_item(request: Request, principal: Reviewer, item_id: RowId) -> Any:
 
 
 @router.post("/items/{item_id}/decision", response_model=DecisionOut, responses=ERRORS)
-def decide(request: Request, principal: Reviewer, item_id: RowId, body: DecisionIn,
+def decide(ctx: Ctx, principal: Reviewer, item_id: RowId, body: DecisionIn,
            background: BackgroundTasks) -> Any:
     """Decide an item you hold: confirm_fake, mark_real, escalate (builds a signed evidence bundle and sends
     it to the webhook) or skip (back to the queue)."""
-    ctx: ReviewContext = request.app.state.ctx
     try:
         decided = decisions.decide(ctx, principal.actor, item_id, body.decision, body.note)
     except ReviewError as exc:
@@ -110,10 +106,9 @@ def decide(request: Request, principal: Reviewer, item_id: RowId, body: Decision
 
 
 @router.post("/items/{item_id}/reverse", response_model=DecisionOut, responses=ERRORS)
-def reverse(request: Request, principal: Admin, item_id: RowId, body: ReverseIn) -> Any:
+def reverse(ctx: Ctx, principal: Admin, item_id: RowId, body: ReverseIn) -> Any:
     """Reverse a decided item's decision (admins): it goes back to the queue, and the known-fake memory
     entry the decision made is removed, with every match it made."""
-    ctx: ReviewContext = request.app.state.ctx
     try:
         result = decisions.reverse(ctx, principal.actor, item_id, body.note)
     except ReviewError as exc:
@@ -123,9 +118,8 @@ def reverse(request: Request, principal: Admin, item_id: RowId, body: ReverseIn)
 
 
 @router.post("/items/{item_id}/release", status_code=204, response_class=Response, responses=ERRORS)
-def release(request: Request, principal: Reviewer, item_id: RowId) -> Response:
+def release(ctx: Ctx, principal: Reviewer, item_id: RowId) -> Response:
     """Give an item back to the queue (admins may release anyone's claim)."""
-    ctx: ReviewContext = request.app.state.ctx
     try:
         ctx.reviews.release(principal.actor, item_id)
     except ReviewError as exc:
@@ -134,15 +128,14 @@ def release(request: Request, principal: Reviewer, item_id: RowId) -> Response:
 
 
 @router.post("/items/{item_id}/bundles", response_model=BundleOut, status_code=201, responses=ERRORS)
-def build_bundle(request: Request, principal: Reviewer, item_id: RowId) -> Any:
+def build_bundle(ctx: Ctx, principal: Reviewer, item_id: RowId) -> Any:
     """Build a fresh signed evidence bundle of an escalated item."""
-    ctx: ReviewContext = request.app.state.ctx
     try:
         item = ctx.reviews.item(item_id)
     except ReviewError as exc:
         return review_error(exc)
     if item["state"] != "escalated":
-        return JSONResponse({"error": "not_escalated"}, status_code=409)
+        return error_response(409, "not_escalated")
     return bundle_out(decisions.rebuild_bundle(ctx, principal.actor, item_id))
 
 
@@ -150,12 +143,11 @@ bundles = APIRouter(prefix="/v1", tags=["review"])
 
 
 @bundles.get("/bundles/{bundle_id}", responses={404: {"model": Error}})
-def download_bundle(request: Request, principal: BundleReader, bundle_id: RowId) -> Response:
+def download_bundle(ctx: Ctx, principal: BundleReader, bundle_id: RowId) -> Response:
     """The bundle zip: manifest.json, manifest.sig (HMAC-SHA256), the original and the heatmaps."""
-    ctx: ReviewContext = request.app.state.ctx
     bundle = ctx.escalations.bundle(bundle_id)
     if bundle is None:
-        return JSONResponse({"error": "no_such_bundle"}, status_code=404)
+        return error_response(404, "no_such_bundle")
     data = ctx.blobs.get(bundle["blob_key"])
     ctx.reviews.record(principal.actor, "bundle_downloaded", bundle["review_item_id"],
                        details={"bundle_id": bundle_id})

@@ -1,0 +1,1 @@
+"""The `deepscreen` command: one module per command group, assembled by cli.main."""
