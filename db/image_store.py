@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import sessionmaker
 
-from db.review_store import face_dict, item_dict
+from db.review_store import face_dict, item_dict, verdict_thresholds
 from db.schema import Event, FaceRow, Image, ReviewItem, Verdict
 from db.states import ReviewState
 from db.timestamps import aware, now_utc
@@ -50,7 +50,7 @@ class ImageStore:
             return {"verdict_id": row.id, "image_id": row.image_id, "model_version": row.model_version,
                     "status": row.status, "verdict": row.verdict, "fake_probability": row.fake_probability,
                     "reason": row.reason, "heatmap_key": row.heatmap_key, "created_at": aware(row.created_at),
-                    "faces": [face_dict(f) for f in faces]}
+                    **verdict_thresholds(row), "faces": [face_dict(f) for f in faces]}
 
     def event(self, event_id: str) -> dict[str, Any] | None:
         with self.sessions() as session:

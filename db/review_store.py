@@ -151,7 +151,8 @@ class ReviewStore:
                             "uploaded_at": aware(image.uploaded_at)}
             doc["verdict"] = {"id": verdict.id, "model_version": verdict.model_version, "status": verdict.status,
                               "verdict": verdict.verdict, "fake_probability": verdict.fake_probability,
-                              "heatmap_key": verdict.heatmap_key, "created_at": aware(verdict.created_at)}
+                              "heatmap_key": verdict.heatmap_key, "created_at": aware(verdict.created_at),
+                              **verdict_thresholds(verdict)}
             doc["faces"] = [face_dict(f) for f in faces]
             doc["history"] = self._history(session, item_id)
             doc["bank_matches"] = [known_fakes.match_dict(m) for m in session.scalars(
@@ -425,6 +426,11 @@ def item_dict(item: ReviewItem, sha256: str, now: datetime) -> dict[str, Any]:
             "lease_expires_at": lease if state == ReviewState.CLAIMED else None, "decision": item.decision,
             "decided_by": item.decided_by, "decided_at": aware(item.decided_at), "skips": item.skips,
             "gold_label": item.gold_label}
+
+
+def verdict_thresholds(verdict: Verdict) -> dict[str, Any]:
+    return {"threshold_fake": verdict.threshold_fake, "threshold_real": verdict.threshold_real,
+            "min_face_side": verdict.min_face_side}
 
 
 def face_dict(face: FaceRow) -> dict[str, Any]:

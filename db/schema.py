@@ -97,6 +97,10 @@ class Verdict(Base):
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # the thresholds that made the verdict (NULL for verdicts recorded before they were stored)
+    threshold_fake: Mapped[float | None] = mapped_column(Float)
+    threshold_real: Mapped[float | None] = mapped_column(Float)
+    min_face_side: Mapped[int | None] = mapped_column(Integer)
 
     image: Mapped[Image] = relationship(back_populates="verdicts")
     faces: Mapped[list[FaceRow]] = relationship(back_populates="verdict_row", order_by="FaceRow.face_index")

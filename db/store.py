@@ -357,7 +357,8 @@ def _verdict_row(image_id: int, result: ScreenVerdict, keys: BlobKeys, attempts:
         "image_id": image_id, "model_version": result.model_version, "status": result.status,
         "verdict": result.verdict, "fake_probability": result.fake_probability, "reason": result.reason,
         "heatmap_key": keys.heatmap, "face_count": len(result.faces), "timings": dict(result.timings),
-        "attempts": attempts, "created_at": datetime.now(UTC),
+        "attempts": attempts, "created_at": datetime.now(UTC), "threshold_fake": result.threshold_fake,
+        "threshold_real": result.threshold_real, "min_face_side": result.min_face_side,
     }
 
 

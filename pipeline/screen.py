@@ -102,6 +102,10 @@ class Verdict:
     timings: dict[str, float] = field(default_factory=dict)
     pdq: PerceptualHash | None = None  # None when the image could not be decoded
     matches: tuple[BankMatch, ...] = ()  # set by the known-fake memory (pipeline/known_fakes.py)
+    # the cut-offs that made this verdict, stored with it: a later model change must not rewrite its evidence
+    threshold_fake: float | None = None
+    threshold_real: float | None = None
+    min_face_side: int | None = None
 
 
 @dataclass
@@ -357,7 +361,9 @@ class Screener:
     # -- results ---------------------------------------------------------------------------------------
     def _verdict(self, work: _Work, cams: dict[tuple[int, int], np.ndarray], timings: dict[str, float]) -> Verdict:
         base: dict[str, Any] = {"key": work.item.key, "model_version": self.model_version, "sha256": work.sha256,
-                "size_bytes": len(work.item.data or b""), "timings": timings}
+                "size_bytes": len(work.item.data or b""), "timings": timings,
+                "threshold_fake": self.thresholds.fake, "threshold_real": self.thresholds.real,
+                "min_face_side": self.classifier.meta.min_face_side}
         if work.size is None:
             error = work.error or InvalidInput("corrupt")
             return Verdict(status="invalid_input", reason=error.reason, **base)

@@ -170,7 +170,7 @@ def item_page(request: Request, ctx: Ctx, me: ConsoleReviewer, item_id: RowId,
     bundles = ctx.escalations.bundles_for(item_id) if item["history"] else []
     return render(request, "item.html", me, item=item, bundles=bundles, message=message,
                   mine=item["state"] == "claimed" and item["claimed_by"] == me.name,
-                  origin=origin(item["image"]["uri"]), thresholds=thresholds(ctx, item["verdict"]["model_version"]))
+                  origin=origin(item["image"]["uri"]), thresholds=thresholds(ctx, item["verdict"]))
 
 
 @router.post("/items/{item_id}/claim")
@@ -244,7 +244,7 @@ def check_result(request: Request, ctx: Ctx, me: ConsoleReviewer, event_id: str)
                     and i["verdict_id"] == verdict["verdict_id"]), None)
     return render(request, "check_result.html", me, event=event, verdict=verdict, image=image, item_id=item_id,
                   origin=origin(image["uri"]) if image else None,
-                  thresholds=thresholds(ctx, verdict["model_version"]) if verdict else None)
+                  thresholds=thresholds(ctx, verdict) if verdict else None)
 
 
 @router.get("/admin/agreement")

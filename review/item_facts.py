@@ -4,9 +4,10 @@ thresholds turned the scores into the verdict."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from db.model_registry import ModelRegistry
 from pipeline.errors import ModelLoadError
@@ -27,13 +28,14 @@ class Origin:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The cut-offs of one model version, read from its metadata (verdict rows do not store them)."""
+    """The cut-offs behind a verdict: stored with it, or read from its model's metadata for older verdicts."""
 
     version: str
     fake: float
     real: float
     min_face_side: int
     verdict_model: bool  # False: the verdict's model is unknown here, these are the served model's
+    stored: bool = False  # recorded with the verdict itself
 
 
 def origin(uri: str) -> Origin:
@@ -53,9 +55,14 @@ def box_size(box: Sequence[float]) -> str:
     return f"{round(x2 - x1)}×{round(y2 - y1)} px"
 
 
-def thresholds(ctx: ReviewContext, model_version: str) -> Thresholds | None:
-    """The verdict's own model's thresholds when its metadata is reachable (the registry's folder for that
-    version, or the model this server runs); else the served model's, marked as not the verdict's."""
+def thresholds(ctx: ReviewContext, verdict: Mapping[str, Any]) -> Thresholds | None:
+    """The thresholds stored with the verdict; for a verdict recorded before they were stored, its model's
+    from metadata when reachable (the registry's folder for that version, or the model this server runs),
+    else the served model's, marked as not the verdict's."""
+    model_version = str(verdict["model_version"])
+    if verdict.get("threshold_fake") is not None and verdict.get("threshold_real") is not None:
+        return Thresholds(model_version, float(verdict["threshold_fake"]), float(verdict["threshold_real"]),
+                          int(verdict.get("min_face_side") or 0), verdict_model=True, stored=True)
     served = _read(Path(ctx.settings.model_dir))
     if served is not None and served.version == model_version:
         return served

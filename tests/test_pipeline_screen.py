@@ -137,6 +137,8 @@ def test_scored_verdict(
         assert face.verdict == decide(face.fake_probability, _thresholds(classifier))
     assert verdict.fake_probability == max(f.fake_probability for f in verdict.faces)
     assert verdict.verdict == decide(verdict.fake_probability, _thresholds(classifier))
+    assert (verdict.threshold_fake, verdict.threshold_real, verdict.min_face_side) == (
+        classifier.meta.threshold_fake, classifier.meta.threshold_real, classifier.meta.min_face_side)
     assert verdict.reason is None
     assert {"decode", "detect", "classify", "explain", "batch_size"} <= set(verdict.timings)
     assert verdict.timings["batch_size"] == 6.0

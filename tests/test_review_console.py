@@ -167,11 +167,19 @@ def test_item_page_names_the_object_face_sizes_and_the_thresholds(review_ctx, cl
     assert f"<code>{key}</code>" in page and "bucket <code>uploads</code>" in page
     # make_item's boxes are 30 x 40 pixels; each face shows its size beside its own verdict
     assert re.search(r"Face 0:.*?fake.*?30×40 px", page, re.S) and re.search(r"Face 1:.*?uncertain.*?30×40 px", page, re.S)
-    # test-model-1 has no metadata anywhere: the page says so and shows the thresholds of the model it runs
+    # a verdict recorded without its thresholds, of test-model-1, which has no metadata anywhere: the page says
+    # so and shows the thresholds of the model it runs
     served = read_metadata(review_ctx.settings.model_dir)
     facts = re.search(r'<p class="thresholds"[^>]*>(.*?)</p>', page, re.S).group(1)
-    assert "test-model-1" in facts and served.version in facts and "not stored with each verdict" in facts
+    assert "test-model-1" in facts and served.version in facts and "before thresholds were stored" in facts
     assert f"≥ {100 * served.threshold_fake:.1f}%" in facts and f"≤ {100 * served.threshold_real:.1f}%" in facts
+    # a verdict stored with its thresholds shows those, whatever model the server runs
+    stored = make_item(review_ctx, source="facts", score=0.93, thresholds=(0.777, 0.111, 48))
+    facts = re.search(r'<p class="thresholds"[^>]*>(.*?)</p>',
+                      console.get(f"/console/items/{stored.review_item_id}").text, re.S).group(1)
+    assert "Thresholds that made this verdict" in facts and "test-model-1" in facts
+    assert "≥ 77.7%" in facts and "≤ 11.1%" in facts and "under 48 px" in facts
+    assert served.version not in facts or served.version == "test-model-1"
 
     # an object key is producer data: it is escaped, never markup
     with review_ctx.store.engine.begin() as conn:

@@ -12,7 +12,7 @@ import hashlib
 import io
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -107,7 +107,7 @@ def client(review_ctx):  # noqa: ANN001, ANN201
 
 
 def make_item(ctx: Any, source: str = "tenant-a", score: float = 0.93, faces: int = 1, seed: int | None = None,
-              label: str = "fake") -> SavedResult:
+              label: str = "fake", thresholds: tuple[float, float, int] | None = None) -> SavedResult:
     """One screened image with `faces` faces, saved through the real path; returns the saved result."""
     from workers.processing import store_blobs
 
@@ -126,6 +126,9 @@ def make_item(ctx: Any, source: str = "tenant-a", score: float = 0.93, faces: in
     verdict = Verdict(key=sha256, status="scored", model_version="test-model-1", sha256=sha256,
                       size_bytes=len(original), width=160, height=120, verdict=label, fake_probability=score,
                       faces=face_verdicts, heatmap_jpeg=jpeg(pixels))
+    if thresholds is not None:
+        verdict = replace(verdict, threshold_fake=thresholds[0], threshold_real=thresholds[1],
+                          min_face_side=thresholds[2])
     event = UploadEvent(event_id=f"evt-{uuid.uuid4().hex}", image_uri=f"s3://uploads/{key}", source=source)
     return ctx.store.save(event, verdict, store_blobs(ctx.blobs, verdict))
 
