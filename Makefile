@@ -32,7 +32,7 @@ help:
 	@echo "make chaos          fault tests (marker: chaos)"
 	@echo "make load           a burst of 10,000 events through one worker: nothing lost, latency, RSS"
 	@echo "make fuzz           fuzz tests with the long hypothesis profile, then the hostile-input benchmark"
-	@echo "make services-up    start the machine's Postgres and Redis if they do not answer"
+	@echo "make services-up    start the local Postgres and Redis if they do not answer"
 	@echo "make services-down  stop them"
 
 install: $(STAMP) $(PLACEHOLDER) chromium

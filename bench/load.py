@@ -42,6 +42,7 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
     from bench.distributed import face_images, rss_mb
     from bench.services import start_worker
     from db.schema import Event, ReviewItem, Verdict
+    from db.states import TERMINAL
     from devservices import service_env
     from pipeline.events import UploadEvent
     from workers.app import create_app
@@ -101,7 +102,7 @@ def _run(args: argparse.Namespace, svc) -> int:  # noqa: ANN001 - bench.services
             "latency_s": {"p50": round(pick(0.5), 1), "p95": round(pick(0.95), 1), "p99": round(pick(0.99), 1),
                           "max": round(latencies[-1], 1)},
             "statuses": statuses, "verdicts": verdicts,
-            "lost": args.events - sum(statuses.get(s, 0) for s in ("scored", "no_face", "invalid_input", "failed")),
+            "lost": args.events - sum(statuses.get(s, 0) for s in TERMINAL),
             "duplicate_verdicts": sum(1 for (n,) in per_image if n > 1),
             "duplicate_review_items": sum(1 for (n,) in items if n > 1),
             "rss_mb": {"at_10pct": early["rss_mb"], "at_10pct_done": early["done"], "final": samples[-1]["rss_mb"],

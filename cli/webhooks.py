@@ -80,7 +80,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     try:
         ctx = distributed_context(settings)
     except Exception as exc:  # noqa: BLE001
-        return common.unavailable("webhooks relay", exc)
+        return common.unavailable(common.command_name(args), exc)
     try:
         if args.webhooks_command == "redeliver":
             print(

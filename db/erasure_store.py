@@ -30,13 +30,11 @@ from db.schema import (
     ReviewItem,
     Verdict,
     WebhookDelivery,
-    utcnow,
 )
-from db.states import OPEN_STATES, EventStatus
-from db.timestamps import aware
+from db.states import ERASED_URI, OPEN_STATES, EventStatus
+from db.timestamps import aware, now_utc
 from pipeline.events import UploadEvent
 
-ERASED_URI = "erased:"  # what such an event keeps of its image's address
 LOCK_CLASS = 0x45524153  # "ERAS": the advisory-lock namespace of per-content erasure locks
 
 
@@ -164,7 +162,7 @@ class ErasureStore:
             ids = self._resolve(session, plan, shas)
             counts = {"bank_entries": self._erase_bank_entries(session, plan, ids)}
             counts.update(self._delete_images(session, ids, self._event_filter(plan, sha256)))
-            now = utcnow()
+            now = now_utc()
             for sha in shas:
                 session.add(Erasure(sha256=sha, erased_at=now, erased_by=erased_by, reason=reason,
                                     selector=plan.selector, details=counts))
@@ -200,7 +198,7 @@ class ErasureStore:
         # a queued event ends `erased` (a worker that picks it up records nothing more); the others go
         queued = session.execute(update(Event).where(event_filter, Event.status == EventStatus.QUEUED).values(
             status=EventStatus.ERASED, reason=EventStatus.ERASED, image_uri=ERASED_URI, expected_sha256=None, image_id=None,
-            verdict_id=None, finished_at=utcnow()).execution_options(synchronize_session=False)).rowcount or 0
+            verdict_id=None, finished_at=now_utc()).execution_options(synchronize_session=False)).rowcount or 0
         counts = {"events": session.execute(delete(Event).where(event_filter, Event.status != EventStatus.ERASED)).rowcount or 0,
                   "queued_events": queued}
         counts.update(self._delete_review_rows(session, items))

@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
 
 from db.schema import EvidenceBundle, ReviewItem, WebhookCursor, WebhookDelivery, WebhookOutbox
+from db.states import ReviewState
 from db.timestamps import aware
 
 OUTBOX_STATES = ("pending", "delivered", "failed", "dropped")
@@ -88,7 +89,7 @@ class EscalationStore:
         with self.sessions() as session:
             rows = session.scalars(
                 select(EvidenceBundle).join(ReviewItem, ReviewItem.id == EvidenceBundle.review_item_id)
-                .where(ReviewItem.state == "escalated", EvidenceBundle.id == newest, ~delivered, ~queued,
+                .where(ReviewItem.state == ReviewState.ESCALATED, EvidenceBundle.id == newest, ~delivered, ~queued,
                        EvidenceBundle.created_at <= cutoff).order_by(EvidenceBundle.id))
             return [_bundle_dict(r) for r in rows]
 

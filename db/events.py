@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, func, select, update
+from sqlalchemy import Engine, case, delete, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.erasure_store import ERASED_URI
 from db.schema import Event, RescanItem
-from db.states import TERMINAL, EventStatus
+from db.states import ERASED_URI, TERMINAL, EventStatus
 from pipeline.events import UploadEvent
 
 DONE_COLUMNS = ("status", "reason", "attempts", "image_id", "verdict_id", "finished_at")
@@ -163,6 +162,15 @@ class EventLedger:
         session.execute(stmt.on_conflict_do_update(index_elements=["event_id"], set_=done,
                                                    where=Event.status.not_in(TERMINAL)))
         return SavedResult(event.event_id, erased, None, None, None, False, erased)
+
+
+def finish_events_statement(insert: Any) -> Any:  # noqa: ANN401 - the dialect's insert and its statement
+    """`_finish_event` for a list of rows (executemany): the first terminal status wins here too."""
+    events = insert(Event.__table__)
+    return events.on_conflict_do_update(
+        index_elements=["event_id"], set_={name: events.excluded[name] for name in DONE_COLUMNS},
+        # the statuses inline: a list parameter is expanded per execution, which executemany cannot do
+        where=Event.__table__.c.status.not_in([literal_column(f"'{status}'") for status in TERMINAL]))
 
 
 def event_row(event: UploadEvent) -> dict[str, Any]:

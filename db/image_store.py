@@ -93,6 +93,6 @@ class ImageStore:
             for item_id, state, verdict_id, sha256, uri in rows:
                 faces = session.scalars(select(FaceRow).where(FaceRow.verdict_id == verdict_id)
                                         .order_by(FaceRow.face_index)).all()
-                out.append({"item_id": item_id, "label": "fake" if state == "confirmed_fake" else "real",
+                out.append({"item_id": item_id, "label": "fake" if state == ReviewState.CONFIRMED_FAKE else "real",
                             "sha256": sha256, "uri": uri, "faces": [face_dict(f) for f in faces]})
             return out

@@ -6,7 +6,7 @@ verdict per (image, model version), one face row per (verdict, index), one revie
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -23,12 +23,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from db.timestamps import now_utc
+
 # SQLite only autoincrements INTEGER PRIMARY KEY; Postgres gets BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -46,7 +44,7 @@ class Event(Base):
     priority: Mapped[str] = mapped_column(String(16), default="upload")
     expected_sha256: Mapped[str | None] = mapped_column(String(64))
     uploaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
     # queued -> scored | no_face | invalid_input | failed
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     reason: Mapped[str | None] = mapped_column(String(200))
@@ -74,7 +72,7 @@ class Image(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     uploaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
     verdicts: Mapped[list[Verdict]] = relationship(back_populates="image")
 
@@ -96,7 +94,7 @@ class Verdict(Base):
     face_count: Mapped[int] = mapped_column(Integer, default=0)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc, index=True)
     # the thresholds that made the verdict (NULL for verdicts recorded before they were stored)
     threshold_fake: Mapped[float | None] = mapped_column(Float)
     threshold_real: Mapped[float | None] = mapped_column(Float)
@@ -142,8 +140,8 @@ class ReviewItem(Base):
     reason: Mapped[str] = mapped_column(String(40))  # the verdict that opened it: fake | uncertain
     fake_probability: Mapped[float | None] = mapped_column(Float)
     source: Mapped[str] = mapped_column(String(200), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc, onupdate=now_utc)
     # review work (0002): pending -> claimed -> confirmed_fake | marked_real | escalated; skip/release -> pending
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -167,7 +165,7 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(String(16))  # service | moderator | admin
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell tokens apart in lists
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -181,7 +179,7 @@ class ConsoleSession(Base):
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -191,7 +189,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc, index=True)
     actor: Mapped[str] = mapped_column(String(200), index=True)
     actor_role: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(40))
@@ -214,7 +212,7 @@ class EvidenceBundle(Base):
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(64))
     created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
 class WebhookDelivery(Base):
@@ -232,7 +230,7 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(String(200))
     succeeded: Mapped[bool] = mapped_column(default=False)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
 class GoldAnswer(Base):
@@ -244,7 +242,7 @@ class GoldAnswer(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     review_item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id"), index=True)
     moderator: Mapped[str] = mapped_column(String(200), index=True)
-    served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
     answer: Mapped[str | None] = mapped_column(String(8))  # fake | real, None while served
     correct: Mapped[bool | None] = mapped_column()
     answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -257,7 +255,7 @@ class WebhookCursor(Base):
 
     topic: Mapped[str] = mapped_column(String(40), primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger, default=0)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
 class WebhookOutbox(Base):
@@ -274,9 +272,9 @@ class WebhookOutbox(Base):
     payload: Mapped[str] = mapped_column(Text)  # canonical JSON; an escalation's zip is read at delivery time
     state: Mapped[str] = mapped_column(String(12), default="pending")  # pending|delivered|failed|dropped
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
     last_error: Mapped[str | None] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
 # -- re-scans and model roll-outs (0003) ----------------------------------------------------------------
@@ -293,7 +291,7 @@ class ModelRecord(Base):
     folder: Mapped[str] = mapped_column(Text)  # where every worker finds the weights (sha256 checked at load)
     role: Mapped[str] = mapped_column(String(12), default="registered", index=True)  # registered|active|canary
     canary_fraction: Mapped[float] = mapped_column(Float, default=0.0)
-    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
     registered_by: Mapped[str] = mapped_column(String(200), default="cli")
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -321,7 +319,7 @@ class RescanRun(Base):
     chunk_size: Mapped[int] = mapped_column(Integer, default=200)
     reopen_decided: Mapped[bool] = mapped_column(default=False)
     created_by: Mapped[str] = mapped_column(String(200), default="cli")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
     last_tick_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -341,7 +339,7 @@ class RescanItem(Base):
     event_id: Mapped[str] = mapped_column(String(200), unique=True)
     old_verdict_id: Mapped[int | None] = mapped_column(ForeignKey("verdicts.id", ondelete="SET NULL"))
     old_verdict: Mapped[str | None] = mapped_column(String(20))  # verdict label, or the status without one
-    enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
 class CanaryResult(Base):
@@ -360,7 +358,7 @@ class CanaryResult(Base):
     active_probability: Mapped[float | None] = mapped_column(Float)
     canary_probability: Mapped[float | None] = mapped_column(Float)
     agree: Mapped[bool] = mapped_column()
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
 # -- operations (0004): erasure tombstones ------------------------------------------------------------------
@@ -371,7 +369,7 @@ class Erasure(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc, index=True)
     erased_by: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
     selector: Mapped[str] = mapped_column(String(300))  # sha256=... | image_id=... | source=...
@@ -401,7 +399,7 @@ class HashBank(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     kind: Mapped[str] = mapped_column(String(20))  # decisions | imported
     description: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
 class BankEntry(Base):
@@ -421,7 +419,7 @@ class BankEntry(Base):
     audit_id: Mapped[int | None] = mapped_column(ForeignKey("audit_log.id"))
     external_id: Mapped[str | None] = mapped_column(String(200))
     created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
 class BankChange(Base):
@@ -434,7 +432,7 @@ class BankChange(Base):
     op: Mapped[str] = mapped_column(String(8))  # add | remove
     pdq: Mapped[str] = mapped_column(String(64))
     label: Mapped[str] = mapped_column(String(8))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
 class BankMatchRow(Base):
@@ -454,5 +452,5 @@ class BankMatchRow(Base):
     matched_review_item_id: Mapped[int | None] = mapped_column(ForeignKey("review_items.id", ondelete="SET NULL"))
     matched_image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
     found_by: Mapped[str] = mapped_column(String(12), default="upload")  # upload | rescan
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -14,6 +14,9 @@ class EventStatus(StrEnum):
     ERASED = "erased"  # sent before an erasure of its bytes; nothing of it is kept
 
 
+ERASED_URI = "erased:"  # all an erased event keeps of its image's address
+
+
 # an event in one of these has ended: a redelivered message is skipped and the first end wins
 TERMINAL = (EventStatus.SCORED, EventStatus.NO_FACE, EventStatus.INVALID_INPUT, EventStatus.FAILED, EventStatus.ERASED)
 ERROR_STATUSES = (EventStatus.FAILED, EventStatus.INVALID_INPUT)

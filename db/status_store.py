@@ -30,7 +30,7 @@ def status_summary(engine: Engine, window_s: float = 300.0, errors: int = 10,
     return {
         "throughput": {"window_s": window_s, "finished": total, "per_second": round(total / window_s, 4),
                        "by_status": finished},
-        "review_backlog": {"pending": backlog.get("pending", 0), "claimed": backlog.get("claimed", 0),
+        "review_backlog": {"pending": backlog.get(ReviewState.PENDING, 0), "claimed": backlog.get(ReviewState.CLAIMED, 0),
                            "oldest_pending_age_s": round((now - oldest).total_seconds(), 1) if oldest else None},
         "errors": [{"at": aware(at).isoformat() if at else None, "status": status, "reason": reason,
                     "event_id": event_id, "source": source} for at, status, reason, event_id, source in rows],

@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, literal_column, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from db import known_fakes
 from db.engine import connect
 from db.erasure_store import erased_events, lock_contents
-from db.events import DONE_COLUMNS, EventLedger, SavedResult, done_row, event_row
+from db.events import EventLedger, SavedResult, done_row, event_row, finish_events_statement
 from db.review_opening import open_review, review_for_rescan, review_row
+from db.review_store import verdict_thresholds
 from db.schema import Event, FaceRow, Image, PerceptualHashRow, ReviewItem, Verdict
-from db.states import TERMINAL
 from pipeline.decide import needs_review
 from pipeline.events import UploadEvent
 from pipeline.screen import Verdict as ScreenVerdict
@@ -279,14 +279,13 @@ class Store(EventLedger):
         documents: dict[int, dict[str, Any]] = {}
         with self.sessions() as session:
             rows = session.execute(
-                select(Verdict.id, Image.sha256, Verdict.status, Verdict.verdict, Verdict.fake_probability,
-                       Verdict.heatmap_key, Verdict.reason, Verdict.model_version)
-                .join(Image, Image.id == Verdict.image_id).where(Verdict.id.in_(wanted))
+                select(Verdict, Image.sha256).join(Image, Image.id == Verdict.image_id).where(Verdict.id.in_(wanted))
             ).all()
-            for vid, sha256, status, verdict, prob, heatmap, reason, model_version in rows:
-                documents[vid] = {"verdict_id": vid, "sha256": sha256, "status": status, "verdict": verdict,
-                                  "fake_probability": prob, "faces": [], "heatmap": heatmap,
-                                  "reason": reason, "model_version": model_version}
+            for row, sha256 in rows:
+                documents[row.id] = {"verdict_id": row.id, "sha256": sha256, "status": row.status,
+                                     "verdict": row.verdict, "fake_probability": row.fake_probability, "faces": [],
+                                     "heatmap": row.heatmap_key, "reason": row.reason,
+                                     "model_version": row.model_version, **verdict_thresholds(row)}
             faces = session.execute(
                 select(FaceRow.verdict_id, FaceRow.x1, FaceRow.y1, FaceRow.x2, FaceRow.y2,
                        FaceRow.detection_probability, FaceRow.fake_probability, FaceRow.verdict,
@@ -338,12 +337,7 @@ class _PlainStatements:
         self.hashes = insert(PerceptualHashRow.__table__).on_conflict_do_nothing(index_elements=["verdict_id"])
         self.reviews = (insert(reviews).on_conflict_do_nothing(index_elements=["verdict_id"])
                         .returning(reviews.c.id, reviews.c.verdict_id))
-        events = insert(Event.__table__)
-        # the first terminal status wins, as in EventLedger._finish_event
-        self.events = events.on_conflict_do_update(
-            index_elements=["event_id"], set_={name: events.excluded[name] for name in DONE_COLUMNS},
-            # the statuses inline: a list parameter is expanded per execution, which executemany cannot do
-            where=Event.__table__.c.status.not_in([literal_column(f"'{status}'") for status in TERMINAL]))
+        self.events = finish_events_statement(insert)
 
 
 def _image_row(event: UploadEvent, result: ScreenVerdict, now: datetime) -> dict[str, Any]:

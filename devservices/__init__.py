@@ -62,7 +62,7 @@ def ensure_postgres() -> None:
 
 @contextmanager
 def fresh_database(prefix: str) -> Iterator[str]:
-    """A new, migrated database on the machine's Postgres, dropped afterwards."""
+    """A new, migrated database on the local Postgres server (DEEPSCREEN_TEST_PG_ADMIN), dropped afterwards."""
     from sqlalchemy import create_engine, text
 
     from db.migrate import upgrade

@@ -147,7 +147,7 @@ def build_manifest(item: dict[str, Any], files: list[tuple[str, bytes]], missing
         "image": {k: image[k] for k in ("id", "sha256", "uri", "source", "width", "height", "size_bytes",
                                         "uploaded_at")},
         "verdict": {k: verdict[k] for k in ("id", "model_version", "status", "verdict", "fake_probability",
-                                            "created_at")},
+                                            "created_at", "threshold_fake", "threshold_real", "min_face_side")},
         "faces": [{k: f[k] for k in ("index", "box", "detection_probability", "fake_probability", "verdict")}
                   for f in item["faces"]],
         "history": [{k: h[k] for k in ("at", "actor", "actor_role", "action", "previous_state", "new_state", "note")}

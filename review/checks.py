@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from db.review_store import Actor
+from db.states import EventStatus
 from pipeline.decode import decoded_ahead
 from pipeline.events import UploadEvent
 from review.context import ReviewContext
@@ -58,7 +59,7 @@ def run_check(ctx: ReviewContext, actor: Actor, data: bytes, filename: str | Non
         outcome = process_events(runtime, [Job(event)])[0]  # one Screener per process, not thread-safe
     if outcome.saved is None:
         log.warning("check failed event_id=%s reason=%s", event.event_id, outcome.retry_reason)
-        ctx.store.mark_failed(event, "failed", (outcome.retry_reason or "unknown")[:200], 1)
+        ctx.store.mark_failed(event, EventStatus.FAILED, (outcome.retry_reason or "unknown")[:200], 1)
         raise CheckFailed("screening_failed")
     saved = outcome.saved
     ctx.reviews.record(actor, "check", saved.review_item_id, details={

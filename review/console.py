@@ -169,7 +169,7 @@ def item_page(request: Request, ctx: Ctx, me: ConsoleReviewer, item_id: RowId,
         return render(request, "error.html", me, status=404, message=f"No review item {item_id}.")
     bundles = ctx.escalations.bundles_for(item_id) if item["history"] else []
     return render(request, "item.html", me, item=item, bundles=bundles, message=message,
-                  mine=item["state"] == "claimed" and item["claimed_by"] == me.name,
+                  mine=item["state"] == ReviewState.CLAIMED and item["claimed_by"] == me.name,
                   origin=origin(item["image"]["uri"]), thresholds=thresholds(ctx, item["verdict"]))
 
 

@@ -81,6 +81,9 @@ class VerdictOut(BaseModel):
     fake_probability: float | None
     reason: str | None
     heatmap_url: str | None = None
+    threshold_fake: float | None = None  # the cut-offs that made the verdict (None: recorded before they were kept)
+    threshold_real: float | None = None
+    min_face_side: int | None = None
     faces: list[FaceOut]
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start (up) or stop (down) this machine's Postgres and Redis for the test suite.
+# Start (up) or stop (down) the local Postgres and Redis for the test suite.
 # `up` leaves a service that already answers alone, so it is safe to run any number of times.
 # The moto S3 server is not handled here: test fixtures start it on a free port.
 set -euo pipefail

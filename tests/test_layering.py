@@ -62,3 +62,10 @@ def test_bench_and_devservices_import_no_tests() -> None:
         if "tests" in _imports(path)
     ]
     assert offenders == []
+
+
+def test_the_product_never_imports_the_service_launchers() -> None:
+    """devservices/ starts throwaway services for tests and benchmarks; it is not shipped in the image."""
+    offenders = [str(path.relative_to(REPO)) for floor in FLOORS for path in (REPO / floor).rglob("*.py")
+                 if {"devservices", "tests", "bench"} & _imports(path)]
+    assert offenders == []

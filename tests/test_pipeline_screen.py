@@ -261,7 +261,7 @@ def test_all_invalid_batch(classifier: Classifier, detector: FaceDetector, corpu
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "examples"
 
 
-@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/data/examples is not on this machine")
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/data/examples is not beside the repository")
 def test_example_frames(classifier: Classifier, detector: FaceDetector) -> None:
     """The 1920x1080 DFD frames decode, and the people in them are found and scored."""
     files = sorted(EXAMPLES.glob("*.jpg"))

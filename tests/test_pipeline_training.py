@@ -481,6 +481,20 @@ def test_resume_refuses_a_different_config(trained: tuple[TrainConfig, dict]) ->
 
 
 @pytest.mark.slow
+def test_a_checkpoint_older_than_a_setting_resumes_with_its_default(trained: tuple[TrainConfig, dict], runs: Path) -> None:
+    cfg, _ = trained
+    runs.mkdir(parents=True)
+    old = runs / "old"
+    shutil.copytree(Path(cfg.out), old)
+    ckpt = torch.load(old / "checkpoint.pt", map_location="cpu", weights_only=False)
+    del ckpt["config"]["ema_decay"], ckpt["config"]["augment"]["real_blur"]  # written before these existed
+    torch.save(ckpt, old / "checkpoint.pt")
+    assert Trainer(replace(cfg, out=str(old)), progress=False).try_resume()
+    with pytest.raises(ValueError, match="different config"):
+        Trainer(replace(cfg, out=str(old), ema_decay=0.5), progress=False).try_resume()
+
+
+@pytest.mark.slow
 def test_refused_resume_keeps_the_run_config(trained: tuple[TrainConfig, dict]) -> None:
     cfg, _ = trained
     path = Path(cfg.out) / "config.json"

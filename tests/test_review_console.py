@@ -146,7 +146,9 @@ def test_check_an_image_runs_the_real_screener_and_is_stored_and_audited(review_
     assert f'viewBox="0 0 {image["width"]} {image["height"]}"' in result.text
     assert f'/v1/media/images/{image["id"]}/original' in result.text
     assert image["uri"].removeprefix("s3://uploads/") in result.text and "uploads" in result.text
-    assert "Thresholds of model test-flag-all:" in result.text and "≥ 0.0%" in result.text  # its own, not a fallback
+    facts = re.search(r'<p class="thresholds"[^>]*>(.*?)</p>', result.text, re.S).group(1)
+    # stored with the verdict: its own model's, not a fallback
+    assert "Thresholds in force when this verdict" in facts and "(model test-flag-all)" in facts and "≥ 0.0%" in facts
     item_link = f'href="/console/items/{audit[0]["review_item_id"]}"'
     assert item_link in result.text  # the review item the check opened
     item_page = console.get(f"/console/items/{audit[0]['review_item_id']}")
@@ -177,7 +179,7 @@ def test_item_page_names_the_object_face_sizes_and_the_thresholds(review_ctx, cl
     stored = make_item(review_ctx, source="facts", score=0.93, thresholds=(0.777, 0.111, 48))
     facts = re.search(r'<p class="thresholds"[^>]*>(.*?)</p>',
                       console.get(f"/console/items/{stored.review_item_id}").text, re.S).group(1)
-    assert "Thresholds that made this verdict" in facts and "test-model-1" in facts
+    assert "Thresholds in force when this verdict" in facts and "test-model-1" in facts
     assert "≥ 77.7%" in facts and "≤ 11.1%" in facts and "under 48 px" in facts
     assert served.version not in facts or served.version == "test-model-1"
 

@@ -56,6 +56,15 @@ def test_list_filters_and_paginates(review_ctx, client, tokens) -> None:  # noqa
     _drain(review_ctx)
 
 
+def test_the_queue_filter_offers_every_review_state() -> None:
+    from typing import get_args, get_type_hints
+
+    from review.routes.review import list_items
+
+    offered = get_args(get_type_hints(list_items)["state"])
+    assert list(offered) == [*(s.value for s in ReviewState), "any"]
+
+
 def test_withdrawn_items_can_be_listed(review_ctx, client, tokens) -> None:  # noqa: ANN001
     _drain(review_ctx)
     item_id = make_item(review_ctx, source="withdrawn-filter", score=0.95).review_item_id

@@ -20,13 +20,12 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 
-from db.store import SavedResult
+from db.events import SavedResult
 from devservices import fresh_database
 from pipeline.events import UploadEvent
 from pipeline.screen import FaceVerdict, Verdict
 
 SECRET = "test-signing-secret-0123456789abcdef"
-# Not the session's Redis db: other test runs on this machine flush that one and run workers on it.
 
 
 def png(pixels: np.ndarray) -> bytes:

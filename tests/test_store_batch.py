@@ -165,7 +165,9 @@ def test_verdict_documents_read_every_verdict_of_a_batch(two_stores: tuple[Store
                 "faces": [{"box": [f.x1, f.y1, f.x2, f.y2], "detection_probability": f.detection_probability,
                            "fake_probability": f.fake_probability, "verdict": f.verdict, "heatmap": f.heatmap_key}
                           for f in faces],
-                "heatmap": verdict.heatmap_key, "reason": verdict.reason, "model_version": verdict.model_version}
+                "heatmap": verdict.heatmap_key, "reason": verdict.reason, "model_version": verdict.model_version,
+                "threshold_fake": verdict.threshold_fake, "threshold_real": verdict.threshold_real,
+                "min_face_side": verdict.min_face_side}
     assert len(documents[saved[0].verdict_id]["faces"]) == 2
     assert store.verdict_document(ids[-1]) == documents[ids[-1]]
     with pytest.raises(NoResultFound):

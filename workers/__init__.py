@@ -1,1 +1,1 @@
-"""The processes around the screening core: Celery workers, storage adapters, the embedded runner, the CLI."""
+"""The processes around the screening core: Celery workers, storage adapters, the embedded runner."""

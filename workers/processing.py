@@ -20,8 +20,9 @@ from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from db.events import SavedResult
 from db.states import EventStatus
-from db.store import BlobKeys, ExistingVerdict, SavedResult, Store
+from db.store import BlobKeys, ExistingVerdict, Store
 from pipeline.decode import OUT_OF_MEMORY
 from pipeline.errors import InvalidInput
 from pipeline.events import UploadEvent

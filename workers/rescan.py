@@ -15,6 +15,7 @@ from typing import Any
 
 from db.model_registry import ModelRegistry
 from db.rescan_store import ChunkRow, RescanSelector, RescanStore, RunView
+from db.timestamps import aware
 from pipeline.csv_cells import SafeDictWriter
 from pipeline.events import UploadEvent
 from pipeline.model import read_metadata
@@ -87,7 +88,7 @@ class RescanDriver:
         """Seconds of rate this tick may spend: since the last tick, capped at two ticks (or one image)."""
         if last is None:
             return self.config.tick_s
-        last = last if last.tzinfo else last.replace(tzinfo=UTC)
+        last = aware(last)
         cap = max(2 * self.config.tick_s, 1.0 / rate_per_s)
         return min(max((now - last).total_seconds(), 0.0), cap)
 

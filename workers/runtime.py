@@ -98,7 +98,7 @@ def distributed_runtime(settings: Settings, screener: Screener | None = None) ->
 
 
 def embedded_runtime(settings: Settings, home: Path, crops: bool = False) -> Runtime:
-    store = Store.from_url(home_database(home), fast_commits=True)  # screening writes only: see db.store.connect
+    store = Store.from_url(home_database(home), fast_commits=True)  # screening writes only: see db.engine.connect
     return Runtime(
         screener=build_screener(settings, crops=crops),
         store=store,

@@ -13,6 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
+from db.states import EventStatus
 from pipeline.errors import InvalidEvent
 from pipeline.events import parse_event
 from workers import exporter, heartbeat, metrics
@@ -183,7 +184,7 @@ def _over_time(unsettled: list[Job], current: list[Job]) -> None:
         if current == [job]:
             log.error("time limit event_id=%s screened alone for more than %g s", job.event.event_id, limit)
             try:
-                runtime().store.mark_failed(job.event, "failed", f"time_limit: screening alone took more than "
+                runtime().store.mark_failed(job.event, EventStatus.FAILED, f"time_limit: screening alone took more than "
                                             f"{limit:g} s", job.attempt)
                 continue
             except TRANSIENT_DB:
@@ -230,7 +231,7 @@ def _dead_letter_crasher(job: Job, count: int) -> bool:
     reason = f"worker_crashed: a worker died {count - 1} times while screening it (attempt {job.attempt})"
     log.error("dead-letter event_id=%s reason=%s", job.event.event_id, reason)
     try:
-        runtime().store.mark_failed(job.event, "failed", reason, job.attempt)
+        runtime().store.mark_failed(job.event, EventStatus.FAILED, reason, job.attempt)
         metrics.DEAD_LETTERS.labels(metrics.queue_of(job.event.priority), _model_version() or "unknown",
                                     metrics.reason_class(reason)).inc()
         return True
@@ -272,7 +273,7 @@ def _retry_or_dead_letter(outcome: Outcome) -> None:
     if job.attempt >= settings.max_attempts and not reason.startswith("database"):
         log.error("dead-letter event_id=%s attempts=%d reason=%s", job.event.event_id, job.attempt, reason)
         try:
-            runtime().store.mark_failed(job.event, "failed", f"retries_exhausted: {reason}"[:200], job.attempt)
+            runtime().store.mark_failed(job.event, EventStatus.FAILED, f"retries_exhausted: {reason}"[:200], job.attempt)
             metrics.DEAD_LETTERS.labels(metrics.queue_of(job.event.priority), _model_version() or "unknown",
                                         metrics.reason_class(reason)).inc()
             return

@@ -456,5 +456,8 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    # Settings that do not change the result may differ between a run and its resume.
-    return {k: v for k, v in config.items() if k not in ("threads", "device", "checkpoint_every", "out")}
+    # Settings that do not change the result may differ between a run and its resume; a key a checkpoint
+    # predates takes its default, so adding a setting does not orphan older runs.
+    defaults = _config_dict(TrainConfig(data=str(config.get("data", ""))))
+    merged = {**defaults, **config, "augment": {**defaults["augment"], **config.get("augment", {})}}
+    return {k: v for k, v in merged.items() if k not in ("threads", "device", "checkpoint_every", "out")}

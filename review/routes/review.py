@@ -8,6 +8,7 @@ from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import JSONResponse, Response
 
 from db.review_store import QueueFilter, ReviewError
+from db.states import ReviewState
 from review import decisions
 from review.auth import Admin, BundleReader, Reviewer
 from review.context import Ctx
@@ -134,7 +135,7 @@ def build_bundle(ctx: Ctx, principal: Reviewer, item_id: RowId) -> Any:
         item = ctx.reviews.item(item_id)
     except ReviewError as exc:
         return review_error(exc)
-    if item["state"] != "escalated":
+    if item["state"] != ReviewState.ESCALATED:
         return error_response(409, "not_escalated")
     return bundle_out(decisions.rebuild_bundle(ctx, principal.actor, item_id))
 
