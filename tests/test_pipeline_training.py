@@ -23,7 +23,7 @@ from pipeline.training.augment import AugmentConfig, apply_params, difference_ma
 from pipeline.training.data import Sample, load_crop, make_pair_batch, read_manifest, read_pairs
 from pipeline.training.metrics import at_threshold, auc, choose_thresholds, ece, fit_platt, fit_temperature
 from pipeline.training.sbi import face_mask, self_blend
-from pipeline.training.train import TrainConfig, Trainer, update_ema
+from pipeline.training.train import TrainConfig, Trainer, selection_score, update_ema
 
 # -- metrics ------------------------------------------------------------------------------------------
 
@@ -554,3 +554,12 @@ def test_train_config_from_dict() -> None:
     assert cfg.augment == AugmentConfig(window=96, window_scale=(1.0, 1.1))
     with pytest.raises(ValueError, match="learning_rate"):
         TrainConfig.from_dict({"data": "d", "learning_rate": 1})
+
+
+def test_selection_score_main_or_mean_over_families() -> None:
+    row = {"epoch": 2, "val_auc": 0.80, "val_auc_gan-faces-crops": 0.90, "train_loss": 0.3}
+    assert selection_score(row, "main") == pytest.approx(0.80)
+    assert selection_score(row, "mean") == pytest.approx(0.85)
+    assert selection_score({"val_auc": 0.7}, "mean") == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="select_on"):
+        TrainConfig.from_dict({"data": "d", "select_on": "gan"})

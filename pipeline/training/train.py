@@ -96,6 +96,9 @@ class TrainConfig:
     # > 0: validation, selection and export use an exponential moving average of the weights (per step);
     # averaging damps the late-epoch overfitting a fine-tune shows on a small set of identities
     ema_decay: float = 0.0
+    # what picks the kept epoch: "main" = the main family's validation AUC; "mean" = the mean over it and every
+    # extra family's, so a second family's gains are not thrown away for a flat main family
+    select_on: str = "main"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -109,6 +112,8 @@ class TrainConfig:
         if isinstance(values.get("augment"), dict):
             aug: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values["augment"].items()}
             values["augment"] = AugmentConfig(**aug)
+        if values.get("select_on", "main") not in ("main", "mean"):
+            raise ValueError(f"select_on must be 'main' or 'mean', not {values['select_on']!r}")
         return cls(**values)
 
     @classmethod
@@ -345,18 +350,19 @@ class Trainer:
         val_auc = auc(labels, logits)
         row = {"epoch": epoch + 1, "train_loss": loss, "val_auc": val_auc, "seconds": round(seconds, 1),
                "images_per_s": round(2 * self.steps_per_epoch * self.cfg.pairs_per_batch / max(seconds, 1e-9), 2)}
-        for name, samples in self.extra_val.items():  # reported; selection stays on the main family
+        for name, samples in self.extra_val.items():
             if name not in self._extra_val_crops:
                 self._extra_val_crops[name] = [load_crop(self.root, s, self.cfg.input_size) for s in samples]
             extra_logits = predict_logits(judged, self._extra_val_crops[name], self.meta, self.device,
                                           self.cfg.precision, tta_flip=self.cfg.tta_flip)
             row[f"val_auc_{name}"] = auc(np.array([s.label for s in samples]), extra_logits)
+        score = row["selection_score"] = selection_score(row, self.cfg.select_on)
         self.state["history"].append(row)
         with (self.run / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        log.info("epoch=%s val_auc=%.4f loss=%s", epoch + 1, val_auc, loss)
-        if val_auc > self.state["best_auc"]:
-            self.state["best_auc"] = val_auc
+        log.info("epoch=%s val_auc=%.4f selection=%.4f loss=%s", epoch + 1, val_auc, score, loss)
+        if score > self.state["best_auc"]:
+            self.state["best_auc"] = score
             save_model(judged, self.meta, self.run / "best")
         self.state["epoch"] = epoch + 1
         self.state["step"] = 0
@@ -416,6 +422,16 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
             mine.lerp_(theirs, 1.0 - decay)
         else:
             mine.copy_(theirs)
+
+
+def selection_score(row: dict[str, Any], select_on: str) -> float:
+    """The number an epoch is kept by (higher is better); `row` is one epoch's metrics row."""
+    if select_on == "main":
+        return float(row["val_auc"])
+    if select_on == "mean":
+        values = [row["val_auc"], *(v for k, v in row.items() if k.startswith("val_auc_"))]
+        return float(np.mean(values))
+    raise ValueError(f"select_on must be 'main' or 'mean', not {select_on!r}")
 
 
 def param_groups(net: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
