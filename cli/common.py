@@ -139,6 +139,13 @@ def unavailable(command: str, exc: BaseException) -> int:
     return EXIT_UNAVAILABLE
 
 
+def outage(command: str, exc: BaseException) -> int:
+    """Exit 3 with one line when `exc` is a service outage; anything else is a defect and keeps its traceback."""
+    if outage_service(exc) is None:
+        raise exc
+    return unavailable(command, exc)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Runs the chosen subcommand. An outage of the database, broker or object store that reaches here, in any
     subcommand, is one line on stderr and exit 3; any other error keeps its traceback."""

@@ -37,8 +37,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except DatabaseCreateDenied as exc:
         print(f"deepscreen migrate: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001
-        return common.unavailable("migrate", exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage("migrate", exc)
     print(f"database at revision {current(url)}")
     if args.no_buckets or not settings.s3_endpoint_url:
         return EXIT_OK  # on AWS the buckets and their policies are the operator's to make

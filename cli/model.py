@@ -165,6 +165,6 @@ def cmd_model_registry(args: argparse.Namespace) -> int:
     except (RegistryError, ModelLoadError) as exc:
         print(f"deepscreen model {args.model_command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - the database is unreachable
-        return common.unavailable(f"model {args.model_command}", exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage(f"model {args.model_command}", exc)
     return EXIT_OK

@@ -93,8 +93,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
     except NothingToErase as exc:
         print(f"deepscreen erase: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as exc:  # noqa: BLE001 - a CLI reports service trouble as an exit code
-        return common.unavailable("erase", exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage("erase", exc)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
@@ -122,8 +122,8 @@ def cmd_retention(args: argparse.Namespace) -> int:
         done = apply_retention(
             ErasureStore(engine), blobs, settings.retention_heatmap_days, settings.retention_verdict_days
         )
-    except Exception as exc:  # noqa: BLE001
-        return common.unavailable("retention", exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage("retention", exc)
     print(json.dumps(done))
     return EXIT_OK
 

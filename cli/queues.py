@@ -30,8 +30,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     url = common.database_url(args)
     try:
         rows = Store.from_url(url).dead_letters(args.limit)
-    except Exception as exc:  # noqa: BLE001
-        return common.unavailable("dead-letters", exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage("dead-letters", exc)
     for row in rows:
         if args.json:
             print(json.dumps(row))
@@ -61,8 +61,8 @@ def cmd_requeue_stuck(args: argparse.Namespace) -> int:
         ids = requeue_stuck_events(
             app, store, args.older_than or settings.stuck_after_s, args.limit, dry_run=args.dry_run
         )
-    except Exception as exc:  # noqa: BLE001
-        return common.unavailable("requeue-stuck", exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage("requeue-stuck", exc)
     for event_id in ids:
         print(event_id)
     print(f"{len(ids)} stuck events {'found' if args.dry_run else 'requeued'}", file=sys.stderr)

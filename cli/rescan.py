@@ -102,8 +102,8 @@ def cmd_rescan(args: argparse.Namespace) -> int:
     except RescanError as exc:
         print(f"deepscreen rescan {args.rescan_command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - a service is unreachable
-        return common.unavailable(f"rescan {args.rescan_command}", exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage(f"rescan {args.rescan_command}", exc)
 
 
 def _rescan(args: argparse.Namespace) -> int:

@@ -97,8 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     try:
         ctx = embedded_context(settings, Path(args.home)) if args.home else distributed_context(settings)
-    except Exception as exc:  # noqa: BLE001 - a CLI reports service trouble as an exit code
-        return common.unavailable("serve", exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage("serve", exc)
     extra: dict[str, Any] = {}
     if os.environ.get("DEEPSCREEN_LOG_FORMAT") == "json":
         # uvicorn's own loggers (startup, access) go through the root logger's JSON formatter too
@@ -234,8 +234,8 @@ def cmd_export_labels(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     try:
         ctx = embedded_context(settings, Path(args.home)) if args.home else distributed_context(settings)
-    except Exception as exc:  # noqa: BLE001
-        return common.unavailable("export-labels", exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage("export-labels", exc)
     try:
         report = export_labels(ctx, Path(args.out), margin, args.val_percent, progress=not args.no_progress)
     finally:

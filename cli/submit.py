@@ -85,8 +85,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             f"deepscreen submit: {exc} ({len(exc.queued)} queued; run it again for the rest)", file=sys.stderr
         )
         return EXIT_UNAVAILABLE
-    except Exception as exc:  # noqa: BLE001 - a CLI reports service trouble as an exit code
-        return common.unavailable("submit", exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage("submit", exc)
     finally:
         if store is not None:
             store.engine.dispose()

@@ -79,8 +79,8 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         ctx = distributed_context(settings)
-    except Exception as exc:  # noqa: BLE001
-        return common.unavailable(common.command_name(args), exc)
+    except Exception as exc:  # noqa: BLE001 - an outage is exit 3; a defect is re-raised
+        return common.outage(common.command_name(args), exc)
     try:
         if args.webhooks_command == "redeliver":
             print(

@@ -50,6 +50,23 @@ class Error(BaseModel):
     detail: str | None = None
 
 
+class Readiness(BaseModel):
+    """The public readiness answer: nothing but up or down."""
+
+    status: Literal["ready", "unavailable"]
+
+
+class ReadinessCheck(BaseModel):
+    ok: bool
+    detail: str | None = None
+    seconds: float
+
+
+class ReadinessDetail(Readiness):
+    failing: list[str]
+    checks: dict[str, ReadinessCheck]
+
+
 def error_response(
     status: int, error: str, *, headers: Mapping[str, str] | None = None, **fields: Any
 ) -> JSONResponse:

@@ -137,3 +137,15 @@ def test_migrate_creates_the_buckets_submit_needs(postgres_url: str, s3_server: 
     again = _deepscreen(["migrate"], **env)
     assert again.returncode == 0, again.stderr
     assert "created bucket" not in again.stderr
+
+
+def test_a_defect_in_a_command_keeps_its_traceback_and_an_outage_is_exit_3(capsys: pytest.CaptureFixture) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from cli import common
+
+    refused = OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+    assert common.outage("dead-letters", refused) == 3
+    assert capsys.readouterr().err.startswith("deepscreen dead-letters: database unavailable")
+    with pytest.raises(KeyError):  # a bug, not "database unavailable"
+        common.outage("dead-letters", KeyError("verdict_id"))

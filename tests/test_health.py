@@ -88,6 +88,16 @@ def test_readyz_names_a_missing_bucket_and_a_missing_model(postgres_url, redis_u
         assert body.json()["failing"] == ["blob_store", "model"]
         public = client.get("/readyz")
         assert public.status_code == 503 and public.json() == {"status": "unavailable"}
+        # the spec documents the 503s as the bodies really sent, for clients that generate code from it
+        from review.schemas import Readiness, ReadinessDetail
+
+        Readiness.model_validate(public.json())
+        ReadinessDetail.model_validate(body.json())
+        spec = client.get("/openapi.json", headers=_admin(ctx)).json()
+        for path, model in (("/readyz", "Readiness"), ("/v1/admin/readiness", "ReadinessDetail")):
+            for status in ("200", "503"):
+                schema = spec["paths"][path]["get"]["responses"][status]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": f"#/components/schemas/{model}"}, (path, status)
     finally:
         ctx.close()
 

@@ -13,13 +13,13 @@ from db.erasure_store import ErasureStore
 from review.auth import Admin, Public
 from review.context import Ctx
 from review.health import readiness
-from review.schemas import Error, RowId, error_response
+from review.schemas import Error, Readiness, ReadinessDetail, RowId, error_response
 from workers.erasure import NothingToErase, erase, s3_original_deleter
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/readyz", responses={503: {"model": Error}})
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request, _: Public) -> JSONResponse:
     """Ready to work (Postgres, Redis, the blob store and the model answer): `ready`, else 503 `unavailable`.
     Anyone may ask, so the answer is bare and comes from a cache of a second or two
@@ -29,7 +29,7 @@ async def readyz(request: Request, _: Public) -> JSONResponse:
     return JSONResponse({"status": "ready" if ready else "unavailable"}, status_code=200 if ready else 503)
 
 
-@router.get("/v1/admin/readiness", responses={503: {"model": Error}})
+@router.get("/v1/admin/readiness", response_model=ReadinessDetail, responses={503: {"model": ReadinessDetail}})
 async def readiness_detail(ctx: Ctx, _: Admin) -> JSONResponse:
     """Readiness checked now, each part with its detail and timing; 503 names what failed (admins)."""
     checks = await run_in_threadpool(readiness, ctx)
