@@ -563,3 +563,14 @@ def test_selection_score_main_or_mean_over_families() -> None:
     assert selection_score({"val_auc": 0.7}, "mean") == pytest.approx(0.7)
     with pytest.raises(ValueError, match="select_on"):
         TrainConfig.from_dict({"data": "d", "select_on": "gan"})
+
+
+def test_training_precision_auto_uses_bf16_only_where_the_cpu_computes_it() -> None:
+    from pipeline.model import cpu_has_bf16_units
+    from pipeline.training.train import _autocast
+
+    assert TrainConfig(data="d").precision == "auto"
+    with _autocast(torch.device("cpu"), "auto"):
+        assert torch.is_autocast_enabled("cpu") == cpu_has_bf16_units()
+    with _autocast(torch.device("cpu"), "fp32"):
+        assert not torch.is_autocast_enabled("cpu")

@@ -28,6 +28,7 @@ from pipeline.model import (
     build_network,
     crops_to_tensor,
     file_sha256,
+    resolve_precision,
     save_model,
 )
 from pipeline.training.augment import AugmentConfig
@@ -64,7 +65,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 200
     dropout: float = 0.2
-    precision: str = "bf16"  # autocast dtype on CPU/CUDA: bf16 | fp16 | fp32
+    # autocast on CPU/CUDA: auto | bf16 | fp16 | fp32. auto = bf16 only where the hardware computes it natively:
+    # emulated bf16 on a CPU without bf16 units trains an order of magnitude slower than fp32
+    precision: str = "auto"
     threads: int = 2
     device: str = "auto"
     mask_weight: float = 0.5  # 0 trains without the auxiliary mask head
@@ -160,6 +163,7 @@ def _lr(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 def _autocast(device: torch.device, precision: str):
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return torch.autocast(device_type=device.type, enabled=False)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -286,6 +290,8 @@ class Trainer:
         (self.run / "config.json").write_text(json.dumps(_config_dict(self.cfg), indent=2) + "\n")
         cfg = self.cfg
         grid = _mask_grid(self.net, cfg.augment.window, self.device)
+        log.info("training on %s in %s (precision=%s)", self.device, resolve_precision(cfg.precision, self.device),
+                 cfg.precision)
         while self.state["epoch"] < cfg.epochs:
             epoch = self.state["epoch"]
             pairs = self.epoch_pairs(epoch)
