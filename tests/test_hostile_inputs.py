@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from bench.hostile_corpus import exif_flood, jpeg_scan_bomb, png_flat, png_text_bomb
+from devservices import wait_for
 from pipeline.decode import DecodeLimits, decode_image, decode_in_process, decoded_ahead
 from pipeline.errors import InvalidInput
 from pipeline.isolation import IsolatedDecoder
@@ -126,12 +127,20 @@ def test_a_decode_process_that_dies_is_a_typed_outcome(
         except InvalidInput as exc:
             outcome.append(exc)
 
+    idle_ticks = _cpu_ticks(pid)
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.5)
+    # killed mid-decode, however loaded the machine: once the child has spent CPU on the bomb
+    wait_for(lambda: _cpu_ticks(pid) >= idle_ticks + 5, 60, interval=0.05, what="the decode to start")
     os.kill(pid, sent)
     thread.join(60)
     assert [getattr(e, "reason", None) for e in outcome] == [reason]
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User plus system clock ticks a process has used (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def test_an_idle_decode_process_that_died_costs_the_next_input_nothing(
