@@ -574,3 +574,17 @@ def test_training_precision_auto_uses_bf16_only_where_the_cpu_computes_it() -> N
         assert torch.is_autocast_enabled("cpu") == cpu_has_bf16_units()
     with _autocast(torch.device("cpu"), "fp32"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.slow
+def test_export_ships_a_loadable_model_and_measures_bf16_only_where_it_is_native(dataset: Path, runs: Path) -> None:
+    from pipeline.model import resolve_precision
+    from pipeline.training.export import export_model
+
+    Trainer(_config(dataset, runs / "run"), progress=False).fit()
+    export_model(runs / "run", runs / "shipped", "test-export")
+    shipped = load_classifier(runs / "shipped", precision="fp32")
+    aucs = shipped.meta.extra["validation_auc_by_precision"]
+    native = resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert {"fp32", "fp16_weights"} <= set(aucs) and ("bf16_autocast" in aucs) == native
+    assert shipped.meta.version == "test-export"

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.model import load_classifier, save_model
+from pipeline.model import load_classifier, resolve_precision, save_model
 from pipeline.training.data import load_crop, read_manifest
 from pipeline.training.metrics import auc
 from pipeline.training.train import TrainConfig, calibrate_folder, predict_logits, resolve_device
@@ -32,8 +32,9 @@ def export_model(run: Path, out: Path, version: str, max_val: int = 0, min_face_
     crops = [load_crop(root, s, cfg.input_size) for s in val]
     labels = np.array([s.label for s in val])
     tta = cfg.tta_flip
-    aucs = {"fp32": auc(labels, predict_logits(best.net, crops, best.meta, device, "fp32", tta_flip=tta)),
-            "bf16_autocast": auc(labels, predict_logits(best.net, crops, best.meta, device, "bf16", tta_flip=tta))}
+    aucs = {"fp32": auc(labels, predict_logits(best.net, crops, best.meta, device, "fp32", tta_flip=tta))}
+    if resolve_precision("auto", device) == "bf16":  # emulated elsewhere: slow, and not what serving picks there
+        aucs["bf16_autocast"] = auc(labels, predict_logits(best.net, crops, best.meta, device, "bf16", tta_flip=tta))
     with tempfile.TemporaryDirectory() as scratch:
         save_model(best.net, best.meta, Path(scratch), half=True)
         half = load_classifier(scratch, device=device, precision="fp32", fold=False)
